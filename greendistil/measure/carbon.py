@@ -1,0 +1,134 @@
+"""CPU and RAM energy from codecarbon, and the grid's carbon intensity.
+
+One `OfflineEmissionsTracker` per measurement window (it writes one row of emissions.csv when the window
+closes). codecarbon is given pue = 1 so that its energies are what the hardware drew; greendistil applies
+the PUE once, when it turns kWh into CO2. The meter never raises: a failure leaves the fields None and says why.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+# codecarbon's CPU modes -> provenance of the CPU energy figure.
+CPU_MODE_SOURCES: dict[str, str] = {
+    "intel_rapl": "measured:rapl",
+    "windows_emi": "measured:windows-emi",
+    "intel_power_gadget": "measured:intel-power-gadget",
+    "apple_powermetrics": "measured:powermetrics",
+    "cpu_load": "estimated:tdp-load-model",  # TDP x (0.1 + 0.9 x load^3) in codecarbon 3.x
+    "constant": "estimated:tdp",
+}
+RAM_SOURCE = "estimated:ram-model"  # codecarbon models RAM power from its size; it never measures it
+
+
+@dataclass(frozen=True, kw_only=True)
+class CarbonReading:
+    """What codecarbon saw in one window (kWh, W). Energies are None when codecarbon failed."""
+
+    cpu_energy_kwh: float | None
+    cpu_energy_source: str
+    ram_energy_kwh: float | None
+    ram_energy_source: str
+    cpu_power_w: float | None = None
+    ram_power_w: float | None = None
+    codecarbon_gpu_energy_kwh: float | None = None  # cross-check only: GPU energy comes from greendistil's NVML meter
+    codecarbon_co2_kg: float | None = None
+    cpu_model: str | None = None
+    ram_total_gb: float | None = None
+    error: str | None = None
+
+
+def grid_intensity(country_iso_code: str, fixed_g_per_kwh: float | None) -> tuple[float, str]:
+    """The carbon intensity (gCO2eq/kWh) to use and where it came from. Raises ConfigError for an unknown country."""
+    from greendistil.errors import ConfigError
+
+    if fixed_g_per_kwh is not None:
+        return fixed_g_per_kwh, "configured:carbon.intensity_g_per_kwh"
+    from codecarbon.core.emissions import Emissions
+    from codecarbon.input import DataSource
+
+    mix = DataSource().get_global_energy_mix_data()
+    if country_iso_code not in mix:
+        raise ConfigError(f"carbon.country_iso_code: {country_iso_code!r} is not in codecarbon's energy-mix data; "
+                          "use an ISO 3166-1 alpha-3 code such as 'USA', 'FRA', 'DEU', or set carbon.intensity_g_per_kwh")
+    rate = Emissions._global_energy_mix_to_emissions_rate(mix[country_iso_code])
+    return rate.kgs_per_kWh * 1000.0, f"codecarbon:energy-mix:{country_iso_code}"
+
+
+class CarbonMeter:
+    """Wraps one codecarbon `OfflineEmissionsTracker` per window; start/stop never raise."""
+
+    def __init__(self, *, output_dir: Path, run_id: str, country_iso_code: str, measure_power_s: float) -> None:
+        self._output_dir = output_dir
+        self._run_id = run_id
+        self._country_iso_code = country_iso_code
+        self._measure_power_s = measure_power_s
+        self._tracker: Any = None
+        self._start_error: str | None = None
+
+    def start(self, window_name: str) -> None:
+        self._tracker, self._start_error = None, None
+        try:
+            from codecarbon import OfflineEmissionsTracker
+
+            logging.getLogger("codecarbon").setLevel(logging.ERROR)
+            # codecarbon swallows a missing output_dir and returns a broken tracker: create it first.
+            self._output_dir.mkdir(parents=True, exist_ok=True)
+            tracker = OfflineEmissionsTracker(
+                country_iso_code=self._country_iso_code, output_dir=str(self._output_dir),
+                output_file="emissions.csv", project_name=self._run_id, experiment_name=window_name,
+                measure_power_secs=self._measure_power_s, pue=1.0, log_level="error",
+                save_to_file=True, tracking_mode="machine", allow_multiple_runs=True,
+            )
+            tracker.start()
+            self._tracker = tracker
+        except Exception as err:  # a meter must never stop training
+            self._start_error = f"codecarbon failed to start: {type(err).__name__}: {err}"
+            logger.warning(self._start_error)
+
+    def flush(self) -> None:
+        """Write what codecarbon has measured so far to its CSV (for runs that may be killed)."""
+        if self._tracker is not None:
+            try:
+                self._tracker.flush()
+            except Exception as err:
+                logger.warning("codecarbon flush failed: %s", err)
+
+    def stop(self) -> CarbonReading:
+        tracker, self._tracker = self._tracker, None
+        if tracker is None:
+            return _failed(self._start_error or "codecarbon was not started")
+        try:
+            tracker.stop()
+            data = tracker.final_emissions_data
+            if data is None:
+                return _failed("codecarbon returned no data at stop")
+            return CarbonReading(
+                cpu_energy_kwh=float(data.cpu_energy), cpu_energy_source=_cpu_source(tracker),
+                ram_energy_kwh=float(data.ram_energy), ram_energy_source=RAM_SOURCE,
+                cpu_power_w=float(data.cpu_power), ram_power_w=float(data.ram_power),
+                codecarbon_gpu_energy_kwh=float(data.gpu_energy), codecarbon_co2_kg=float(data.emissions),
+                cpu_model=str(data.cpu_model), ram_total_gb=float(data.ram_total_size),
+            )
+        except Exception as err:
+            message = f"codecarbon failed to stop: {type(err).__name__}: {err}"
+            logger.warning(message)
+            return _failed(message)
+
+
+def _cpu_source(tracker: Any) -> str:
+    for hardware in getattr(tracker, "_hardware", []):
+        mode = getattr(hardware, "_mode", None)
+        if type(hardware).__name__ == "CPU" and mode is not None:
+            return CPU_MODE_SOURCES.get(mode, f"codecarbon:{mode}")
+    return "codecarbon:unknown-mode"
+
+
+def _failed(error: str) -> CarbonReading:
+    return CarbonReading(cpu_energy_kwh=None, cpu_energy_source="unavailable:codecarbon-error",
+                         ram_energy_kwh=None, ram_energy_source="unavailable:codecarbon-error", error=error)

@@ -1,0 +1,171 @@
+"""FLOPs: counted with torch's FlopCounterMode on a sample of steps and extrapolated, or the analytic 6*N*T.
+
+Counting a step costs ~1.1x a plain step (see NOTES.md), so a stage counts a few steps
+(``FlopSampler.should_count``) and extrapolates the rest by padded tokens, per component: the teacher's
+forward passes and the student's training steps are separate components, because a distillation step
+spends FLOPs on both (counting only the student undercounts distillation by about 2/3).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+COUNTER_NAME = "torch-flop-counter"
+
+
+def count_flops(fn: Callable[[], T]) -> tuple[T, int]:
+    """Run ``fn()`` once under ``FlopCounterMode`` and return ``(its result, total FLOPs)``.
+
+    Exceptions raised while ``fn`` runs propagate unchanged, even ones the counter's dispatch hooks might
+    have caused: telling them apart would mean re-running ``fn``, and a training step cannot safely run
+    twice (the optimizer may already have stepped). Failures of the counter's own bookkeeping (entering
+    or leaving the mode, ``get_total_flops``) never lose the step's result: they log a warning and
+    return 0 FLOPs, which ``FlopSampler.add_counted`` treats as "not counted", never as a free step.
+    """
+    counter = FlopCounterMode(display=False)
+    try:
+        counter.__enter__()
+    except Exception as error:
+        logger.warning("FLOP counter failed to start (%s: %s); this step runs uncounted", type(error).__name__, error)
+        return fn(), 0
+    try:
+        result = fn()
+    except BaseException:
+        try:
+            counter.__exit__(*sys.exc_info())
+        except Exception as exit_error:  # the step's own error is the one worth raising
+            logger.warning("FLOP counter failed to stop: %s: %s", type(exit_error).__name__, exit_error)
+        raise
+    try:
+        counter.__exit__(None, None, None)
+        return result, int(counter.get_total_flops())
+    except Exception as error:
+        logger.warning("FLOP counter bookkeeping failed (%s: %s); step reported as uncounted", type(error).__name__, error)
+        return result, 0
+
+
+@dataclass
+class _Component:
+    counted_flops: int = 0
+    counted_tokens: int = 0
+    uncounted_tokens: int = 0
+    num_counted: int = 0
+    num_uncounted: int = 0
+
+    def total_flops(self) -> int | None:
+        """Counted FLOPs plus uncounted tokens at the counted FLOPs/token; None if nothing to scale by."""
+        if self.uncounted_tokens == 0:
+            return self.counted_flops if self.num_counted else None
+        if self.counted_tokens == 0:
+            return None
+        # Integer arithmetic, rounded half up: exact for any size.
+        extra = (self.counted_flops * self.uncounted_tokens + self.counted_tokens // 2) // self.counted_tokens
+        return self.counted_flops + extra
+
+
+class FlopSampler:
+    """Chooses the steps to count and extrapolates the others by padded tokens, per component.
+
+    A step adds each of its components once (``add_counted`` on a counted step, ``add_uncounted``
+    otherwise), e.g. ``"teacher_forward"`` and ``"student_train"``; ``num_steps`` is the largest number
+    of steps any component saw. Extrapolating by padded tokens (batch size x padded length) is exact for
+    the linear layers, which dominate; attention's length-squared term is scaled linearly.
+    """
+
+    def __init__(self, *, sample_steps: int = 3, sample_every: int = 200) -> None:
+        if sample_steps < 0:
+            raise ValueError(f"sample_steps must be >= 0, got {sample_steps}")
+        if sample_every < 1:
+            raise ValueError(f"sample_every must be >= 1 (1 counts every step), got {sample_every}")
+        self.sample_steps = sample_steps
+        self.sample_every = sample_every
+        self._components: dict[str, _Component] = {}
+        self._num_failed_counts = 0
+
+    def should_count(self, step: int) -> bool:
+        """True for steps ``0..sample_steps-1`` and every ``sample_every``-th step (0-based) after."""
+        return step < self.sample_steps or step % self.sample_every == 0
+
+    def add_counted(self, component: str, flops: int, padded_tokens: int) -> None:
+        """Record a counted step of ``component``. 0 FLOPs for >0 tokens means the counter failed:
+        the step is recorded as uncounted rather than as a free step that would drag the rate down."""
+        if flops <= 0 and padded_tokens > 0:
+            logger.warning("%s: counted 0 FLOPs for %d tokens; treating the step as uncounted", component, padded_tokens)
+            self._num_failed_counts += 1
+            self.add_uncounted(component, padded_tokens)
+            return
+        c = self._components.setdefault(component, _Component())
+        c.counted_flops += int(flops)
+        c.counted_tokens += int(padded_tokens)
+        c.num_counted += 1
+
+    def add_uncounted(self, component: str, padded_tokens: int) -> None:
+        """Record an uncounted step of ``component``; its FLOPs are extrapolated from the counted ones."""
+        c = self._components.setdefault(component, _Component())
+        c.uncounted_tokens += int(padded_tokens)
+        c.num_uncounted += 1
+
+    @property
+    def num_counted_steps(self) -> int:
+        return max((c.num_counted for c in self._components.values()), default=0)
+
+    @property
+    def num_steps(self) -> int:
+        return max((c.num_counted + c.num_uncounted for c in self._components.values()), default=0)
+
+    def by_component(self) -> dict[str, int]:
+        """Extrapolated FLOPs per component; a component with no counted step is left out."""
+        totals = {name: c.total_flops() for name, c in self._components.items()}
+        return {name: total for name, total in totals.items() if total is not None}
+
+    def total_flops(self) -> int | None:
+        """Counted plus extrapolated FLOPs over all components, or None when any component has steps but
+        no counted one to extrapolate from (a partial sum would silently undercount); see ``source()``."""
+        totals = [c.total_flops() for c in self._components.values()]
+        if not totals or None in totals:
+            return None
+        return sum(t for t in totals if t is not None)
+
+    def source(self) -> str:
+        """Provenance of ``total_flops()``, e.g. ``counted:torch-flop-counter(3/1250 steps sampled, ...)``."""
+        if self.num_steps == 0:
+            return "unavailable:no-steps"
+        missing = sorted(name for name, c in self._components.items() if c.total_flops() is None)
+        if missing:
+            return f"unavailable:no-counted-step({','.join(missing)})"
+        if all(c.num_uncounted == 0 for c in self._components.values()):
+            return f"counted:{COUNTER_NAME}(all {self.num_steps} steps)"
+        failed = f", {self._num_failed_counts} counts failed" if self._num_failed_counts else ""
+        return (
+            f"counted:{COUNTER_NAME}({self.num_counted_steps}/{self.num_steps} steps sampled{failed}, "
+            "extrapolated by padded tokens)"
+        )
+
+
+def analytic_flops(*, num_nonembedding_params: int, num_tokens: int, training: bool) -> int:
+    """FLOPs by the Kaplan et al. (2020) convention: 2*N*T for a forward pass, 6*N*T for a training step
+    (forward + backward, the backward costing twice the forward), N = non-embedding parameters.
+
+    The context-dependent attention term (about 2*layers*seq_len*d_model per token forward) is ignored:
+    it is small next to N for BERT-sized models at seq_len <= 512. Optimizer FLOPs are not included.
+    """
+    if num_nonembedding_params < 0 or num_tokens < 0:
+        raise ValueError(f"need num_nonembedding_params >= 0 and num_tokens >= 0, got {num_nonembedding_params}, {num_tokens}")
+    return (6 if training else 2) * num_nonembedding_params * num_tokens
+
+
+def count_nonembedding_params(model: torch.nn.Module) -> int:
+    """Parameters outside every ``nn.Embedding`` (word, position, token-type). A weight tied to an
+    embedding (e.g. the MLM decoder) is excluded with it, as Kaplan et al. exclude the unembedding."""
+    embedding_ids = {id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
+    return sum(p.numel() for p in model.parameters() if id(p) not in embedding_ids)

@@ -1,0 +1,201 @@
+"""The measurement window: one `with measure(...)` block -> exactly one record in the run log.
+
+The stage fills `window.counters` as it goes (examples, tokens, FLOPs, metrics), so a stage that fails or
+is interrupted still leaves a record of everything measured up to that moment, with its status. Meter
+errors never propagate; stage errors always do, after the record is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from greendistil import runlog
+from greendistil.measure.carbon import CarbonMeter, CarbonReading
+from greendistil.measure.flops import FlopSampler
+from greendistil.measure.nvml import GpuReading, NvmlMeter, joules_to_kwh
+
+logger = logging.getLogger(__name__)
+
+
+class RunInterrupted(BaseException):
+    """Raised in the main thread by the SIGTERM handler; like KeyboardInterrupt, not an Exception."""
+
+    def __init__(self, signal_number: int) -> None:
+        super().__init__(f"interrupted by signal {signal_number}")
+        self.signal_number = signal_number
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunInfo:
+    """What every record of a run shares."""
+
+    run_id: str
+    run_dir: Path
+    config_hash: str
+    git_sha: str | None
+    versions: dict[str, str]
+    hardware: dict[str, Any]
+    country_iso_code: str
+    pue: float
+    intensity_g_per_kwh: float
+    intensity_source: str
+
+
+@dataclass
+class Meters:
+    """The meters shared by every window of a run."""
+
+    carbon: CarbonMeter
+    gpu: NvmlMeter
+
+
+@dataclass
+class StageCounters:
+    """Filled in by the stage while it runs; read by the window when it closes, whatever happened."""
+
+    model: str | None = None
+    num_params: int | None = None
+    num_examples: int = 0
+    num_tokens: int = 0  # real (unpadded) tokens
+    num_padded_tokens: int = 0  # what the model actually computed on
+    num_steps: int = 0
+    flops_analytic: float = 0.0
+    flop_sampler: FlopSampler | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)  # stage-specific: losses, layers, sources, ...
+
+
+class Window:
+    """Handed to the stage: `window.counters` is the stage's to fill."""
+
+    def __init__(self, stage: str, kind: str, role: str) -> None:
+        self.stage, self.kind, self.role = stage, kind, role
+        self.counters = StageCounters()
+
+
+@contextmanager
+def measure(*, stage: str, kind: str, role: str, meters: Meters, run: RunInfo) -> Iterator[Window]:
+    """Measure one stage. Yields a `Window`; appends one record when the block ends, however it ends."""
+    window = Window(stage, kind, role)
+    _synchronize()
+    started_at = runlog.utc_now()
+    meters.carbon.start(stage)
+    meters.gpu.start()
+    start_s = time.perf_counter()
+    status, error = "ok", None
+    try:
+        yield window
+    except (KeyboardInterrupt, RunInterrupted) as err:
+        status, error = "interrupted", err
+        raise
+    except BaseException as err:
+        status, error = "failed", err
+        raise
+    finally:
+        _synchronize()
+        duration_s = time.perf_counter() - start_s
+        gpu = meters.gpu.stop()
+        carbon = meters.carbon.stop()
+        record = compose_record(window=window, run=run, status=status, error=error, started_at=started_at,
+                                duration_s=duration_s, carbon=carbon, gpu=gpu)
+        _write_power_samples(run.run_dir, stage, gpu)
+        runlog.append_record(run.run_dir, record)
+
+
+def compose_record(*, window: Window, run: RunInfo, status: str, error: BaseException | None, started_at: str,
+                   duration_s: float, carbon: CarbonReading, gpu: GpuReading) -> dict[str, Any]:
+    """Assemble the record: energy by component with provenance, CO2 = kWh x intensity x PUE, FLOPs, counts."""
+    c = window.counters
+    gpu_energy_kwh = joules_to_kwh(gpu.energy_j) if gpu.energy_j is not None else None
+    components = {"cpu": carbon.cpu_energy_kwh, "gpu": gpu_energy_kwh, "ram": carbon.ram_energy_kwh}
+    known = [v for v in components.values() if v is not None]
+    energy_kwh = sum(known) if known else None
+    co2_kg = energy_kwh * run.pue * run.intensity_g_per_kwh / 1000.0 if energy_kwh is not None else None
+    flops, flops_source, flops_by_component = _flops(c.flop_sampler)
+    errors = {k: v for k, v in {"carbon": carbon.error, "gpu": gpu.error}.items() if v}
+    record: dict[str, Any] = {
+        "schema_version": runlog.SCHEMA_VERSION, "run_id": run.run_id, "stage": window.stage,
+        "kind": window.kind, "role": window.role, "status": status,
+        "error_type": type(error).__name__ if error is not None else None,
+        "error_message": str(error) if error is not None else None,
+        "started_at": started_at, "ended_at": runlog.utc_now(), "duration_s": duration_s,
+        "model": c.model, "num_params": c.num_params, "num_examples": c.num_examples,
+        "num_tokens": c.num_tokens, "num_padded_tokens": c.num_padded_tokens, "num_steps": c.num_steps,
+        "flops": flops, "flops_source": flops_source, "flops_by_component": flops_by_component,
+        "flops_analytic": c.flops_analytic or None,
+        "flops_analytic_source": "estimated:6N-train-2N-forward-per-token" if c.flops_analytic else None,
+        "energy_kwh": energy_kwh, "energy_components": "+".join(k for k, v in components.items() if v is not None),
+        "cpu_energy_kwh": components["cpu"], "cpu_energy_source": carbon.cpu_energy_source,
+        "gpu_energy_kwh": components["gpu"], "gpu_energy_source": gpu.source,
+        "ram_energy_kwh": components["ram"], "ram_energy_source": carbon.ram_energy_source,
+        "facility_energy_kwh": energy_kwh * run.pue if energy_kwh is not None else None,
+        "co2_kg": co2_kg, "intensity_g_per_kwh": run.intensity_g_per_kwh,
+        "intensity_source": run.intensity_source, "pue": run.pue, "country_iso_code": run.country_iso_code,
+        "cpu_power_w": carbon.cpu_power_w, "ram_power_w": carbon.ram_power_w,
+        "gpu_power_mean_w": _mean_power(gpu), "gpu_flags": list(gpu.flags), "gpu_devices": list(gpu.devices),
+        "codecarbon": {"co2_kg": carbon.codecarbon_co2_kg, "gpu_energy_kwh": carbon.codecarbon_gpu_energy_kwh},
+        "measurement_errors": errors, "metrics": c.metrics, "details": c.details,
+        "hardware": {**run.hardware, "cpu_model": carbon.cpu_model, "ram_total_gb": carbon.ram_total_gb},
+        "config_hash": run.config_hash, "git_sha": run.git_sha, "versions": run.versions,
+    }
+    return _finite(record)
+
+
+def _flops(sampler: FlopSampler | None) -> tuple[int | None, str, dict[str, int]]:
+    if sampler is None:
+        return None, "unavailable:not-counted", {}
+    try:
+        total = sampler.total_flops()
+        return (total if total is not None and total > 0 else None), sampler.source(), sampler.by_component()
+    except Exception as err:  # FLOP bookkeeping must never lose the record
+        logger.warning("FLOP extrapolation failed: %s", err)
+        return None, f"unavailable:{type(err).__name__}", {}
+
+
+def _mean_power(gpu: GpuReading) -> float | None:
+    if not gpu.power_samples:
+        return None
+    return sum(s[2] for s in gpu.power_samples) / len(gpu.power_samples)
+
+
+def _write_power_samples(run_dir: Path, stage: str, gpu: GpuReading) -> None:
+    if not gpu.power_samples:
+        return
+    path = run_dir / "power.csv"
+    new = not path.exists()
+    try:
+        with open(path, "a", encoding="utf-8") as handle:
+            if new:
+                handle.write("stage,elapsed_s,device,power_w,source\n")
+            for elapsed_s, device, power_w in gpu.power_samples:
+                handle.write(f"{stage},{elapsed_s:.3f},{device},{power_w:.3f},measured:nvml-power-samples\n")
+    except OSError as err:
+        logger.warning("could not write %s: %s", path, err)
+
+
+def _finite(value: Any) -> Any:
+    """NaN and infinities become None: JSON has no NaN, and a reader must not guess."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _synchronize() -> None:
+    """Queued GPU work belongs to the window that queued it."""
+    try:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+    except Exception as err:
+        logger.warning("device synchronize failed: %s", err)

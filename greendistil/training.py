@@ -1,0 +1,141 @@
+"""The shared training loop: AdamW with linear warmup/decay, gradient clipping, sampled FLOP counting,
+a NaN check on every step, and a progress bar. Stages supply a step function that runs forward and
+backward and returns its loss terms; the loop owns the optimizer."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, TypeVar
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from greendistil.config import TrainingStage
+from greendistil.errors import StageError
+from greendistil.measure.flops import FlopSampler, count_flops
+from greendistil.measure.window import Window
+
+T = TypeVar("T")
+Batch = dict[str, torch.Tensor]
+
+SHOW_PROGRESS: bool | None = None  # None: a bar only on a terminal; the CLI's --no-progress sets False
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+class FlopScope:
+    """Counts the FLOPs of parts of one step when the sampler picked this step; else only its tokens."""
+
+    def __init__(self, sampler: FlopSampler, counted: bool, padded_tokens: int) -> None:
+        self.sampler, self.counted, self.padded_tokens = sampler, counted, padded_tokens
+
+    def run(self, component: str, fn: Callable[[], T]) -> T:
+        if not self.counted:
+            self.sampler.add_uncounted(component, self.padded_tokens)
+            return fn()
+        result, flops = count_flops(fn)
+        self.sampler.add_counted(component, flops, self.padded_tokens)
+        return result
+
+
+StepFn = Callable[[Batch, FlopScope], dict[str, float]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainSummary:
+    num_steps: int
+    final_loss: dict[str, float]  # mean loss terms over the last `log_every_steps` steps
+    mean_loss: dict[str, float]  # mean over the whole stage
+    examples_per_s: float
+
+
+def model_inputs(batch: Batch) -> Batch:
+    return {k: batch[k] for k in MODEL_INPUTS if k in batch}
+
+
+def make_optimizer(model: torch.nn.Module, *, learning_rate: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW; biases and LayerNorm weights (1-D tensors) are not decayed, as in BERT."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=learning_rate)
+
+
+def linear_schedule(optimizer: torch.optim.Optimizer, *, total_steps: int,
+                    warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up to the peak learning rate, then linear decay to 0 at `total_steps`."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def train(*, cfg: TrainingStage, model: torch.nn.Module, loader: DataLoader, step_fn: StepFn,
+          window: Window, analytic_flops_per_token: float) -> TrainSummary:
+    """Train `model` for `cfg.epochs` over `loader`, recording counts and FLOPs into `window.counters`.
+
+    `analytic_flops_per_token` (e.g. 6N for training, + 2N_teacher for distillation) is multiplied by the
+    padded tokens of each batch: padding is computed too.
+    """
+    device = next(model.parameters()).device
+    total_steps = max(1, math.ceil(len(loader) * cfg.epochs))
+    optimizer = make_optimizer(model, learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    scheduler = linear_schedule(optimizer, total_steps=total_steps,
+                                warmup_steps=int(cfg.warmup_ratio * total_steps))
+    sampler = FlopSampler(sample_steps=cfg.flop_sample_steps, sample_every=cfg.flop_sample_every)
+    counters = window.counters
+    counters.flop_sampler = sampler
+    recent: list[dict[str, float]] = []
+    totals: dict[str, float] = {}
+    model.train()
+    bar = tqdm(total=total_steps, desc=window.stage, unit="step", disable=_progress_disabled(), leave=False)
+    start_s, step, epoch = time.perf_counter(), 0, 0
+    while step < total_steps:
+        if hasattr(loader.batch_sampler, "set_epoch"):
+            loader.batch_sampler.set_epoch(epoch)
+        for batch in loader:
+            if step >= total_steps:
+                break
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            padded_tokens = batch["input_ids"].numel()
+            terms = step_fn(batch, FlopScope(sampler, sampler.should_count(step), padded_tokens))
+            if not math.isfinite(terms["loss"]):
+                raise StageError(f"stage {window.stage!r}: loss is {terms['loss']} at step {step + 1} "
+                                 f"(epoch {epoch + 1}); lower the learning rate or check the data")
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            counters.num_steps += 1
+            counters.num_examples += batch["input_ids"].shape[0]
+            counters.num_tokens += int(batch["attention_mask"].sum())
+            counters.num_padded_tokens += padded_tokens
+            counters.flops_analytic += analytic_flops_per_token * padded_tokens
+            recent = (recent + [terms])[-cfg.log_every_steps:]
+            for key, value in terms.items():
+                totals[key] = totals.get(key, 0.0) + value
+            bar.update(1)
+            if step % cfg.log_every_steps == 0 or step == total_steps:
+                rate = counters.num_examples / max(time.perf_counter() - start_s, 1e-9)
+                bar.set_postfix(loss=f"{_mean(recent)['loss']:.4f}", ex_s=f"{rate:.0f}")
+        epoch += 1
+    bar.close()
+    elapsed_s = time.perf_counter() - start_s
+    return TrainSummary(num_steps=step, final_loss=_mean(recent),
+                        mean_loss={k: v / max(step, 1) for k, v in totals.items()},
+                        examples_per_s=counters.num_examples / max(elapsed_s, 1e-9))
+
+
+def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
+    if not rows:
+        return {}
+    return {key: sum(r[key] for r in rows) / len(rows) for key in rows[0]}
+
+
+def _progress_disabled() -> bool | None:
+    return None if SHOW_PROGRESS is None else not SHOW_PROGRESS
