@@ -47,6 +47,7 @@ class RunInfo:
     pue: float
     intensity_g_per_kwh: float
     intensity_source: str
+    command: str | None = None  # the exact command line, for reproduction
 
 
 @dataclass
@@ -145,6 +146,7 @@ def compose_record(*, window: Window, run: RunInfo, status: str, error: BaseExce
         "measurement_errors": errors, "metrics": c.metrics, "details": c.details,
         "hardware": {**run.hardware, "cpu_model": carbon.cpu_model, "ram_total_gb": carbon.ram_total_gb},
         "config_hash": run.config_hash, "git_sha": run.git_sha, "versions": run.versions,
+        "command": run.command,
     }
     return _finite(record)
 

@@ -1,0 +1,162 @@
+"""Runs the configured stages in order, each inside one measurement window.
+
+Everything that can be checked before training is checked before the run directory is created (task,
+country, teacher source, student layers, GLUE files), so bad input leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import platform
+import random
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from transformers import AutoConfig
+
+from greendistil import runlog
+from greendistil.config import Config, DistillStage, EvaluateStage, FinetuneStage, StageConfig
+from greendistil.data.glue import GlueExamples, GlueTask, get_task, load_glue
+from greendistil.errors import ConfigError, ModelSourceError
+from greendistil.measure.carbon import CarbonMeter, grid_intensity
+from greendistil.measure.nvml import NvmlMeter
+from greendistil.measure.window import Meters, RunInfo, Window, measure
+from greendistil.models import resolve_source
+from greendistil.stages.context import StageContext
+from greendistil.stages.distill import run_distill
+from greendistil.stages.evaluate import run_evaluate
+from greendistil.stages.finetune import run_finetune
+
+logger = logging.getLogger(__name__)
+
+STAGE_RUNNERS: dict[str, Callable[[StageContext, Any, Window], None]] = {
+    "finetune": run_finetune, "distill": run_distill, "evaluate": run_evaluate,
+}
+PACKAGES = ("greendistil", "torch", "transformers", "tokenizers", "datasets", "codecarbon", "nvidia-ml-py",
+            "numpy", "pandas", "scikit-learn", "scipy")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Prepared:
+    """What `prepare` checked and loaded before anything is written."""
+
+    task: GlueTask
+    splits: dict[str, GlueExamples]
+    intensity_g_per_kwh: float
+    intensity_source: str
+
+
+def prepare(config: Config) -> Prepared:
+    """Validate everything that can fail on bad input, and load the GLUE splits. Writes nothing."""
+    task = get_task(config.task.name)
+    intensity, intensity_source = grid_intensity(config.carbon.country_iso_code, config.carbon.intensity_g_per_kwh)
+    _check_teacher(config)
+    glue_dir = Path(config.task.glue_dir) if config.task.glue_dir else None
+    splits = {"train": load_glue(task, "train", glue_dir=glue_dir, max_examples=config.task.max_train_examples,
+                                 seed=config.run.seed)}
+    for split in task.dev_splits:
+        splits[split] = load_glue(task, split, glue_dir=glue_dir, max_examples=config.task.max_eval_examples,
+                                  seed=config.run.seed)
+    return Prepared(task=task, splits=splits, intensity_g_per_kwh=intensity, intensity_source=intensity_source)
+
+
+def run_pipeline(config: Config, *, run_id: str | None = None, force: bool = False,
+                 command: str | None = None) -> Path:
+    """Run every configured stage; returns the run directory. Stage errors propagate after their record."""
+    prepared = prepare(config)
+    run_id = run_id or runlog.new_run_id(config.run.name)
+    run_dir = runlog.create_run_dir(Path(config.run.output_dir), run_id, force=force)
+    (run_dir / "config.toml").write_text(config.to_toml(), encoding="utf-8")
+    _seed_everything(config.run.seed, config.run.num_threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    run = RunInfo(
+        run_id=run_id, run_dir=run_dir, config_hash=config.config_hash(), git_sha=_git_sha(),
+        versions=_versions(), hardware=_hardware(device), country_iso_code=config.carbon.country_iso_code,
+        pue=config.carbon.pue, intensity_g_per_kwh=prepared.intensity_g_per_kwh,
+        intensity_source=prepared.intensity_source, command=command,
+    )
+    meters = Meters(
+        carbon=CarbonMeter(output_dir=run_dir, run_id=run_id, country_iso_code=config.carbon.country_iso_code,
+                           measure_power_s=config.carbon.measure_power_s),
+        gpu=NvmlMeter(sample_interval_s=config.carbon.gpu_sample_interval_s),
+    )
+    ctx = StageContext(config=config, task=prepared.task, run_dir=run_dir, device=device, splits=prepared.splits)
+    try:
+        for stage in config.stages:
+            with measure(stage=stage.name, kind=stage.kind, role=stage_role(stage), meters=meters, run=run) as window:
+                STAGE_RUNNERS[stage.kind](ctx, stage, window)
+    finally:
+        meters.gpu.close()
+    return run_dir
+
+
+def stage_role(stage: StageConfig) -> str:
+    if isinstance(stage, FinetuneStage):
+        return stage.role
+    if isinstance(stage, DistillStage):
+        return "student"
+    assert isinstance(stage, EvaluateStage)
+    return "+".join(stage.roles)
+
+
+def _check_teacher(config: Config) -> None:
+    """Resolve the teacher source and check the student's layers against its depth, before any work."""
+    cfg = config.teacher
+    if cfg.source == "scratch":
+        num_layers = cfg.num_layers
+    else:
+        path_or_id, _ = resolve_source(cfg.source, cfg.name)
+        try:
+            num_layers = AutoConfig.from_pretrained(path_or_id).num_hidden_layers
+        except (OSError, ValueError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ModelSourceError(f"teacher.name: cannot load {cfg.name!r} ({cfg.source}): {first}") from None
+    layers = config.student.layers
+    if layers is not None and max(layers) >= num_layers:
+        raise ConfigError(f"student.layers: {list(layers)} is out of range; the teacher has {num_layers} layers, "
+                          f"valid indices 0..{num_layers - 1}")
+
+
+def _seed_everything(seed: int, num_threads: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if num_threads > 0:
+        torch.set_num_threads(num_threads)
+
+
+def _git_sha() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, timeout=5).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for package in PACKAGES:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def _hardware(device: torch.device) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "platform": platform.platform(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(), "device": str(device), "gpu_count": 0,
+    }
+    if device.type == "cuda":
+        info["gpu_count"] = torch.cuda.device_count()
+        info["gpu_names"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return info

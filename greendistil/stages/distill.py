@@ -1,0 +1,72 @@
+"""`distill`: the student learns from the frozen teacher on the task's train split (task distillation).
+
+loss = alpha_ce * KL(teacher_T || student_T) * T^2 + alpha_task * task loss + alpha_cos * (1 - cos(h_s, h_t))
+over the last hidden states. For regression (STS-B) the soft-target term is the MSE to the teacher's output.
+The teacher runs in eval mode under no_grad, and its forward FLOPs are counted with the student's.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from greendistil.config import DistillStage
+from greendistil.data.batching import make_loader
+from greendistil.losses import hidden_cosine, soft_target_kl, soft_target_mse, task_loss
+from greendistil.measure.flops import count_nonembedding_params
+from greendistil.measure.window import Window
+from greendistil.models import count_params, save_model
+from greendistil.stages.context import StageContext
+from greendistil.training import Batch, FlopScope, model_inputs, train
+
+
+def run_distill(ctx: StageContext, cfg: DistillStage, window: Window) -> None:
+    teacher_loaded = ctx.load("teacher")
+    student_loaded = ctx.load("student")
+    teacher = teacher_loaded.model.to(ctx.device).eval()
+    teacher.requires_grad_(False)
+    student = student_loaded.model.to(ctx.device)
+    counters = window.counters
+    counters.model, counters.num_params = student_loaded.source, count_params(student)
+    tokenizer = teacher_loaded.tokenizer
+    train_split = ctx.encoded("train", tokenizer)
+    loader = make_loader(train_split, batch_size=cfg.batch_size, pad_token_id=tokenizer.pad_token_id,
+                         shuffle=True, seed=ctx.config.run.seed, group_by_length=cfg.group_by_length)
+    is_regression = ctx.task.is_regression
+
+    def step(batch: Batch, scope: FlopScope) -> dict[str, float]:
+        inputs = model_inputs(batch)
+        with torch.no_grad():
+            teacher_out = scope.run("teacher_forward", lambda: teacher(**inputs, output_hidden_states=True))
+
+        def forward_backward() -> dict[str, float]:
+            student_out = student(**inputs, output_hidden_states=True)
+            terms: dict[str, torch.Tensor] = {}
+            if cfg.alpha_ce > 0:
+                terms["loss_ce"] = (soft_target_mse(student_out.logits, teacher_out.logits) if is_regression
+                                    else soft_target_kl(student_out.logits, teacher_out.logits, cfg.temperature))
+            if cfg.alpha_task > 0:
+                terms["loss_task"] = task_loss(student_out.logits, batch["labels"], is_regression)
+            if cfg.alpha_cos > 0:
+                terms["loss_cos"] = hidden_cosine(student_out.hidden_states[-1], teacher_out.hidden_states[-1],
+                                                  batch["attention_mask"])  # (B, T, H) each
+            weights = {"loss_ce": cfg.alpha_ce, "loss_task": cfg.alpha_task, "loss_cos": cfg.alpha_cos}
+            loss = sum(weights[name] * value for name, value in terms.items())
+            loss.backward()
+            return {"loss": loss.item(), **{name: value.item() for name, value in terms.items()}}
+
+        return scope.run("student_train", forward_backward)
+
+    flops_per_token = 6.0 * count_nonembedding_params(student) + 2.0 * count_nonembedding_params(teacher)
+    summary = train(cfg=cfg, model=student, loader=loader, step_fn=step, window=window,
+                    analytic_flops_per_token=flops_per_token)
+    folder = ctx.checkpoint_dir(cfg.name)
+    save_model(student, tokenizer, folder)
+    ctx.artifacts["student"] = folder
+    counters.details.update({
+        "checkpoint": str(folder.relative_to(ctx.run_dir)), "teacher_model": teacher_loaded.source,
+        "teacher_num_params": count_params(teacher), "student_num_params": count_params(student),
+        "student_num_layers": student.config.num_hidden_layers, "teacher_num_layers": teacher.config.num_hidden_layers,
+        "temperature": cfg.temperature, "alpha_ce": cfg.alpha_ce, "alpha_task": cfg.alpha_task,
+        "alpha_cos": cfg.alpha_cos, "train_examples": len(train_split), "final_loss": summary.final_loss,
+        "mean_loss": summary.mean_loss, "examples_per_s": summary.examples_per_s, "device": str(ctx.device),
+    })

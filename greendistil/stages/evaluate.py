@@ -1,0 +1,77 @@
+"""`evaluate`: teacher and/or student on the task's dev split(s) with the official GLUE metrics.
+
+Metric keys in the record: `<role>.<metric>` (and `<role>.<split>.<metric>` for MNLI's two dev sets),
+`<role>.score` (the task's GLUE score), and `retention.<metric>` = student / teacher when both are evaluated.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from greendistil.config import EvaluateStage
+from greendistil.data.batching import make_loader
+from greendistil.measure.flops import FlopSampler, count_nonembedding_params
+from greendistil.measure.window import Window
+from greendistil.metrics import compute_metrics, task_score
+from greendistil.models import LoadedModel, count_params
+from greendistil.stages.context import StageContext
+from greendistil.training import FlopScope, model_inputs
+
+
+def run_evaluate(ctx: StageContext, cfg: EvaluateStage, window: Window) -> None:
+    counters = window.counters
+    # Count the FLOPs of the first batches of each model and split, extrapolate by padded tokens.
+    counters.flop_sampler = FlopSampler(sample_steps=2, sample_every=10**9)
+    for role in cfg.roles:
+        loaded = ctx.load(role)
+        model = loaded.model.to(ctx.device).eval()
+        counters.details[role] = {"model": loaded.source, "num_params": count_params(model)}
+        flops_per_token = 2.0 * count_nonembedding_params(model)
+        split_scores = []
+        for split in ctx.task.dev_splits:
+            metrics = _evaluate_split(ctx, cfg, window, loaded, split, role, flops_per_token)
+            prefix = role if len(ctx.task.dev_splits) == 1 else f"{role}.{split}"
+            counters.metrics.update({f"{prefix}.{name}": value for name, value in metrics.items()})
+            split_scores.append(task_score(ctx.task, metrics))
+        counters.metrics[f"{role}.score"] = float(np.mean(split_scores))
+    if set(cfg.roles) == {"teacher", "student"}:
+        counters.metrics.update(_retention(counters.metrics))
+    if len(cfg.roles) == 1:
+        counters.model, counters.num_params = counters.details[cfg.roles[0]]["model"], counters.details[cfg.roles[0]]["num_params"]
+
+
+def _evaluate_split(ctx: StageContext, cfg: EvaluateStage, window: Window, loaded: LoadedModel, split: str,
+                    role: str, flops_per_token: float) -> dict[str, float]:
+    encoded = ctx.encoded(split, loaded.tokenizer)
+    loader = make_loader(encoded, batch_size=cfg.batch_size, pad_token_id=loaded.tokenizer.pad_token_id,
+                         shuffle=False, seed=0)
+    counters, sampler = window.counters, window.counters.flop_sampler
+    predictions = []
+    with torch.inference_mode():
+        for index, batch in enumerate(loader):
+            batch = {k: v.to(ctx.device) for k, v in batch.items()}
+            padded_tokens = batch["input_ids"].numel()
+            scope = FlopScope(sampler, sampler.should_count(index), padded_tokens)
+            logits = scope.run(f"{role}_forward", lambda: loaded.model(**model_inputs(batch)).logits)  # (B, C)
+            predictions.append(logits.float().cpu())
+            counters.num_examples += batch["input_ids"].shape[0]
+            counters.num_tokens += int(batch["attention_mask"].sum())
+            counters.num_padded_tokens += padded_tokens
+            counters.num_steps += 1
+            counters.flops_analytic += flops_per_token * padded_tokens
+    logits = torch.cat(predictions).numpy()
+    predicted = logits.reshape(-1) if ctx.task.is_regression else logits.argmax(axis=-1)
+    return compute_metrics(ctx.task, predicted, encoded.labels.numpy())
+
+
+def _retention(metrics: dict[str, float]) -> dict[str, float]:
+    """student / teacher for every metric both have (DistilBERT reports 97% of BERT's GLUE score)."""
+    out = {}
+    for key, teacher_value in metrics.items():
+        if not key.startswith("teacher."):
+            continue
+        student_value = metrics.get("student." + key[len("teacher."):])
+        if student_value is not None and teacher_value:
+            out["retention." + key[len("teacher."):]] = student_value / teacher_value
+    return out
