@@ -116,3 +116,20 @@ def test_sampler_treats_a_zero_count_as_uncounted() -> None:
 def test_analytic_flops() -> None:
     assert analytic_flops(num_nonembedding_params=10_000_000, num_tokens=1000, training=True) == 6 * 10**10
     assert analytic_flops(num_nonembedding_params=10_000_000, num_tokens=1000, training=False) == 2 * 10**10
+
+
+def test_cpu_sdpa_attention_is_counted_like_eager_attention() -> None:
+    """torch has no formula for the CPU flash-attention kernel; greendistil registers one."""
+    from transformers import BertConfig, BertModel
+
+    sizes = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=100)
+    ids = torch.randint(0, 100, (4, 16))
+    counts = {}
+    for impl in ("sdpa", "eager"):
+        torch.manual_seed(0)
+        model = BertModel(BertConfig(**sizes, attn_implementation=impl))
+        _, forward = count_flops(lambda: model(input_ids=ids))
+        _, train = count_flops(lambda: model(input_ids=ids).last_hidden_state.sum().backward())
+        counts[impl] = (forward, train)
+    assert counts["sdpa"] == counts["eager"]
+    assert counts["sdpa"][1] > 2 * counts["sdpa"][0]  # backward ~ 2x forward

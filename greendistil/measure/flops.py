@@ -15,12 +15,29 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 COUNTER_NAME = "torch-flop-counter"
+
+
+def _cpu_sdpa_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)  # shapes (B, heads, T, head_dim)
+
+
+def _cpu_sdpa_backward_flop(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None,
+                            **kwargs) -> int:
+    return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
+# torch's FlopCounterMode has formulas for the GPU attention kernels but not for the CPU flash-attention
+# kernel that scaled_dot_product_attention uses on CPU: without these, attention FLOPs would silently be 0.
+CPU_ATTENTION_FORMULAS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flop,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_sdpa_backward_flop,
+}
 
 
 def count_flops(fn: Callable[[], T]) -> tuple[T, int]:
@@ -32,7 +49,7 @@ def count_flops(fn: Callable[[], T]) -> tuple[T, int]:
     or leaving the mode, ``get_total_flops``) never lose the step's result: they log a warning and
     return 0 FLOPs, which ``FlopSampler.add_counted`` treats as "not counted", never as a free step.
     """
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FORMULAS)
     try:
         counter.__enter__()
     except Exception as error:
