@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,7 +18,10 @@ from typing import Any, Literal
 import tomli_w
 
 from greendistil.configtypes import build_dataclass, parse_override_value
+from greendistil.data.glue import get_task
 from greendistil.errors import ConfigError
+
+STAGE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 TeacherSource = Literal["package", "hub", "local", "scratch"]
 StudentInit = Literal["teacher", "random"]
@@ -27,6 +31,12 @@ Role = Literal["teacher", "student"]
 def _require(ok: bool, key: str, value: Any, valid: str) -> None:
     if not ok:
         raise ConfigError(f"{key}: {value!r} is out of range; valid: {valid}")
+
+
+def _check_stage_name(name: str) -> None:
+    # The name becomes the checkpoint folder: checkpoints/<name>/.
+    _require(bool(STAGE_NAME.fullmatch(name)), "name", name,
+             "letters, digits, '-', '_' and '.' (it names the checkpoint folder); default: the stage's kind")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,7 +65,7 @@ class CarbonSection:
 
     def __post_init__(self) -> None:
         code = self.country_iso_code
-        _require(len(code) == 3 and code.isalpha() and code.isupper(), "country_iso_code", code,
+        _require(len(code) == 3 and code.isascii() and code.isalpha() and code.isupper(), "country_iso_code", code,
                  "a 3-letter upper-case ISO 3166-1 alpha-3 code such as 'USA', 'FRA', 'DEU'")
         _require(self.pue >= 1.0, "pue", self.pue, ">= 1.0")
         if self.intensity_g_per_kwh is not None:
@@ -75,6 +85,7 @@ class TaskSection:
     max_eval_examples: int | None = None
 
     def __post_init__(self) -> None:
+        get_task(self.name)  # raises ConfigError naming the nearest task
         _require(8 <= self.max_seq_length <= 512, "max_seq_length", self.max_seq_length, "8..512")
         for key in ("max_train_examples", "max_eval_examples"):
             value = getattr(self, key)
@@ -133,6 +144,9 @@ class TrainingStage:
     flop_sample_every: int = 200  # ... and on every N-th step after; extrapolate by padded tokens
 
     def __post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", getattr(self, "kind", "train"))
+        _check_stage_name(self.name)
         _require(self.epochs > 0, "epochs", self.epochs, "> 0")
         _require(self.batch_size > 0, "batch_size", self.batch_size, ">= 1")
         _require(self.learning_rate > 0, "learning_rate", self.learning_rate, "> 0")
@@ -185,6 +199,9 @@ class EvaluateStage:
     batch_size: int = 128
 
     def __post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", self.kind)
+        _check_stage_name(self.name)
         _require(len(self.roles) > 0 and len(set(self.roles)) == len(self.roles), "roles",
                  list(self.roles), "a non-empty list of distinct 'teacher' / 'student'")
         _require(self.batch_size > 0, "batch_size", self.batch_size, ">= 1")
@@ -266,7 +283,7 @@ def _build_stages(raw_stages: Any) -> tuple[StageConfig, ...]:
     stages: list[StageConfig] = []
     for index, raw in enumerate(raw_stages):
         kind = raw.get("kind")
-        if kind not in STAGE_KINDS:
+        if not isinstance(kind, str) or kind not in STAGE_KINDS:
             raise ConfigError(f"stages.{index}.kind: {kind!r} is not a stage kind; valid: {', '.join(STAGE_KINDS)}")
         raw = dict(raw)
         raw.setdefault("name", kind)
@@ -291,7 +308,10 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
     if parts[0] == "stages":
         if len(parts) != 3:
             raise ConfigError(f"--set {key}: stage keys look like stages.<name or index>.<key>")
-        target = _find_stage(raw.get("stages", []), parts[1], key)
+        stages = raw.get("stages", [])
+        if not isinstance(stages, list) or not all(isinstance(s, dict) for s in stages):
+            raise ConfigError(f"--set {key}: stages must be an array of tables ([[stages]] blocks), each with a 'kind'")
+        target = _find_stage(stages, parts[1], key)
     else:
         if len(parts) != 2:
             raise ConfigError(f"--set {key}: keys look like <table>.<key>, e.g. task.name")

@@ -35,7 +35,8 @@ def build_dataclass(cls: type[T], raw: Any, prefix: str) -> T:
         return cls(**kwargs)
     except ConfigError as err:
         # __post_init__ raises with the bare field name; give it its full dotted path.
-        raise ConfigError(f"{prefix}.{err}") from None
+        message = str(err)
+        raise ConfigError(message if message.startswith(f"{prefix}.") else f"{prefix}.{message}") from None
 
 
 def check_value(hint: Any, value: Any, key: str) -> Any:

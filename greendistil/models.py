@@ -75,7 +75,7 @@ def load_tokenizer(path_or_id: str) -> PreTrainedTokenizerBase:
 def load_teacher(cfg: TeacherSection, task: GlueTask) -> LoadedModel:
     """Load the configured teacher with a fresh sequence-classification head sized for `task`."""
     if cfg.source == "scratch":
-        tokenizer_path, tokenizer_source = _tokenizer_source(cfg.tokenizer)
+        tokenizer_path, tokenizer_label = tokenizer_source(cfg.tokenizer)
         tokenizer = load_tokenizer(tokenizer_path)
         bert_config = BertConfig(
             vocab_size=tokenizer.vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
@@ -83,7 +83,7 @@ def load_teacher(cfg: TeacherSection, task: GlueTask) -> LoadedModel:
             num_labels=task.num_labels, problem_type=_problem_type(task),
         )
         model = BertForSequenceClassification(bert_config)
-        return LoadedModel(model=model, tokenizer=tokenizer, source=f"scratch(tokenizer {tokenizer_source})")
+        return LoadedModel(model=model, tokenizer=tokenizer, source=f"scratch(tokenizer {tokenizer_label})")
     path_or_id, source = resolve_source(cfg.source, cfg.name)
     return LoadedModel(model=load_classifier(path_or_id, task), tokenizer=load_tokenizer(path_or_id), source=source)
 
@@ -131,6 +131,9 @@ def build_student(teacher: PreTrainedModel, cfg: StudentSection) -> tuple[PreTra
 def _student_state_dict(teacher: PreTrainedModel, layers: tuple[int, ...]) -> dict[str, torch.Tensor]:
     """Teacher weights renamed for the student: student layer i <- teacher layer layers[i]."""
     teacher_state = teacher.state_dict()
+    if not any(".encoder.layer." in key for key in teacher_state):
+        raise ModelSourceError(f"cannot build a student from a {type(teacher).__name__}: the layer copy needs a "
+                               "BERT-like encoder (encoder.layer.N: BERT, RoBERTa, ELECTRA, MiniLM)")
     state: dict[str, torch.Tensor] = {}
     for key, tensor in teacher_state.items():
         if ".encoder.layer." not in key:
@@ -154,7 +157,8 @@ def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folde
     tokenizer.save_pretrained(folder)
 
 
-def _tokenizer_source(name: str) -> tuple[str, str]:
+def tokenizer_source(name: str) -> tuple[str, str]:
+    """(what from_pretrained takes, provenance label) for a packaged, local or hub tokenizer."""
     if name in PACKAGED_MODELS:
         return str(packaged_model_path(name)), f"package:{name}"
     if Path(name).expanduser().is_dir():

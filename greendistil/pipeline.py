@@ -27,7 +27,7 @@ from greendistil.errors import ConfigError, ModelSourceError
 from greendistil.measure.carbon import CarbonMeter, grid_intensity
 from greendistil.measure.nvml import NvmlMeter
 from greendistil.measure.window import Meters, RunInfo, Window, measure
-from greendistil.models import resolve_source
+from greendistil.models import load_tokenizer, resolve_source, tokenizer_source
 from greendistil.stages.context import StageContext
 from greendistil.stages.distill import run_distill
 from greendistil.stages.evaluate import run_evaluate
@@ -110,6 +110,7 @@ def _check_teacher(config: Config) -> None:
     cfg = config.teacher
     if cfg.source == "scratch":
         num_layers = cfg.num_layers
+        load_tokenizer(tokenizer_source(cfg.tokenizer)[0])  # a bad tokenizer fails here, not inside the first stage
     else:
         path_or_id, _ = resolve_source(cfg.source, cfg.name)
         try:
@@ -117,6 +118,7 @@ def _check_teacher(config: Config) -> None:
         except (OSError, ValueError) as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ModelSourceError(f"teacher.name: cannot load {cfg.name!r} ({cfg.source}): {first}") from None
+        load_tokenizer(path_or_id)  # a folder without tokenizer files fails here, before anything is written
     layers = config.student.layers
     if layers is not None and max(layers) >= num_layers:
         raise ConfigError(f"student.layers: {list(layers)} is out of range; the teacher has {num_layers} layers, "
@@ -132,10 +134,13 @@ def _seed_everything(seed: int, num_threads: int) -> None:
 
 
 def _git_sha() -> str | None:
+    """The commit of greendistil's own code (None when installed from a wheel); '-dirty' if modified."""
+    package_dir = Path(__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, timeout=5).stdout.strip()
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True,
+                             cwd=package_dir)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "."],
+                               capture_output=True, text=True, timeout=5, cwd=package_dir).stdout.strip()
         return out.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None

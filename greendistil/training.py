@@ -4,6 +4,7 @@ backward and returns its loss terms; the loop owns the optimizer."""
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from dataclasses import dataclass
@@ -52,8 +53,10 @@ class TrainSummary:
     examples_per_s: float
 
 
-def model_inputs(batch: Batch) -> Batch:
-    return {k: batch[k] for k in MODEL_INPUTS if k in batch}
+def model_inputs(batch: Batch, model: torch.nn.Module) -> Batch:
+    """The batch's model inputs that `model` accepts (DistilBERT-type models take no token_type_ids)."""
+    accepted = inspect.signature(model.forward).parameters
+    return {k: batch[k] for k in MODEL_INPUTS if k in batch and k in accepted}
 
 
 def make_optimizer(model: torch.nn.Module, *, learning_rate: float, weight_decay: float) -> torch.optim.AdamW:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -185,7 +186,9 @@ def _write_power_samples(run_dir: Path, stage: str, gpu: GpuReading) -> None:
 
 def _finite(value: Any) -> Any:
     """NaN and infinities become None: JSON has no NaN, and a reader must not guess."""
-    if isinstance(value, float) and not math.isfinite(value):
+    # numbers.Real covers numpy scalars too (np.float32 is no float subclass, and its NaN would make
+    # append_record raise and lose the record).
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
         return {k: _finite(v) for k, v in value.items()}

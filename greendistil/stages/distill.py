@@ -34,12 +34,12 @@ def run_distill(ctx: StageContext, cfg: DistillStage, window: Window) -> None:
     is_regression = ctx.task.is_regression
 
     def step(batch: Batch, scope: FlopScope) -> dict[str, float]:
-        inputs = model_inputs(batch)
+        teacher_inputs, student_inputs = model_inputs(batch, teacher), model_inputs(batch, student)
         with torch.no_grad():
-            teacher_out = scope.run("teacher_forward", lambda: teacher(**inputs, output_hidden_states=True))
+            teacher_out = scope.run("teacher_forward", lambda: teacher(**teacher_inputs, output_hidden_states=True))
 
         def forward_backward() -> dict[str, float]:
-            student_out = student(**inputs, output_hidden_states=True)
+            student_out = student(**student_inputs, output_hidden_states=True)
             terms: dict[str, torch.Tensor] = {}
             if cfg.alpha_ce > 0:
                 terms["loss_ce"] = (soft_target_mse(student_out.logits, teacher_out.logits) if is_regression

@@ -53,7 +53,7 @@ def _evaluate_split(ctx: StageContext, cfg: EvaluateStage, window: Window, loade
             batch = {k: v.to(ctx.device) for k, v in batch.items()}
             padded_tokens = batch["input_ids"].numel()
             scope = FlopScope(sampler, sampler.should_count(index), padded_tokens)
-            logits = scope.run(f"{role}_forward", lambda: loaded.model(**model_inputs(batch)).logits)  # (B, C)
+            logits = scope.run(f"{role}_forward", lambda: loaded.model(**model_inputs(batch, loaded.model)).logits)  # (B, C)
             predictions.append(logits.float().cpu())
             counters.num_examples += batch["input_ids"].shape[0]
             counters.num_tokens += int(batch["attention_mask"].sum())

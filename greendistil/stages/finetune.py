@@ -26,7 +26,7 @@ def run_finetune(ctx: StageContext, cfg: FinetuneStage, window: Window) -> None:
 
     def step(batch: Batch, scope: FlopScope) -> dict[str, float]:
         def forward_backward() -> dict[str, float]:
-            logits = model(**model_inputs(batch)).logits  # (B, C)
+            logits = model(**model_inputs(batch, model)).logits  # (B, C)
             loss = task_loss(logits, batch["labels"], is_regression)
             loss.backward()
             return {"loss": loss.item()}

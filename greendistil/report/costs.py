@@ -1,0 +1,107 @@
+"""What runs cost in total, and which models are worth their cost (the Pareto front of score vs cost).
+
+A model's cost is the cost of producing it: the teacher's training stages for the teacher; for the student,
+every training stage of the run, because distillation needs the trained teacher (and runs its forward
+passes). Failed and interrupted stages count: their energy was spent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import pandas as pd
+
+from greendistil.report.compare import EVALUATE_KIND, teacher_student
+from greendistil.report.frame import column_sum, first_value, iter_runs
+
+ENERGY_COLUMNS = ("cpu_energy_kwh", "gpu_energy_kwh", "ram_energy_kwh", "energy_kwh")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CostTotals:
+    """Sums over a set of stage records; None where no record measured the figure (never 0)."""
+
+    num_stages: int
+    num_not_ok: int
+    duration_s: float | None
+    flops: float | None
+    cpu_energy_kwh: float | None
+    gpu_energy_kwh: float | None
+    ram_energy_kwh: float | None
+    energy_kwh: float | None
+    facility_energy_kwh: float | None  # energy x PUE, per record
+    co2_kg: float | None
+
+
+def cost_totals(records: pd.DataFrame) -> CostTotals:
+    """Sum the cost columns of `records` (any set of stage records, of one run or many)."""
+    facility = pd.to_numeric(records["energy_kwh"], errors="coerce") * pd.to_numeric(records["pue"],
+                                                                                     errors="coerce")
+    facility_total = facility.sum(min_count=1)
+    return CostTotals(
+        num_stages=len(records), num_not_ok=int((records["status"] != "ok").sum()),
+        duration_s=column_sum(records, "duration_s"), flops=column_sum(records, "flops"),
+        cpu_energy_kwh=column_sum(records, "cpu_energy_kwh"), gpu_energy_kwh=column_sum(records, "gpu_energy_kwh"),
+        ram_energy_kwh=column_sum(records, "ram_energy_kwh"), energy_kwh=column_sum(records, "energy_kwh"),
+        facility_energy_kwh=None if pd.isna(facility_total) else float(facility_total),
+        co2_kg=column_sum(records, "co2_kg"),
+    )
+
+
+def training_records(records: pd.DataFrame) -> pd.DataFrame:
+    """The stages that produce models (everything but evaluation)."""
+    return records[records["kind"] != EVALUATE_KIND]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelPoint:
+    """One trained model (a run's teacher or student): its dev score and what producing it cost."""
+
+    run_id: str
+    run_dir: str
+    task: str
+    role: str
+    score: float | None
+    flops: float | None
+    energy_kwh: float | None
+    co2_kg: float | None
+    inference_flops_per_example: float | None
+    all_stages_ok: bool
+
+
+def model_points(frame: pd.DataFrame) -> list[ModelPoint]:
+    """A teacher point and a student point per run (in `iter_runs` order)."""
+    points = []
+    for records in iter_runs(frame):
+        comparison = teacher_student(records)
+        training = training_records(records)
+        scopes = {"teacher": training[training["role"] == "teacher"], "student": training}
+        for role, figures in (("teacher", comparison.teacher), ("student", comparison.student)):
+            cost = cost_totals(scopes[role])
+            points.append(ModelPoint(
+                run_id=str(first_value(records, "run_id")), run_dir=str(first_value(records, "run_dir")),
+                task=str(first_value(records, "task")), role=role, score=figures.score, flops=cost.flops,
+                energy_kwh=cost.energy_kwh, co2_kg=cost.co2_kg,
+                inference_flops_per_example=figures.inference_flops_per_example,
+                all_stages_ok=bool((records["status"] == "ok").all()),
+            ))
+    return points
+
+
+def pareto_optimal(costs: Sequence[float | None], scores: Sequence[float | None]) -> list[bool]:
+    """For each point: True when no other point costs no more and scores no less, and is better in one.
+
+    Points with a missing cost or score are never optimal (and dominate nothing).
+    """
+    known = [c is not None and s is not None for c, s in zip(costs, scores, strict=True)]
+    flags = []
+    for i, (cost, score) in enumerate(zip(costs, scores)):
+        if not known[i]:
+            flags.append(False)
+            continue
+        dominated = any(
+            known[j] and costs[j] <= cost and scores[j] >= score and (costs[j] < cost or scores[j] > score)
+            for j in range(len(costs)) if j != i)
+        flags.append(not dominated)
+    return flags

@@ -1,0 +1,117 @@
+"""The report's view of the run log: `load_runs()` plus each run's task, and safe accessors.
+
+The report reads only what the runs wrote: records.jsonl, and the task name from the run's resolved
+config.toml (records do not carry it). Columns the report reads but a run never wrote exist as empty
+columns, so a record from an older or failed run shows "n/a" instead of raising KeyError.
+"""
+
+from __future__ import annotations
+
+import logging
+import tomllib
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import pandas as pd
+
+from greendistil.errors import GreendistilError
+from greendistil.report.markdown import is_missing
+from greendistil.runlog import RECORDS_FILE, find_run_dirs, load_runs
+
+logger = logging.getLogger(__name__)
+
+UNKNOWN_TASK = "unknown"
+CONFIG_FILE = "config.toml"
+
+_COLUMNS = (
+    "run_id", "run_dir", "stage", "kind", "role", "status", "error_type", "error_message", "started_at",
+    "duration_s", "model", "num_params", "num_examples", "flops", "flops_source", "energy_kwh",
+    "cpu_energy_kwh", "cpu_energy_source", "gpu_energy_kwh", "gpu_energy_source", "ram_energy_kwh",
+    "ram_energy_source", "facility_energy_kwh", "co2_kg", "intensity_g_per_kwh", "intensity_source", "pue",
+    "country_iso_code", "cpu_power_w", "ram_power_w", "gpu_power_mean_w", "config_hash", "git_sha", "command",
+)
+
+
+def load_report_frame(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
+    """One row per stage record of every run under `paths`, with a `task` column from each config.toml.
+
+    Raises GreendistilError when no run directory with records is found.
+    """
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    run_dirs = find_run_dirs(paths)
+    frame = load_runs(run_dirs) if run_dirs else pd.DataFrame()
+    if frame.empty:
+        missing = [str(p) for p in paths if not Path(p).exists()]
+        where = ", ".join(repr(str(p)) for p in paths) or "(no paths given)"
+        hint = f" ({', '.join(missing)} does not exist)" if missing else ""
+        raise GreendistilError(
+            f"no runs found under {where}{hint}: expected run directories holding {RECORDS_FILE}; pass a "
+            f"run directory or a runs root such as runs/, or make one with `greendistil run <config>`")
+    for column in _COLUMNS:
+        if column not in frame:
+            frame[column] = None
+    frame["task"] = frame["run_dir"].map(lambda run_dir: run_task(Path(run_dir)))
+    return frame
+
+
+def run_task(run_dir: Path) -> str:
+    """The GLUE task name in `<run_dir>/config.toml` ([task] name), or 'unknown' (with a warning)."""
+    path = run_dir / CONFIG_FILE
+    try:
+        with open(path, "rb") as handle:
+            config = tomllib.load(handle)
+    except FileNotFoundError:
+        logger.warning("%s is missing: the run's task is shown as %r", path, UNKNOWN_TASK)
+        return UNKNOWN_TASK
+    except (OSError, tomllib.TOMLDecodeError) as err:
+        logger.warning("cannot read %s (%s): the run's task is shown as %r", path, err, UNKNOWN_TASK)
+        return UNKNOWN_TASK
+    name = config.get("task", {}).get("name") if isinstance(config.get("task"), dict) else None
+    return str(name) if name else UNKNOWN_TASK
+
+
+def iter_runs(frame: pd.DataFrame) -> Iterator[pd.DataFrame]:
+    """Each run's records (in log order), runs ordered by task, then by when they started."""
+    order = frame.groupby("run_dir", sort=False).agg(task=("task", "first"), started=("started_at", "min"))
+    order = order.sort_values(["task", "started"], kind="stable", na_position="last")
+    for run_dir in order.index:
+        yield frame[frame["run_dir"] == run_dir]
+
+
+def iter_tasks(frame: pd.DataFrame) -> Iterator[tuple[str, pd.DataFrame]]:
+    """(task, its records), tasks in alphabetical order: scores of different tasks are never mixed."""
+    for task in sorted(frame["task"].unique()):
+        yield task, frame[frame["task"] == task]
+
+
+def value(row: pd.Series | dict[str, Any], column: str) -> Any:
+    """The row's value, or None when the column is absent or the value is missing (NaN/None)."""
+    found = row.get(column)
+    return None if is_missing(found) else found
+
+
+def number(row: pd.Series | dict[str, Any], column: str) -> float | None:
+    """The row's value as a float, or None when missing or not a number."""
+    found = value(row, column)
+    try:
+        return None if found is None else float(found)
+    except (TypeError, ValueError):
+        return None
+
+
+def column_sum(records: pd.DataFrame, column: str) -> float | None:
+    """Sum of the known values of a column; None (not 0) when no record has one."""
+    if column not in records:
+        return None
+    total = pd.to_numeric(records[column], errors="coerce").sum(min_count=1)
+    return None if is_missing(total) else float(total)
+
+
+def first_value(records: pd.DataFrame, column: str) -> Any:
+    """The first non-missing value of a column, or None."""
+    if column not in records:
+        return None
+    for found in records[column]:
+        if not is_missing(found):
+            return found
+    return None

@@ -1,0 +1,296 @@
+"""The report's markdown sections, each built from the records DataFrame of `load_report_frame()`.
+
+Each `*_section(frame)` returns one `## ...` section. Figures come only from the run log; a figure a run
+did not record is "n/a", never 0, and every energy figure carries its provenance (measured or estimated)
+with a footnote explaining the method.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from greendistil.report.compare import TeacherStudent, teacher_student
+from greendistil.report.costs import CostTotals, cost_totals, model_points, pareto_optimal, training_records
+from greendistil.report.frame import first_value, iter_runs, iter_tasks, number, value
+from greendistil.report.markdown import (NOT_AVAILABLE, code, fmt_number, fmt_percent, fmt_ratio, fmt_si,
+                                         is_missing, table)
+from greendistil.report.provenance import footnote_ref, footnotes, mark, source_kind
+from greendistil.report.reference import DISTILBERT
+from greendistil.report.regions import DEFAULT_REGIONS, region_costs
+
+COMPONENTS = ("cpu", "gpu", "ram")
+PARETO_MARK = "★"
+_KIND_MARKS = {"measured": "meas.", "estimated": "est.", "counted": "counted", "unknown": "?"}
+
+
+def run_heading(records: pd.DataFrame) -> str:
+    """'### <run_id> (task `sst2`)' for one run's records."""
+    return f"### {first_value(records, 'run_id')} (task `{first_value(records, 'task')}`)"
+
+
+# --- 1. Cost of the result -------------------------------------------------------------------------------
+
+_COST_HEADERS = ("stage", "role", "status", "model", "parameters", "examples", "duration (s)", "FLOPs",
+                 "CPU kWh", "GPU kWh", "RAM kWh", "total kWh", "kg CO2eq", "grid g/kWh", "PUE", "dev scores")
+
+
+def cost_section(frame: pd.DataFrame) -> str:
+    """Every stage record of every run with its full cost, a total per run, and footnotes per method."""
+    parts = ["## Cost of the result",
+             "Every stage of every run as its record holds it. Energy is what the hardware drew; "
+             "CO2eq = kWh × PUE × grid intensity. Each energy figure is marked measured (meas.) or estimated "
+             "(est.), with a footnote on the method; a figure that was not measured is n/a and is left out "
+             "of the sums, never counted as 0. Failed and interrupted stages stay in the table and in the "
+             "totals: their energy was spent. The cost of producing the student includes the teacher's "
+             "training. Dev scores are the task's GLUE score on the dev set."]
+    for records in iter_runs(frame):
+        rows = [_stage_row(row) for _, row in records.iterrows()]
+        training = training_records(records)
+        stages = " + ".join(str(s) for s in training["stage"])
+        rows.append(_total_row(f"**to produce the student** ({stages})", training))
+        rows.append(_total_row(f"**run total** ({len(records)} stages)", records))
+        parts += [run_heading(records), table(_COST_HEADERS, rows, right_align_from=4)]
+    sources = [frame[f"{c}_energy_source"] for c in COMPONENTS] + [frame["flops_source"], frame["intensity_source"]]
+    parts += ["Where the figures come from:", footnotes([s for column in sources for s in column])]
+    return "\n\n".join(parts)
+
+
+def _stage_row(row: pd.Series) -> list[str]:
+    energies = [mark(fmt_number(number(row, f"{c}_energy_kwh")), value(row, f"{c}_energy_source"))
+                for c in COMPONENTS]
+    total_sources = [value(row, f"{c}_energy_source") for c in COMPONENTS
+                     if number(row, f"{c}_energy_kwh") is not None]
+    flops = number(row, "flops")
+    return [
+        str(row["stage"]), str(value(row, "role") or ""), _status(row), code(value(row, "model")),
+        _params(row), fmt_number(number(row, "num_examples")),
+        fmt_number(number(row, "duration_s")), mark(fmt_number(flops), value(row, "flops_source")),
+        *energies, _kinds_cell(number(row, "energy_kwh"), total_sources, 0),
+        fmt_number(number(row, "co2_kg")),
+        fmt_number(number(row, "intensity_g_per_kwh")) + footnote_ref(value(row, "intensity_source")),
+        fmt_number(number(row, "pue")), _scores(row),
+    ]
+
+
+def _total_row(label: str, records: pd.DataFrame) -> list[str]:
+    totals = cost_totals(records)
+    energies = []
+    for component in COMPONENTS:
+        known = records[pd.to_numeric(records[f"{component}_energy_kwh"], errors="coerce").notna()]
+        energies.append(_kinds_cell(getattr(totals, f"{component}_energy_kwh"),
+                                    list(known[f"{component}_energy_source"]), len(records) - len(known)))
+    all_sources = [s for c in COMPONENTS for s in records[f"{c}_energy_source"] if source_kind(s) != "unavailable"]
+    not_ok = f"⚠ {totals.num_not_ok} not ok" if totals.num_not_ok else "ok"
+    flops_known = pd.to_numeric(records["flops"], errors="coerce").notna()
+    flops = _kinds_cell(totals.flops, list(records.loc[flops_known, "flops_source"]), int((~flops_known).sum()))
+    return [label, "", not_ok, "", "", "", fmt_number(totals.duration_s), flops,
+            *energies, _kinds_cell(totals.energy_kwh, all_sources, 0), fmt_number(totals.co2_kg), "", "", ""]
+
+
+def _kinds_cell(total: float | None, sources: list[str | None], num_missing: int) -> str:
+    """A sum with the kinds of figures in it: '2.4e-06 (meas.+est.)', plus how many stages lacked one."""
+    if total is None:
+        return NOT_AVAILABLE
+    kinds = sorted({source_kind(s) for s in sources} - {"unavailable"})
+    text = fmt_number(total) + (f" ({'+'.join(_KIND_MARKS[k] for k in kinds)})" if kinds else "")
+    return text + (f", n/a in {num_missing} stage(s)" if num_missing else "")
+
+
+def _params(row: pd.Series) -> str:
+    """The stage's model size; for an evaluation of several models, each one's."""
+    if number(row, "num_params") is not None:
+        return fmt_si(number(row, "num_params"))
+    roles = [r for r in str(value(row, "role") or "").split("+") if number(row, f"details.{r}.num_params") is not None]
+    return " / ".join(f"{r} {fmt_si(number(row, f'details.{r}.num_params'))}" for r in roles) or NOT_AVAILABLE
+
+
+def _status(row: pd.Series) -> str:
+    status = str(value(row, "status") or "unknown")
+    if status == "ok":
+        return "ok"
+    return f"⚠ {status}: {value(row, 'error_type') or 'no error type recorded'}"
+
+
+def _scores(row: pd.Series) -> str:
+    found = [f"{role} {fmt_number(number(row, f'metric.{role}.score'))}" for role in ("teacher", "student")
+             if number(row, f"metric.{role}.score") is not None]
+    retention = number(row, "metric.retention.score")
+    if retention is not None:
+        found.append(f"retention {fmt_percent(retention)}")
+    return " · ".join(found) or "—"
+
+
+# --- 2. Teacher vs student -------------------------------------------------------------------------------
+
+def teacher_student_section(frame: pd.DataFrame) -> str:
+    """Per run: parameters, FLOPs per example, score retention and energy to train, beside DistilBERT's paper."""
+    parts = ["## Teacher vs student",
+             "Ratios are student / teacher. Distillation runs the teacher's forward pass on every training "
+             "batch, so the student's training FLOPs and energy include that teacher inference; the "
+             "student-only FLOPs are shown separately where counted. Evaluation measures both models in one "
+             "window, so its energy is not split per model: inference FLOPs per example stand in for it. "
+             f"The last column holds {DISTILBERT.student_name} / {DISTILBERT.teacher_name} as published by "
+             "Sanh et al. (2019), figures from the paper and not measured here."]
+    for records in iter_runs(frame):
+        parts += [run_heading(records), _comparison_table(teacher_student(records))]
+    parts += [_reference_table()]
+    return "\n\n".join(parts)
+
+
+def _comparison_table(c: TeacherStudent) -> str:
+    t, s, paper = c.teacher, c.student, DISTILBERT
+    own = None if c.student_own_train_flops is None or not s.train_num_examples \
+        else c.student_own_train_flops / s.train_num_examples
+    rows = [
+        ["parameters", fmt_si(t.num_params), fmt_si(s.num_params), fmt_ratio(c.param_ratio),
+         f"{fmt_ratio(paper.param_ratio)} (parameters)"],
+        ["training stage(s)", ", ".join(t.train_stages) or NOT_AVAILABLE, ", ".join(s.train_stages) or NOT_AVAILABLE,
+         "", ""],
+        ["training FLOPs / example", fmt_number(t.train_flops_per_example),
+         f"{fmt_number(s.train_flops_per_example)} (incl. teacher forward)",
+         fmt_ratio(c.train_flops_per_example_ratio), ""],
+        ["… student-only training FLOPs / example", "", fmt_number(own),
+         fmt_ratio(None if own is None or not t.train_flops_per_example else own / t.train_flops_per_example), ""],
+        ["inference FLOPs / example (evaluate)", fmt_number(t.inference_flops_per_example),
+         fmt_number(s.inference_flops_per_example), fmt_ratio(c.inference_flops_ratio),
+         f"{fmt_ratio(1 / paper.inference_speedup)} (CPU inference time)"],
+        ["dev score", fmt_number(t.score), fmt_number(s.score), f"{fmt_percent(c.score_retention)} retained",
+         f"{fmt_percent(paper.score_retention)} retained ({paper.score_name})"],
+        ["energy to train (kWh)", fmt_number(t.train_energy_kwh),
+         f"{fmt_number(s.train_energy_kwh)} (incl. teacher forward)", fmt_ratio(c.train_energy_ratio), ""],
+    ]
+    headers = ("", "teacher", "student", "student / teacher",
+               f"{paper.student_name} / {paper.teacher_name} (paper)")
+    return table(headers, rows)
+
+
+def _reference_table() -> str:
+    p = DISTILBERT
+    rows = [
+        ["parameters", fmt_si(p.teacher_num_params), fmt_si(p.student_num_params), fmt_ratio(p.param_ratio)],
+        [p.score_name, fmt_number(p.teacher_score), fmt_number(p.student_score),
+         f"{fmt_percent(p.score_retention)} retained"],
+        [f"inference time (s), {p.inference_setup}", fmt_number(p.teacher_inference_s),
+         fmt_number(p.student_inference_s),
+         f"{p.inference_speedup:.2f}× faster (the paper: \"{p.speedup_claim}\")"],
+    ]
+    return "\n\n".join([
+        f"### Published reference: {p.student_name} vs {p.teacher_name}",
+        f"Figures from the paper, not measured by greendistil: {p.citation} (Table 1: scores; Table 3: "
+        "parameters and inference time).",
+        table(("", p.teacher_name, p.student_name, f"{p.student_name} / {p.teacher_name}"), rows),
+    ])
+
+
+# --- 3. What-if by region --------------------------------------------------------------------------------
+
+def regions_section(frame: pd.DataFrame, codes: tuple[str, ...] = DEFAULT_REGIONS) -> str:
+    """Per run: its total energy × PUE on other countries' grids, lowest intensity first."""
+    parts = ["## What if the run had used another grid",
+             "CO2eq = the run's total energy (all stages) × PUE × the grid's intensity. Intensities are "
+             "codecarbon's offline energy-mix data: yearly country averages, not real-time figures."]
+    for records in iter_runs(frame):
+        parts += [run_heading(records), _regions_table(records, codes)]
+    return "\n\n".join(parts)
+
+
+def _regions_table(records: pd.DataFrame, codes: tuple[str, ...]) -> str:
+    totals = cost_totals(records)
+    if totals.facility_energy_kwh is None:
+        return "No energy was measured in this run: nothing to convert."
+    country = first_value(records, "country_iso_code")
+    costs = region_costs(totals.facility_energy_kwh, codes + ((str(country),) if country else ()))
+    own_co2_g = None if totals.co2_kg is None else totals.co2_kg * 1000.0
+    rows = [[f"{c.country_name} ({c.country_iso_code})" + (" ← this run's country" if c.country_iso_code == country else ""),
+             fmt_number(c.intensity_g_per_kwh), fmt_number(c.co2_g), fmt_number(c.co2_kg),
+             fmt_ratio(None if not own_co2_g else c.co2_g / own_co2_g)] for c in costs]
+    summary = (f"{fmt_number(totals.energy_kwh)} kWh drawn, {fmt_number(totals.facility_energy_kwh)} kWh with "
+               f"PUE {fmt_number(first_value(records, 'pue'))}. This run used "
+               f"{fmt_number(first_value(records, 'intensity_g_per_kwh'))} g/kWh "
+               f"(`{first_value(records, 'intensity_source')}`): {fmt_number(totals.co2_kg)} kg CO2eq.")
+    return summary + "\n\n" + table(("grid", "g CO2eq/kWh", "g CO2eq", "kg CO2eq", "vs this run"), rows)
+
+
+# --- 4. Across runs --------------------------------------------------------------------------------------
+
+def across_runs_section(frame: pd.DataFrame) -> str:
+    """Score vs cost per task with the Pareto front marked, and the total cost of every run."""
+    parts = ["## Across runs"]
+    if frame["run_dir"].nunique() < 2:
+        return "\n\n".join(parts + ["One run only: pass several run directories, or a runs root, to compare runs."])
+    parts.append(f"Each run gives two models: its teacher and its student. Cost = what producing the model took "
+                 f"(the teacher: its training stages; the student: the teacher's training plus distillation). "
+                 f"{PARETO_MARK} marks the Pareto front of each cost: no other model of the same task scores "
+                 f"higher at lower or equal cost. Scores of different tasks are never compared.")
+    for task, records in iter_tasks(frame):
+        parts += [f"### Task `{task}` ({records['run_dir'].nunique()} runs)", _pareto_table(records)]
+    parts += ["### Total cost of all runs",
+              "Every stage of every run, failed and interrupted ones included: the cost of the whole study, "
+              "not only of the best model.", _all_runs_table(frame)]
+    return "\n\n".join(parts)
+
+
+def _pareto_table(records: pd.DataFrame) -> str:
+    points = sorted(model_points(records), key=lambda p: -(p.score if p.score is not None else float("-inf")))
+    scores = [p.score for p in points]
+    on_flops = pareto_optimal([p.flops for p in points], scores)
+    on_kwh = pareto_optimal([p.energy_kwh for p in points], scores)
+    on_inference = pareto_optimal([p.inference_flops_per_example for p in points], scores)
+    rows = [[p.run_id, p.role, fmt_number(p.score), fmt_number(p.flops), fmt_number(p.energy_kwh),
+             fmt_number(p.co2_kg), fmt_number(p.inference_flops_per_example),
+             *(PARETO_MARK if flag else "" for flag in (on_flops[i], on_kwh[i], on_inference[i])),
+             "ok" if p.all_stages_ok else "⚠ run has failed/interrupted stages"]
+            for i, p in enumerate(points)]
+    headers = ("run", "model", "dev score", "FLOPs to produce", "kWh to produce", "kg CO2eq to produce",
+               "inference FLOPs / example", "Pareto: FLOPs", "Pareto: kWh", "Pareto: inference", "status")
+    return table(headers, rows, right_align_from=2)
+
+
+def _all_runs_table(frame: pd.DataFrame) -> str:
+    rows = [_totals_row(f"`{task}`", records) for task, records in iter_tasks(frame)]
+    rows.append(_totals_row("**all tasks**", frame))
+    headers = ("task", "runs", "stages", "not ok", "duration (s)", "FLOPs", "kWh", "kWh × PUE", "kg CO2eq")
+    return table(headers, rows)
+
+
+def _totals_row(label: str, records: pd.DataFrame) -> list[str]:
+    t: CostTotals = cost_totals(records)
+    return [label, str(records["run_dir"].nunique()), str(t.num_stages), str(t.num_not_ok),
+            fmt_number(t.duration_s), fmt_number(t.flops), fmt_number(t.energy_kwh),
+            fmt_number(t.facility_energy_kwh), fmt_number(t.co2_kg)]
+
+
+# --- 5. Environment --------------------------------------------------------------------------------------
+
+def environment_section(frame: pd.DataFrame) -> str:
+    """Per run: the exact command, code and config identity, hardware and library versions."""
+    parts = ["## Environment", "What is needed to reproduce each run, as its records hold it."]
+    for records in iter_runs(frame):
+        parts += [run_heading(records), table(("", "value"), _environment_rows(records))]
+    return "\n\n".join(parts)
+
+
+def _environment_rows(records: pd.DataFrame) -> list[list[str]]:
+    def text(column: str) -> str:
+        return _distinct(records, column) or NOT_AVAILABLE
+
+    command = _distinct(records, "command")
+    rows = [["command", code(command.replace("`", "'")) if command else NOT_AVAILABLE],
+            ["run directory", code(_distinct(records, "run_dir"))], ["git sha", code(_distinct(records, "git_sha"))],
+            ["config hash", code(_distinct(records, "config_hash"))],
+            ["grid", f"{text('country_iso_code')}, {text('intensity_g_per_kwh')} g/kWh "
+                     f"({text('intensity_source')}), PUE {text('pue')}"]]
+    columns = sorted(records.columns)
+    rows += [[f"hardware: {c.split('.', 1)[1]}", text(c)] for c in columns if c.startswith("hardware.")]
+    versions = [f"{c.split('.', 1)[1]} {_distinct(records, c)}" for c in columns
+                if c.startswith("versions.") and _distinct(records, c)]
+    rows.append(["versions", " · ".join(versions) or NOT_AVAILABLE])
+    return rows
+
+
+def _distinct(records: pd.DataFrame, column: str) -> str | None:
+    """The column's distinct values joined with ' / ' (one value when the stages agree), or None."""
+    if column not in records:
+        return None
+    values = dict.fromkeys(str(v) for v in records[column] if not is_missing(v))
+    return " / ".join(values) or None

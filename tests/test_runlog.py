@@ -1,0 +1,133 @@
+"""The run log: whole-line appends, torn-line tolerance, load_runs flattening, run-directory errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from greendistil import load_runs, runlog
+from greendistil.errors import GreendistilError, RunDirError
+
+
+def record(stage: str, **extra) -> dict:
+    return {"schema_version": 1, "run_id": "r", "stage": stage, "status": "ok",
+            "started_at": "2026-11-25T05:48:16.354+00:00", "ended_at": "2026-11-25T05:48:17.707+00:00",
+            "energy_kwh": 0.5, "metrics": {}, "hardware": {"cpu_count": 2}, **extra}
+
+
+def write_run(root: Path, run_id: str, *records: dict) -> Path:
+    run_dir = root / run_id
+    run_dir.mkdir(parents=True)
+    for rec in records:
+        runlog.append_record(run_dir, {**rec, "run_id": run_id})
+    return run_dir
+
+
+def test_append_record_writes_whole_lines(tmp_path: Path) -> None:
+    runlog.append_record(tmp_path, record("a", path=tmp_path / "x", count=np.int64(3), loss=np.float32(0.5)))
+    runlog.append_record(tmp_path, record("b"))
+    text = (tmp_path / runlog.RECORDS_FILE).read_text(encoding="utf-8")
+    assert text.endswith("\n") and text.count("\n") == 2
+    first, second = (json.loads(line) for line in text.splitlines())
+    assert (first["stage"], second["stage"]) == ("a", "b")
+    assert first["path"] == str(tmp_path / "x") and first["count"] == 3 and first["loss"] == 0.5
+
+
+def test_append_record_refuses_nan_without_writing_a_partial_line(tmp_path: Path) -> None:
+    runlog.append_record(tmp_path, record("a"))
+    with pytest.raises(ValueError):
+        runlog.append_record(tmp_path, record("b", energy_kwh=float("nan")))
+    with pytest.raises(TypeError):
+        runlog.append_record(tmp_path, record("c", thing=object()))
+    assert [r["stage"] for r in runlog.read_records(tmp_path)] == ["a"]
+
+
+def test_read_records_skips_a_torn_last_line_with_a_warning(tmp_path: Path) -> None:
+    runlog.append_record(tmp_path, record("a"))
+    with open(tmp_path / runlog.RECORDS_FILE, "a", encoding="utf-8") as handle:
+        handle.write('{"schema_version": 1, "stage": "b", "sta')  # killed mid-write
+    with pytest.warns(UserWarning, match="torn last line"):
+        records = runlog.read_records(tmp_path)
+    assert [r["stage"] for r in records] == ["a"]
+
+
+def test_read_records_raises_on_a_corrupt_middle_line(tmp_path: Path) -> None:
+    path = tmp_path / runlog.RECORDS_FILE
+    path.write_text(json.dumps(record("a")) + "\n" + "garbage\n" + json.dumps(record("c")) + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r":2: not a JSON record"):
+        runlog.read_records(tmp_path)
+
+
+def test_read_records_of_a_folder_without_a_log_is_empty(tmp_path: Path) -> None:
+    assert runlog.read_records(tmp_path) == []
+    assert load_runs(tmp_path).empty
+
+
+def test_load_runs_accepts_a_run_dir_a_runs_root_and_a_list(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    one = write_run(root, "one", record("finetune"), record("evaluate", metrics={"teacher.accuracy": 0.9}))
+    two = write_run(root, "two", record("finetune"))
+    (root / "not-a-run").mkdir()
+
+    assert len(load_runs(one)) == 2
+    assert len(load_runs(str(one))) == 2
+    from_root = load_runs(root)
+    assert len(from_root) == 3 and set(from_root["run_id"]) == {"one", "two"}
+    assert set(from_root["run_dir"]) == {str(one), str(two)}
+    assert len(load_runs([one, two])) == 3
+    assert len(load_runs([root, tmp_path / "missing"])) == 3
+
+
+def test_load_runs_flattens_metrics_and_nested_fields(tmp_path: Path) -> None:
+    run_dir = write_run(tmp_path, "r", record("evaluate", metrics={"teacher.accuracy": 0.9, "student.accuracy": 0.8},
+                                              codecarbon={"co2_kg": 1e-6}))
+    frame = load_runs(run_dir)
+    row = frame.iloc[0]
+    assert row["metric.teacher.accuracy"] == 0.9 and row["metric.student.accuracy"] == 0.8
+    assert row["hardware.cpu_count"] == 2 and row["codecarbon.co2_kg"] == 1e-6
+    assert "metrics" not in frame.columns and "hardware" not in frame.columns
+    assert pd.api.types.is_datetime64_any_dtype(frame["started_at"])
+    assert pd.api.types.is_datetime64_any_dtype(frame["ended_at"])
+    assert frame["started_at"].iloc[0] == pd.Timestamp("2026-11-25T05:48:16.354Z")
+
+
+def test_load_runs_tolerates_unknown_and_missing_fields(tmp_path: Path) -> None:
+    run_dir = write_run(tmp_path, "r", record("a", future_field={"x": 1}, schema_version=2),
+                        {"run_id": "r", "stage": "b", "status": "ok"})
+    frame = load_runs(run_dir)
+    assert list(frame["stage"]) == ["a", "b"]
+    assert frame["future_field.x"].iloc[0] == 1 and pd.isna(frame["future_field.x"].iloc[1])
+    assert pd.isna(frame["energy_kwh"].iloc[1])
+
+
+def test_create_run_dir_makes_a_writable_folder(tmp_path: Path) -> None:
+    run_dir = runlog.create_run_dir(tmp_path / "a" / "b", "run1")
+    assert run_dir == tmp_path / "a" / "b" / "run1" and run_dir.is_dir()
+    assert list(run_dir.iterdir()) == []  # the write probe is removed
+
+
+def test_create_run_dir_refuses_an_existing_run_dir_unless_forced(tmp_path: Path) -> None:
+    run_dir = runlog.create_run_dir(tmp_path, "run1")
+    runlog.append_record(run_dir, record("a"))
+    with pytest.raises(RunDirError, match="already exists") as info:
+        runlog.create_run_dir(tmp_path, "run1")
+    assert str(run_dir) in str(info.value) and isinstance(info.value, GreendistilError)
+    assert runlog.create_run_dir(tmp_path, "run1", force=True) == run_dir
+    assert len(runlog.read_records(run_dir)) == 1  # --force reuses, it does not wipe
+
+
+def test_create_run_dir_under_a_regular_file_is_a_run_dir_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "afile"
+    blocker.write_text("x", encoding="utf-8")
+    with pytest.raises(RunDirError, match="run.output_dir"):
+        runlog.create_run_dir(blocker / "runs", "run1")
+    assert blocker.is_file()
+
+
+def test_new_run_ids_are_distinct() -> None:
+    ids = {runlog.new_run_id("quick") for _ in range(50)}
+    assert len(ids) == 50 and all(i.startswith("quick-") for i in ids)
