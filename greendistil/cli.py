@@ -44,6 +44,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="reuse an existing run directory")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.set_defaults(handler=_cmd_run)
+    report = commands.add_parser("report", help="write a Green AI report (markdown + PNG) from run logs")
+    report.add_argument("paths", nargs="+", type=Path, help="run directories or runs roots")
+    report.add_argument("--out", type=Path, required=True, help="the report folder, e.g. reports/base")
+    report.set_defaults(handler=_cmd_report)
     runs = commands.add_parser("runs", help="a table of the runs under a folder")
     runs.add_argument("paths", nargs="+", type=Path, help="run directories or a runs root")
     runs.set_defaults(handler=_cmd_runs)
@@ -77,6 +81,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, previous)
     print(f"run directory: {run_dir}")
     print(_summary_table(run_dir))
+    if config.run.report:
+        from greendistil.report import write_report
+
+        try:
+            print(f"report: {write_report([run_dir], run_dir / 'report')}")
+        except Exception as err:  # the run and its records are complete; a report can be rebuilt later
+            print(f"greendistil: the run finished but its report failed ({type(err).__name__}: {err}); "
+                  f"rebuild it with: greendistil report {run_dir} --out {run_dir / 'report'}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from greendistil.report import write_report
+
+    print(f"report: {write_report(list(args.paths), args.out)}")
     return EXIT_OK
 
 

@@ -47,6 +47,7 @@ class RunSection:
     output_dir: str = "runs"
     seed: int = 42
     num_threads: int = 0  # torch intra-op threads; 0 keeps torch's default (one per core)
+    report: bool = True  # write <run dir>/report/report.md and its PNGs when the run ends
 
     def __post_init__(self) -> None:
         _require(bool(self.name.strip()), "name", self.name, "a non-empty string")
@@ -232,7 +233,7 @@ class Config:
     def config_hash(self) -> str:
         """A short, stable hash of everything that shapes the result (not the run's name or folder)."""
         data = self.to_dict()
-        data["run"] = {k: v for k, v in data["run"].items() if k not in ("name", "output_dir")}
+        data["run"] = {k: v for k, v in data["run"].items() if k not in ("name", "output_dir", "report")}
         canonical = json.dumps(data, sort_keys=True, default=str)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 

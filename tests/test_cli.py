@@ -283,3 +283,39 @@ def test_nan_loss_fails_the_stage_with_exit_1(tmp_path: Path, glue_dir: Path, mo
     assert record["num_steps"] == 0
     assert record["energy_kwh"] is None or record["energy_kwh"] >= 0
     assert not (tmp_path / "runs" / "nan" / "checkpoints").exists()
+
+
+def test_evaluate_metrics_match_an_in_order_recomputation(e2e: dict[str, Any], glue_dir: Path) -> None:
+    """Evaluation batches by length; its predictions must still line up with their labels."""
+    import numpy as np
+    import torch
+
+    from greendistil.data.glue import get_task, load_glue
+    from greendistil.metrics import compute_metrics
+    from greendistil.models import load_classifier, load_tokenizer
+
+    task = get_task("sst2")
+    dev = load_glue(task, "dev", glue_dir=glue_dir)
+    evaluate = [r for r in read_jsonl(e2e["run_dir"]) if r["stage"] == "evaluate"][0]
+    for role, stage in (("teacher", "finetune"), ("student", "distill")):
+        folder = str(e2e["run_dir"] / "checkpoints" / stage)
+        model, tokenizer = load_classifier(folder, task).eval(), load_tokenizer(folder)
+        predictions = []
+        for sentence in dev.text_a:  # one at a time, in the file's order: no padding, no reordering
+            inputs = tokenizer(sentence, truncation=True, max_length=32, return_tensors="pt")
+            with torch.inference_mode():
+                predictions.append(int(model(**inputs).logits.argmax(-1)))
+        expected = compute_metrics(task, np.array(predictions), np.array(dev.labels))
+        assert evaluate["metrics"][f"{role}.accuracy"] == pytest.approx(expected["accuracy"])
+
+
+def test_run_writes_its_report_and_report_command_rebuilds_it(e2e: dict[str, Any], tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    report = e2e["run_dir"] / "report" / "report.md"
+    assert report.is_file() and "Cost of the result" in report.read_text()
+    assert list((e2e["run_dir"] / "report").glob("*.png"))
+    assert main(["report", str(e2e["output_dir"]), "--out", str(tmp_path / "rep")]) == 0
+    assert (tmp_path / "rep" / "report.md").is_file()
+    assert main(["report", str(tmp_path / "nothing-here"), "--out", str(tmp_path / "rep2")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("greendistil: error: no runs found")

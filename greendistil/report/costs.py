@@ -15,8 +15,6 @@ import pandas as pd
 from greendistil.report.compare import EVALUATE_KIND, teacher_student
 from greendistil.report.frame import column_sum, first_value, iter_runs
 
-ENERGY_COLUMNS = ("cpu_energy_kwh", "gpu_energy_kwh", "ram_energy_kwh", "energy_kwh")
-
 
 @dataclass(frozen=True, kw_only=True)
 class CostTotals:

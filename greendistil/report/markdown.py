@@ -29,17 +29,23 @@ def is_missing(value: Any) -> bool:
 
 
 def fmt_number(value: float | None, digits: int = 3) -> str:
-    """`digits` significant figures; scientific notation (1.25e-06) for very small or large values."""
+    """`digits` significant figures; scientific notation (1.25e-6, 9.56e5) below 0.001 and from 100,000 on."""
     if is_missing(value):
         return NOT_AVAILABLE
     value = float(value)
     if value == 0:
         return "0"
-    if 1e-3 <= abs(value) < 1e6:
-        text = f"{value:.{digits}g}"
-        return text if "e" not in text else f"{value:.{max(digits - 1, 0)}f}"
+    if 10 ** (digits - 1) <= abs(value) < 1e5:
+        return f"{value:.0f}"  # whole numbers below 100,000: 1000, 3601
+    if 1e-3 <= abs(value) < 10 ** (digits - 1):
+        return f"{value:.{digits}g}"
     mantissa, exponent = f"{value:.{max(digits - 1, 0)}e}".split("e")
     return f"{mantissa}e{int(exponent)}"
+
+
+def fmt_count(value: float | None) -> str:
+    """A count with thousands separators: 67349 -> '67,349'."""
+    return NOT_AVAILABLE if is_missing(value) else f"{float(value):,.0f}"
 
 
 def fmt_si(value: float | None, digits: int = 3) -> str:

@@ -18,10 +18,12 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
 from greendistil.report.compare import TeacherStudent
 from greendistil.report.costs import ModelPoint, pareto_optimal
 from greendistil.report.frame import first_value, number, value
+from greendistil.report.markdown import fmt_number
 from greendistil.report.provenance import source_kind
 
 logger = logging.getLogger(__name__)
@@ -60,13 +62,17 @@ def plot_energy_by_stage(records: pd.DataFrame, path: Path) -> Path:
             ax.bar(i, kwh * factor, bottom=bottoms[i], color=color, edgecolor="white",
                    hatch="///" if estimated else None, width=0.6)
             bottoms[i] += kwh * factor
+    for i, row in enumerate(rows):
+        total = number(row, "energy_kwh")
+        ax.text(i, bottoms[i], "not measured" if total is None else fmt_number(total * factor), ha="center",
+                va="bottom", fontsize=8)
     ax.set_xticks(range(len(rows)), labels)
     ax.set_ylabel(f"energy ({unit})")
     ax.set_title(f"Energy per stage — {first_value(records, 'run_id')}")
     handles = [Patch(color=c, label=k.upper()) for k, c in COMPONENT_COLORS.items()]
     handles.append(Patch(facecolor="white", edgecolor="grey", hatch="///", label="estimated (hatched)"))
-    ax.legend(handles=handles, loc="upper left", fontsize=9)
-    ax.margins(y=0.15)
+    ax.set_ylim(0, 1.3 * max(bottoms, default=0.0) or 1.0)  # headroom for the one-row legend
+    ax.legend(handles=handles, loc="upper center", ncol=4, fontsize=9)
     return _save(fig, path)
 
 
@@ -76,31 +82,43 @@ def plot_score_vs_cost(points: Sequence[ModelPoint], path: Path, *, task: str) -
     axes = fig.subplots(1, 2, sharey=True)
     runs = list(dict.fromkeys(p.run_id for p in points))
     colors = {run: matplotlib.colormaps["tab10"](i % 10) for i, run in enumerate(runs)}
-    for ax, attribute, label in ((axes[0], "flops", "FLOPs to produce the model"),
-                                 (axes[1], "energy_kwh", "energy to produce the model (kWh)")):
-        _scatter_with_front(ax, points, attribute, colors)
+    factor, unit = energy_unit(max((p.energy_kwh or 0.0 for p in points), default=0.0))
+    for ax, attribute, scale, label in ((axes[0], "flops", 1.0, "FLOPs to produce the model"),
+                                        (axes[1], "energy_kwh", factor, f"energy to produce the model ({unit})")):
+        _scatter_with_front(ax, points, attribute, scale, colors)
         ax.set_xlabel(label)
+        ax.xaxis.set_major_locator(MaxNLocator(5))
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("dev score (task's GLUE score)")
     handles = [Line2D([], [], marker=m, ls="", color="grey", label=r) for r, m in ROLE_MARKERS.items()]
-    handles.append(Line2D([], [], ls="--", color="black", label="Pareto front"))
-    if len(runs) <= 8:
-        handles += [Patch(color=colors[r], label=_short(r)) for r in runs]
-    axes[1].legend(handles=handles, fontsize=8, loc="lower right")
+    handles.append(Line2D([], [], ls="--", marker="o", markerfacecolor="none", markersize=10, color="black",
+                          label="Pareto front"))
+    scored = [r for r in runs if any(p.run_id == r and p.score is not None for p in points)]
+    if len(scored) <= 6:  # beyond that the legend crowds the figure; the table names every point
+        handles += [Patch(color=colors[r], label=_short(r)) for r in scored]
+    # Below the axes: inside, it would hide the costly, lower-scoring students in the lower right.
+    fig.legend(handles=handles, fontsize=8, loc="lower center", ncol=min(len(handles), 5))
     fig.suptitle(f"Score vs cost — task {task}")
-    return _save(fig, path)
+    fig.tight_layout(rect=(0, 0.1 if len(handles) <= 5 else 0.14, 1, 1))
+    fig.savefig(path, dpi=DPI)
+    return path
 
 
-def _scatter_with_front(ax: Axes, points: Sequence[ModelPoint], attribute: str, colors: dict) -> None:
+def _scatter_with_front(ax: Axes, points: Sequence[ModelPoint], attribute: str, scale: float,
+                        colors: dict) -> None:
+    """The scored points with a known cost (× `scale`), the Pareto-optimal ones ringed and joined."""
     known = [p for p in points if getattr(p, attribute) is not None and p.score is not None]
     for p in known:
-        ax.scatter(getattr(p, attribute), p.score, marker=ROLE_MARKERS.get(p.role, "s"), color=colors[p.run_id],
+        ax.scatter(getattr(p, attribute) * scale, p.score, marker=ROLE_MARKERS.get(p.role, "s"), color=colors[p.run_id],
                    s=60, edgecolor="black", linewidth=0.5, zorder=3)
-    costs = [getattr(p, attribute) for p in known]
+    costs = [getattr(p, attribute) * scale for p in known]
     flags = pareto_optimal(costs, [p.score for p in known])
     front = sorted((c, p.score) for c, p, f in zip(costs, known, flags) if f)
     if front:
         ax.step([c for c, _ in front], [s for _, s in front], where="post", ls="--", color="black", zorder=2)
+        ax.scatter([c for c, _ in front], [s for _, s in front], s=180, facecolors="none", edgecolors="black",
+                   zorder=4)
+    ax.margins(0.1)
     if costs and min(costs) > 0 and max(costs) / min(costs) > 20:
         ax.set_xscale("log")
     if not known:
@@ -114,72 +132,110 @@ def plot_teacher_student(comparison: TeacherStudent, path: Path) -> Path:
     roles = (comparison.teacher, comparison.student)
     _role_bars(axes[0], ["parameters"], [[(r.num_params or 0) / 1e6] for r in roles], "parameters (millions)")
     flops = [[r.train_flops_per_example or 0.0, r.inference_flops_per_example or 0.0] for r in roles]
-    _role_bars(axes[1], ["training*", "inference"], flops, "FLOPs per example")
+    _role_bars(axes[1], ["training*", "inference"], flops, "FLOPs per example", digits=2)
+    known = [f for pair in flops for f in pair if f > 0]
+    if known and max(known) / min(known) > 20:  # inference is often ~1/3 of training per example, or far less
+        axes[1].set_yscale("log")
+        axes[1].set_ylabel("FLOPs per example (log scale)")
     axes[1].text(0.02, -0.16, "* student: incl. teacher forward", transform=axes[1].transAxes, fontsize=7)
-    _role_bars(axes[2], ["dev score"], [[r.score or 0.0] for r in roles], "dev score")
-    axes[2].set_ylim(0, 1.05 * max(1.0, *(r.score or 0.0 for r in roles)))
-    axes[0].legend(fontsize=8, loc="lower left")
+    _role_bars(axes[2], ["dev score"], [[r.score or 0.0] for r in roles], "dev score (task's GLUE score)")
+    scores = [r.score or 0.0 for r in roles]
+    axes[2].set_ylim(min(0.0, *scores) * 1.1, 1.1 * max(1.0, *scores))  # MCC may be negative
+    handles = [Patch(color=ROLE_COLORS[role], label=role) for role in ("teacher", "student")]
+    fig.legend(handles=handles, loc="upper right", fontsize=8)
     fig.suptitle(f"Teacher vs student — {comparison.run_id}")
     return _save(fig, path)
 
 
-def _role_bars(ax: Axes, groups: list[str], heights: list[list[float]], ylabel: str) -> None:
+def _role_bars(ax: Axes, groups: list[str], heights: list[list[float]], ylabel: str, digits: int = 3) -> None:
     """Grouped bars: one group per entry of `groups`, a teacher and a student bar in each (0 = not recorded)."""
+    ax.set_xticks(range(len(groups)), groups)
+    ax.set_ylabel(ylabel)
+    if not any(any(role_heights) for role_heights in heights):
+        ax.set_xlim(-0.5, len(groups) - 0.5)
+        ax.set_yticks([])
+        ax.text(0.5, 0.5, "not recorded", transform=ax.transAxes, ha="center", color="grey")
+        return
     width = 0.38
     for offset, role, role_heights in ((-width / 2, "teacher", heights[0]), (width / 2, "student", heights[1])):
         xs = [i + offset for i in range(len(groups))]
         ax.bar(xs, role_heights, width=width, color=ROLE_COLORS[role], label=role)
         for x, h in zip(xs, role_heights):
-            ax.text(x, h, f"{h:.3g}" if h else "n/a", ha="center", va="bottom", fontsize=7)
-    ax.set_xticks(range(len(groups)), groups)
-    ax.set_ylabel(ylabel)
+            ax.text(x, h, fmt_number(h, digits) if h else "n/a", ha="center", va="bottom", fontsize=7)
     ax.margins(y=0.12)
 
 
 def plot_power(records: pd.DataFrame, run_dir: Path, path: Path) -> Path:
-    """Power over the run: NVML samples from power.csv when present, else each stage's mean power as flat lines."""
+    """Power over the run: GPU samples from power.csv when present, and each stage's mean CPU/RAM power
+    (plus the mean GPU power when there are no samples) as flat lines."""
     fig, ax = _figure()
     starts = _stage_starts_s(records)
     for (_, row), start in zip(records.iterrows(), starts):
         end = start + (number(row, "duration_s") or 0.0)
         ax.axvspan(start, end, color="grey", alpha=0.08)
-        ax.text((start + end) / 2, 1.0, str(row["stage"]), transform=ax.get_xaxis_transform(), ha="center",
-                va="bottom", fontsize=8)
+        status = "" if value(row, "status") == "ok" else f" ⚠ {value(row, 'status')}"
+        ax.text((start + end) / 2, 1.0, f"{row['stage']}{status}", transform=ax.get_xaxis_transform(),
+                ha="center", va="bottom", fontsize=8)
     samples = _power_samples(run_dir)
-    if samples is not None:
-        _draw_samples(ax, samples, records, starts)
-    _draw_mean_power(ax, records, starts, with_gpu=samples is None)
+    highest = _draw_samples(ax, samples, records, starts) if samples is not None else 0.0
+    highest = max(highest, _draw_mean_power(ax, records, starts, with_gpu=samples is None))
     ax.set_xlabel("time since the run's first stage started (s)")
     ax.set_ylabel("power (W)")
     ax.set_title(f"Power per stage — {first_value(records, 'run_id')}", pad=18)
-    ax.set_ylim(bottom=0)
+    ax.set_ylim(0, 1.4 * highest if highest > 0 else 1.0)  # headroom: the legend sits above the lines
     ax.legend(fontsize=8, loc="upper right")
     return _save(fig, path)
 
 
-def _draw_mean_power(ax: Axes, records: pd.DataFrame, starts: list[float], *, with_gpu: bool) -> None:
-    """Mean power per stage = its energy ÷ its duration, one flat line per component."""
-    components = ["cpu", "ram"] + (["gpu"] if with_gpu else [])
+def _draw_mean_power(ax: Axes, records: pd.DataFrame, starts: list[float], *, with_gpu: bool) -> float:
+    """Each stage's mean power per component as a flat line; returns the highest value drawn.
+
+    CPU and RAM: codecarbon's average over its power readings (`cpu_power_w`, `ram_power_w`); GPU: the mean
+    of the NVML samples (`gpu_power_mean_w`). Where a record lacks the field: the stage's energy ÷ duration.
+    """
+    fields = {"cpu": "cpu_power_w", "ram": "ram_power_w"} | ({"gpu": "gpu_power_mean_w"} if with_gpu else {})
     labelled: set[str] = set()
+    highest = 0.0
     for (_, row), start in zip(records.iterrows(), starts):
-        duration_s = number(row, "duration_s")
-        for component in components:
-            kwh = number(row, f"{component}_energy_kwh")
-            if kwh is None or not duration_s:
+        duration_s = number(row, "duration_s") or 0.0
+        for component, field in fields.items():
+            power_w, how = _mean_power_w(row, component, field, duration_s)
+            if power_w is None:
                 continue
-            kind = source_kind(value(row, f"{component}_energy_source"))
-            label = f"{component.upper()} mean ({'codecarbon estimate' if kind == 'estimated' else kind})"
-            ax.hlines(kwh * _KWH_TO_J / duration_s, start, start + duration_s, color=COMPONENT_COLORS[component],
-                      linestyles="--" if kind == "estimated" else "-", linewidth=2,
-                      label=None if label in labelled else label)
+            label = f"{component.upper()}: {how}"
+            estimated = source_kind(value(row, f"{component}_energy_source")) != "measured"
+            ax.hlines(power_w, start, start + duration_s, color=COMPONENT_COLORS[component], linewidth=2,
+                      linestyles="--" if estimated else "-", label=None if label in labelled else label)
             labelled.add(label)
+            highest = max(highest, power_w)
+    return highest
 
 
-def _draw_samples(ax: Axes, samples: pd.DataFrame, records: pd.DataFrame, starts: list[float]) -> None:
+def _mean_power_w(row: pd.Series, component: str, field: str, duration_s: float) -> tuple[float | None, str]:
+    kind = source_kind(value(row, f"{component}_energy_source"))
+    if kind == "unavailable":
+        return None, ""
+    recorded = number(row, field)
+    if recorded is not None:
+        return recorded, f"{'NVML sample mean' if component == 'gpu' else 'codecarbon average'}, {kind}"
+    kwh = number(row, f"{component}_energy_kwh")
+    if kwh is None or not duration_s:
+        return None, ""
+    return kwh * _KWH_TO_J / duration_s, f"energy ÷ duration, {kind}"
+
+
+def _draw_samples(ax: Axes, samples: pd.DataFrame, records: pd.DataFrame, starts: list[float]) -> float:
+    """GPU power samples, one line per device, placed at their stage's start; returns the highest sample."""
     offsets = dict(zip(records["stage"].astype(str), starts))
     samples = samples.assign(t_s=samples["elapsed_s"] + samples["stage"].astype(str).map(offsets))
-    for device, group in samples.dropna(subset=["t_s"]).groupby("device"):
-        ax.plot(group["t_s"], group["power_w"], lw=1, label=f"GPU {device} (NVML samples, measured)")
+    samples = samples.dropna(subset=["t_s", "power_w"])
+    colors = matplotlib.colormaps["Dark2"]
+    for index, (device, by_device) in enumerate(samples.groupby("device")):
+        for number_in_device, (_, group) in enumerate(by_device.groupby("stage", sort=False)):
+            # One line per stage: no line bridges the gap between two stages.
+            ax.plot(group["t_s"], group["power_w"], lw=1, color=colors(index % 8),
+                    label=f"GPU {device}: NVML samples, measured" if number_in_device == 0 else None)
+    return float(samples["power_w"].max()) if len(samples) else 0.0
 
 
 def _power_samples(run_dir: Path) -> pd.DataFrame | None:
@@ -195,11 +251,14 @@ def _power_samples(run_dir: Path) -> pd.DataFrame | None:
 
 
 def _stage_starts_s(records: pd.DataFrame) -> list[float]:
-    """Each stage's start in seconds after the run's first start; stages placed end to end without timestamps."""
+    """Each stage's start in seconds after the run's first start; end to end when timestamps are absent or overlap."""
+    durations = [number(row, "duration_s") or 0.0 for _, row in records.iterrows()]
     started = pd.to_datetime(records["started_at"], utc=True, errors="coerce")
     if started.notna().all() and len(started):
-        return [float(s) for s in (started - started.min()).dt.total_seconds()]
-    durations = [number(row, "duration_s") or 0.0 for _, row in records.iterrows()]
+        starts = [float(s) for s in (started - started.min()).dt.total_seconds()]
+        # Stages run one after another; overlapping windows mean the timestamps cannot be trusted.
+        if all(starts[i] >= starts[i - 1] + 0.99 * durations[i - 1] for i in range(1, len(starts))):
+            return starts
     return [sum(durations[:i]) for i in range(len(durations))]
 
 

@@ -31,7 +31,7 @@ _SOURCE_NOTES: dict[str, str] = {
                                   "sampled steps and extrapolated to the other steps by padded tokens.",
 }
 
-_MARKS: dict[str, str] = {"measured": "meas.", "estimated": "est.", "counted": "counted", "unknown": "?"}
+KIND_MARKS: dict[str, str] = {"measured": "meas.", "estimated": "est.", "counted": "counted", "unknown": "?"}
 
 
 def source_kind(source: str | None) -> SourceKind:
@@ -45,7 +45,7 @@ def source_kind(source: str | None) -> SourceKind:
 
 
 def source_key(source: str | None) -> str:
-    """The method without per-record detail: 'counted:torch-flop-counter(3/4 steps ...)' -> 'counted:torch-flop-counter'."""
+    """The method without per-record detail: 'counted:torch-flop-counter(3/4 steps)' -> 'counted:torch-flop-counter'."""
     return (source or "unavailable:no-source").split("(", 1)[0]
 
 
@@ -85,7 +85,7 @@ def mark(text: str, source: str | None) -> str:
     label = footnote_ref(source)
     if kind == "unavailable":
         return f"n/a{label}"
-    return f"{text} ({_MARKS[kind]}){label}"
+    return f"{text} ({KIND_MARKS[kind]}){label}"
 
 
 def footnotes(sources: list[str | None]) -> str:

@@ -12,15 +12,14 @@ import pandas as pd
 from greendistil.report.compare import TeacherStudent, teacher_student
 from greendistil.report.costs import CostTotals, cost_totals, model_points, pareto_optimal, training_records
 from greendistil.report.frame import first_value, iter_runs, iter_tasks, number, value
-from greendistil.report.markdown import (NOT_AVAILABLE, code, fmt_number, fmt_percent, fmt_ratio, fmt_si,
+from greendistil.report.markdown import (NOT_AVAILABLE, code, fmt_count, fmt_number, fmt_percent, fmt_ratio, fmt_si,
                                          is_missing, table)
-from greendistil.report.provenance import footnote_ref, footnotes, mark, source_kind
+from greendistil.report.provenance import KIND_MARKS, footnote_ref, footnotes, mark, source_kind
 from greendistil.report.reference import DISTILBERT
 from greendistil.report.regions import DEFAULT_REGIONS, region_costs
 
 COMPONENTS = ("cpu", "gpu", "ram")
 PARETO_MARK = "★"
-_KIND_MARKS = {"measured": "meas.", "estimated": "est.", "counted": "counted", "unknown": "?"}
 
 
 def run_heading(records: pd.DataFrame) -> str:
@@ -63,7 +62,7 @@ def _stage_row(row: pd.Series) -> list[str]:
     flops = number(row, "flops")
     return [
         str(row["stage"]), str(value(row, "role") or ""), _status(row), code(value(row, "model")),
-        _params(row), fmt_number(number(row, "num_examples")),
+        _params(row), fmt_count(number(row, "num_examples")),
         fmt_number(number(row, "duration_s")), mark(fmt_number(flops), value(row, "flops_source")),
         *energies, _kinds_cell(number(row, "energy_kwh"), total_sources, 0),
         fmt_number(number(row, "co2_kg")),
@@ -92,7 +91,7 @@ def _kinds_cell(total: float | None, sources: list[str | None], num_missing: int
     if total is None:
         return NOT_AVAILABLE
     kinds = sorted({source_kind(s) for s in sources} - {"unavailable"})
-    text = fmt_number(total) + (f" ({'+'.join(_KIND_MARKS[k] for k in kinds)})" if kinds else "")
+    text = fmt_number(total) + (f" ({'+'.join(KIND_MARKS[k] for k in kinds)})" if kinds else "")
     return text + (f", n/a in {num_missing} stage(s)" if num_missing else "")
 
 
@@ -129,6 +128,8 @@ def teacher_student_section(frame: pd.DataFrame) -> str:
              "batch, so the student's training FLOPs and energy include that teacher inference; the "
              "student-only FLOPs are shown separately where counted. Evaluation measures both models in one "
              "window, so its energy is not split per model: inference FLOPs per example stand in for it. "
+             "FLOPs are counted on the padded tokens the models computed on, so per-example figures depend on "
+             "batch size and padding: compare teacher with student within a row rather than rows with each other. "
              f"The last column holds {DISTILBERT.student_name} / {DISTILBERT.teacher_name} as published by "
              "Sanh et al. (2019), figures from the paper and not measured here."]
     for records in iter_runs(frame):
@@ -147,28 +148,36 @@ def _comparison_table(c: TeacherStudent) -> str:
         ["training stage(s)", ", ".join(t.train_stages) or NOT_AVAILABLE, ", ".join(s.train_stages) or NOT_AVAILABLE,
          "", ""],
         ["training FLOPs / example", fmt_number(t.train_flops_per_example),
-         f"{fmt_number(s.train_flops_per_example)} (incl. teacher forward)",
+         _incl_teacher(fmt_number(s.train_flops_per_example)),
          fmt_ratio(c.train_flops_per_example_ratio), ""],
         ["… student-only training FLOPs / example", "", fmt_number(own),
          fmt_ratio(None if own is None or not t.train_flops_per_example else own / t.train_flops_per_example), ""],
         ["inference FLOPs / example (evaluate)", fmt_number(t.inference_flops_per_example),
          fmt_number(s.inference_flops_per_example), fmt_ratio(c.inference_flops_ratio),
          f"{fmt_ratio(1 / paper.inference_speedup)} (CPU inference time)"],
-        ["dev score", fmt_number(t.score), fmt_number(s.score), f"{fmt_percent(c.score_retention)} retained",
+        ["dev score", fmt_number(t.score), fmt_number(s.score), _retained(c.score_retention),
          f"{fmt_percent(paper.score_retention)} retained ({paper.score_name})"],
         ["energy to train (kWh)", fmt_number(t.train_energy_kwh),
-         f"{fmt_number(s.train_energy_kwh)} (incl. teacher forward)", fmt_ratio(c.train_energy_ratio), ""],
+         _incl_teacher(fmt_number(s.train_energy_kwh)), fmt_ratio(c.train_energy_ratio), ""],
     ]
     headers = ("", "teacher", "student", "student / teacher",
                f"{paper.student_name} / {paper.teacher_name} (paper)")
     return table(headers, rows)
 
 
+def _retained(retention: float | None) -> str:
+    return NOT_AVAILABLE if retention is None else f"{fmt_percent(retention)} retained"
+
+
+def _incl_teacher(text: str) -> str:
+    return text if text == NOT_AVAILABLE else f"{text} (incl. teacher forward)"
+
+
 def _reference_table() -> str:
     p = DISTILBERT
     rows = [
         ["parameters", fmt_si(p.teacher_num_params), fmt_si(p.student_num_params), fmt_ratio(p.param_ratio)],
-        [p.score_name, fmt_number(p.teacher_score), fmt_number(p.student_score),
+        [p.score_name, f"{p.teacher_score:.1f}", f"{p.student_score:.1f}",
          f"{fmt_percent(p.score_retention)} retained"],
         [f"inference time (s), {p.inference_setup}", fmt_number(p.teacher_inference_s),
          fmt_number(p.student_inference_s),
@@ -201,7 +210,7 @@ def _regions_table(records: pd.DataFrame, codes: tuple[str, ...]) -> str:
     country = first_value(records, "country_iso_code")
     costs = region_costs(totals.facility_energy_kwh, codes + ((str(country),) if country else ()))
     own_co2_g = None if totals.co2_kg is None else totals.co2_kg * 1000.0
-    rows = [[f"{c.country_name} ({c.country_iso_code})" + (" ← this run's country" if c.country_iso_code == country else ""),
+    rows = [[f"{c.country_name} ({c.country_iso_code})" + (" — this run" if c.country_iso_code == country else ""),
              fmt_number(c.intensity_g_per_kwh), fmt_number(c.co2_g), fmt_number(c.co2_kg),
              fmt_ratio(None if not own_co2_g else c.co2_g / own_co2_g)] for c in costs]
     summary = (f"{fmt_number(totals.energy_kwh)} kWh drawn, {fmt_number(totals.facility_energy_kwh)} kWh with "
@@ -223,7 +232,8 @@ def across_runs_section(frame: pd.DataFrame) -> str:
                  f"{PARETO_MARK} marks the Pareto front of each cost: no other model of the same task scores "
                  f"higher at lower or equal cost. Scores of different tasks are never compared.")
     for task, records in iter_tasks(frame):
-        parts += [f"### Task `{task}` ({records['run_dir'].nunique()} runs)", _pareto_table(records)]
+        num_runs = records["run_dir"].nunique()
+        parts += [f"### Task `{task}` ({num_runs} run{'s' if num_runs > 1 else ''})", _pareto_table(records)]
     parts += ["### Total cost of all runs",
               "Every stage of every run, failed and interrupted ones included: the cost of the whole study, "
               "not only of the best model.", _all_runs_table(frame)]
@@ -266,7 +276,7 @@ def environment_section(frame: pd.DataFrame) -> str:
     """Per run: the exact command, code and config identity, hardware and library versions."""
     parts = ["## Environment", "What is needed to reproduce each run, as its records hold it."]
     for records in iter_runs(frame):
-        parts += [run_heading(records), table(("", "value"), _environment_rows(records))]
+        parts += [run_heading(records), table(("", "value"), _environment_rows(records), right_align_from=2)]
     return "\n\n".join(parts)
 
 
@@ -292,5 +302,6 @@ def _distinct(records: pd.DataFrame, column: str) -> str | None:
     """The column's distinct values joined with ' / ' (one value when the stages agree), or None."""
     if column not in records:
         return None
-    values = dict.fromkeys(str(v) for v in records[column] if not is_missing(v))
+    values = dict.fromkeys(fmt_number(v, 4) if isinstance(v, float) else str(v)
+                           for v in records[column] if not is_missing(v))
     return " / ".join(values) or None

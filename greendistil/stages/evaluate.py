@@ -44,8 +44,10 @@ def run_evaluate(ctx: StageContext, cfg: EvaluateStage, window: Window) -> None:
 def _evaluate_split(ctx: StageContext, cfg: EvaluateStage, window: Window, loaded: LoadedModel, split: str,
                     role: str, flops_per_token: float) -> dict[str, float]:
     encoded = ctx.encoded(split, loaded.tokenizer)
+    # Batches of similar length waste little compute on padding; predictions are put back in order below.
+    order = np.argsort(np.asarray(encoded.lengths), kind="stable")
     loader = make_loader(encoded, batch_size=cfg.batch_size, pad_token_id=loaded.tokenizer.pad_token_id,
-                         shuffle=False, seed=0)
+                         shuffle=False, seed=0, sampler=order.tolist())
     counters, sampler = window.counters, window.counters.flop_sampler
     predictions = []
     with torch.inference_mode():
@@ -60,7 +62,9 @@ def _evaluate_split(ctx: StageContext, cfg: EvaluateStage, window: Window, loade
             counters.num_padded_tokens += padded_tokens
             counters.num_steps += 1
             counters.flops_analytic += flops_per_token * padded_tokens
-    logits = torch.cat(predictions).numpy()
+    sorted_logits = torch.cat(predictions).numpy()
+    logits = np.empty_like(sorted_logits)
+    logits[order] = sorted_logits  # back to the split's order
     predicted = logits.reshape(-1) if ctx.task.is_regression else logits.argmax(axis=-1)
     return compute_metrics(ctx.task, predicted, encoded.labels.numpy())
 

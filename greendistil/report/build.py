@@ -1,0 +1,126 @@
+"""`write_report()`: the Green AI efficiency report of one or more runs, as markdown with PNGs beside it.
+
+Reads only the run log (records.jsonl, config.toml and power.csv of each run directory), never live objects.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from greendistil.errors import GreendistilError
+from greendistil.report import plots, tables
+from greendistil.report.compare import teacher_student
+from greendistil.report.costs import cost_totals, model_points
+from greendistil.report.frame import first_value, iter_runs, iter_tasks, load_report_frame
+from greendistil.report.markdown import fmt_number, fmt_percent, table
+
+REPORT_FILE = "report.md"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReportFigure:
+    """A PNG written beside the report, with the caption it is shown under."""
+
+    caption: str
+    file_name: str
+
+    def markdown(self) -> str:
+        return f"![{self.caption}]({self.file_name})"
+
+
+def write_report(paths: list[Path], out_dir: Path, *, name: str | None = None) -> Path:
+    """Write `out_dir/report.md` and its PNGs for the runs under `paths`; return the report's path.
+
+    `paths` are run directories or runs roots. Raises GreendistilError when no run is found there or
+    `out_dir` cannot be written.
+    """
+    frame = load_report_frame(paths)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise GreendistilError(f"cannot create the report folder {str(out_dir)!r}: {err.strerror}; "
+                               "pass a writable --out folder") from None
+    figures = _write_figures(frame, out_dir)
+    sections = [
+        _header(frame, name),
+        tables.cost_section(frame), _figure_block(figures["cost"]),
+        tables.teacher_student_section(frame), _figure_block(figures["teacher_student"]),
+        tables.regions_section(frame),
+        tables.across_runs_section(frame), _figure_block(figures["across"]),
+        tables.environment_section(frame),
+    ]
+    path = out_dir / REPORT_FILE
+    path.write_text("\n\n".join(s for s in sections if s) + "\n", encoding="utf-8")
+    return path
+
+
+def _write_figures(frame: pd.DataFrame, out_dir: Path) -> dict[str, list[ReportFigure]]:
+    names = _FileNames()
+    figures: dict[str, list[ReportFigure]] = {"cost": [], "teacher_student": [], "across": []}
+    for records in iter_runs(frame):
+        run_id = str(first_value(records, "run_id"))
+        energy = names.new(f"energy-{run_id}")
+        plots.plot_energy_by_stage(records, out_dir / energy)
+        power = names.new(f"power-{run_id}")
+        plots.plot_power(records, Path(str(first_value(records, "run_dir"))), out_dir / power)
+        figures["cost"] += [ReportFigure(caption=f"Energy per stage, {run_id}", file_name=energy),
+                            ReportFigure(caption=f"Power per stage, {run_id}", file_name=power)]
+        comparison = names.new(f"teacher-student-{run_id}")
+        plots.plot_teacher_student(teacher_student(records), out_dir / comparison)
+        figures["teacher_student"].append(ReportFigure(caption=f"Teacher vs student, {run_id}", file_name=comparison))
+    for task, records in iter_tasks(frame):
+        tradeoff = names.new(f"score-vs-cost-{task}")
+        plots.plot_score_vs_cost(model_points(records), out_dir / tradeoff, task=task)
+        figures["across"].append(ReportFigure(caption=f"Score vs cost, task {task}", file_name=tradeoff))
+    return figures
+
+
+class _FileNames:
+    """Safe, distinct PNG file names (two runs may share a run id when copied around)."""
+
+    def __init__(self) -> None:
+        self._used: set[str] = set()
+
+    def new(self, stem: str) -> str:
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-.") or "figure"
+        candidate, number = f"{stem}.png", 2
+        while candidate in self._used:
+            candidate, number = f"{stem}-{number}.png", number + 1
+        self._used.add(candidate)
+        return candidate
+
+
+def _figure_block(figures: list[ReportFigure]) -> str:
+    return "\n\n".join(figure.markdown() for figure in figures)
+
+
+def _header(frame: pd.DataFrame, name: str | None) -> str:
+    from greendistil import __version__
+
+    runs = list(iter_runs(frame))
+    title = name or (str(first_value(runs[0], "run_id")) if len(runs) == 1 else f"{len(runs)} runs")
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    intro = (f"Written by greendistil {__version__} on {stamp} from the run log alone (records.jsonl, "
+             f"config.toml, power.csv) of {len(runs)} run(s) on task(s) "
+             f"{', '.join(f'`{t}`' for t, _ in iter_tasks(frame))}. Following Green AI (Schwartz et al. 2019), "
+             "every result is reported with what it cost: FLOPs, energy and CO2eq, teacher training included.")
+    return "\n\n".join([f"# Green AI report: {title}", intro, "## At a glance", _glance_table(runs)])
+
+
+def _glance_table(runs: list[pd.DataFrame]) -> str:
+    rows = []
+    for records in runs:
+        comparison, totals = teacher_student(records), cost_totals(records)
+        status = "ok" if totals.num_not_ok == 0 else f"⚠ {totals.num_not_ok} stage(s) not ok"
+        rows.append([str(first_value(records, "run_id")), f"`{first_value(records, 'task')}`",
+                     fmt_number(comparison.teacher.score), fmt_number(comparison.student.score),
+                     fmt_percent(comparison.score_retention), fmt_number(totals.flops),
+                     fmt_number(totals.energy_kwh), fmt_number(totals.co2_kg), status])
+    headers = ("run", "task", "teacher score", "student score", "retention", "FLOPs (all stages)",
+               "kWh (all stages)", "kg CO2eq", "status")
+    return table(headers, rows, right_align_from=2)
