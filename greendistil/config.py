@@ -208,8 +208,43 @@ class EvaluateStage:
         _require(self.batch_size > 0, "batch_size", self.batch_size, ">= 1")
 
 
-StageConfig = FinetuneStage | DistillStage | EvaluateStage
-STAGE_KINDS: dict[str, type] = {"finetune": FinetuneStage, "distill": DistillStage, "evaluate": EvaluateStage}
+@dataclass(frozen=True, kw_only=True)
+class BenchmarkStage:
+    """Inference speed and energy of the teacher and/or the student on the first `num_examples` dev sentences.
+
+    One measurement window per (role, batch size), so each record holds one model's energy. Warm-up runs
+    before the window opens; passes repeat until the window lasts at least `min_window_s`.
+    """
+
+    kind: Literal["benchmark"] = "benchmark"
+    name: str = ""
+    roles: tuple[Role, ...] = ("teacher", "student")
+    num_examples: int = 512  # the first N dev sentences, in file order: the same inputs for every model
+    batch_sizes: tuple[int, ...] = (1, 32)
+    warmup_batches: int = 3  # untimed batches before each window opens
+    repeats: int = 5  # timed passes over the N examples per window (at least; see min_window_s)
+    min_window_s: float = 5.0  # more passes until the timed work lasts this long: short windows read ~0 J
+    num_threads: int = 0  # torch intra-op threads while benchmarking; 0 keeps the run's setting
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", self.kind)
+        _check_stage_name(self.name)
+        _require(len(self.roles) > 0 and len(set(self.roles)) == len(self.roles), "roles",
+                 list(self.roles), "a non-empty list of distinct 'teacher' / 'student'")
+        _require(self.num_examples > 0, "num_examples", self.num_examples, ">= 1")
+        _require(len(self.batch_sizes) > 0 and len(set(self.batch_sizes)) == len(self.batch_sizes)
+                 and min(self.batch_sizes) > 0, "batch_sizes", list(self.batch_sizes),
+                 "a non-empty list of distinct batch sizes >= 1, e.g. [1, 32]")
+        _require(self.warmup_batches >= 0, "warmup_batches", self.warmup_batches, ">= 0")
+        _require(self.repeats >= 1, "repeats", self.repeats, ">= 1")
+        _require(self.min_window_s >= 0, "min_window_s", self.min_window_s, ">= 0 (0 = no lengthening)")
+        _require(self.num_threads >= 0, "num_threads", self.num_threads, ">= 0 (0 = keep the run's setting)")
+
+
+StageConfig = FinetuneStage | DistillStage | EvaluateStage | BenchmarkStage
+STAGE_KINDS: dict[str, type] = {"finetune": FinetuneStage, "distill": DistillStage, "evaluate": EvaluateStage,
+                                "benchmark": BenchmarkStage}
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -166,6 +166,19 @@ def tokenizer_source(name: str) -> tuple[str, str]:
     return name, f"hub:{name}"
 
 
+def model_source(text: str) -> tuple[str, str]:
+    """(what from_pretrained takes, provenance label) for a model named on the command line: a
+    `save_pretrained` folder, a packaged model (`PACKAGED_MODELS`) or a hub id such as `org/name`."""
+    path = Path(text).expanduser()
+    if path.exists() or text.startswith((".", "/", "~")) or text.count("/") > 1:
+        if not (path / "config.json").is_file():
+            raise ModelSourceError(f"{text!r} is not a save_pretrained folder (no config.json there); give a folder "
+                                   f"written by save_pretrained, a packaged model ({', '.join(PACKAGED_MODELS)}) "
+                                   "or a hub id")
+        return str(path.resolve()), f"local:{path.resolve()}"
+    return tokenizer_source(text)
+
+
 def _problem_type(task: GlueTask) -> str:
     return "regression" if task.is_regression else "single_label_classification"
 

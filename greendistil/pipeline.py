@@ -6,6 +6,7 @@ country, teacher source, student layers, GLUE files), so bad input leaves nothin
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import logging
 import os
@@ -21,13 +22,15 @@ import torch
 from transformers import AutoConfig
 
 from greendistil import runlog
-from greendistil.config import Config, DistillStage, EvaluateStage, FinetuneStage, StageConfig
+from greendistil.config import BenchmarkStage, Config, DistillStage, EvaluateStage, FinetuneStage, StageConfig
 from greendistil.data.glue import GlueExamples, GlueTask, get_task, load_glue
 from greendistil.errors import ConfigError, ModelSourceError
 from greendistil.measure.carbon import CarbonMeter, grid_intensity
 from greendistil.measure.nvml import NvmlMeter
 from greendistil.measure.window import Meters, RunInfo, Window, measure
-from greendistil.models import load_tokenizer, resolve_source, tokenizer_source
+from greendistil.models import (LoadedModel, load_classifier, load_tokenizer, model_source, resolve_source,
+                                tokenizer_source)
+from greendistil.stages.benchmark import benchmark_examples, run_benchmark
 from greendistil.stages.context import StageContext
 from greendistil.stages.distill import run_distill
 from greendistil.stages.evaluate import run_evaluate
@@ -70,6 +73,56 @@ def run_pipeline(config: Config, *, run_id: str | None = None, force: bool = Fal
                  command: str | None = None) -> Path:
     """Run every configured stage; returns the run directory. Stage errors propagate after their record."""
     prepared = prepare(config)
+    run, meters, device = _start_run(config, prepared.intensity_g_per_kwh, prepared.intensity_source,
+                                     run_id=run_id, force=force, command=command)
+    ctx = StageContext(config=config, task=prepared.task, run_dir=run.run_dir, device=device, splits=prepared.splits)
+    try:
+        for stage in config.stages:
+            if isinstance(stage, BenchmarkStage):  # one window per (role, batch size): each record is one model's
+                run_benchmark(ctx, stage, functools.partial(measure, kind=stage.kind, meters=meters, run=run))
+                continue
+            with measure(stage=stage.name, kind=stage.kind, role=stage_role(stage), meters=meters, run=run) as window:
+                STAGE_RUNNERS[stage.kind](ctx, stage, window)
+    finally:
+        meters.gpu.close()
+    return run.run_dir
+
+
+def run_bench(config: Config, sources: dict[str, str], *, run_id: str | None = None, force: bool = False,
+              command: str | None = None) -> tuple[Path, list[dict[str, Any]]]:
+    """`greendistil bench`: the config's benchmark stage on models named by `sources` (role -> folder,
+    packaged model or hub id). Returns the run directory and the records written."""
+    stages = [s for s in config.stages if isinstance(s, BenchmarkStage)]
+    if len(stages) != 1:
+        raise ConfigError(f"stages: `bench` runs exactly one benchmark stage, got {len(stages)}")
+    stage = stages[0]
+    if set(stage.roles) != set(sources):
+        raise ConfigError(f"stages.{stage.name}.roles: {list(stage.roles)} do not match the models given for "
+                          f"{list(sources)}")
+    task = get_task(config.task.name)
+    intensity, intensity_source = grid_intensity(config.carbon.country_iso_code, config.carbon.intensity_g_per_kwh)
+    resolved = {role: model_source(text) for role, text in sources.items()}
+    for path_or_id, _ in resolved.values():  # bad folders and ids fail here, before anything is written
+        load_tokenizer(path_or_id)
+    benchmark_examples(task, config.task.glue_dir, stage.num_examples)  # missing GLUE data fails here too
+
+    def load(role: str) -> LoadedModel:
+        path_or_id, label = resolved[role]
+        return LoadedModel(model=load_classifier(path_or_id, task), tokenizer=load_tokenizer(path_or_id), source=label)
+
+    run, meters, device = _start_run(config, intensity, intensity_source, run_id=run_id, force=force, command=command)
+    ctx = StageContext(config=config, task=task, run_dir=run.run_dir, device=device, splits={})
+    try:
+        records = run_benchmark(ctx, stage, functools.partial(measure, kind=stage.kind, meters=meters, run=run),
+                                load=load)
+    finally:
+        meters.gpu.close()
+    return run.run_dir, records
+
+
+def _start_run(config: Config, intensity_g_per_kwh: float, intensity_source: str, *, run_id: str | None,
+               force: bool, command: str | None) -> tuple[RunInfo, Meters, torch.device]:
+    """Create the run directory (with the resolved config), seed, and set up the run's meters."""
     run_id = run_id or runlog.new_run_id(config.run.name)
     run_dir = runlog.create_run_dir(Path(config.run.output_dir), run_id, force=force)
     (run_dir / "config.toml").write_text(config.to_toml(), encoding="utf-8")
@@ -78,22 +131,15 @@ def run_pipeline(config: Config, *, run_id: str | None = None, force: bool = Fal
     run = RunInfo(
         run_id=run_id, run_dir=run_dir, config_hash=config.config_hash(), git_sha=_git_sha(),
         versions=_versions(), hardware=_hardware(device), country_iso_code=config.carbon.country_iso_code,
-        pue=config.carbon.pue, intensity_g_per_kwh=prepared.intensity_g_per_kwh,
-        intensity_source=prepared.intensity_source, command=command,
+        pue=config.carbon.pue, intensity_g_per_kwh=intensity_g_per_kwh, intensity_source=intensity_source,
+        command=command,
     )
     meters = Meters(
         carbon=CarbonMeter(output_dir=run_dir, run_id=run_id, country_iso_code=config.carbon.country_iso_code,
                            measure_power_s=config.carbon.measure_power_s),
         gpu=NvmlMeter(sample_interval_s=config.carbon.gpu_sample_interval_s),
     )
-    ctx = StageContext(config=config, task=prepared.task, run_dir=run_dir, device=device, splits=prepared.splits)
-    try:
-        for stage in config.stages:
-            with measure(stage=stage.name, kind=stage.kind, role=stage_role(stage), meters=meters, run=run) as window:
-                STAGE_RUNNERS[stage.kind](ctx, stage, window)
-    finally:
-        meters.gpu.close()
-    return run_dir
+    return run, meters, device
 
 
 def stage_role(stage: StageConfig) -> str:
@@ -101,7 +147,7 @@ def stage_role(stage: StageConfig) -> str:
         return stage.role
     if isinstance(stage, DistillStage):
         return "student"
-    assert isinstance(stage, EvaluateStage)
+    assert isinstance(stage, (EvaluateStage, BenchmarkStage))
     return "+".join(stage.roles)
 
 

@@ -81,6 +81,7 @@ class Window:
     def __init__(self, stage: str, kind: str, role: str) -> None:
         self.stage, self.kind, self.role = stage, kind, role
         self.counters = StageCounters()
+        self.record: dict[str, Any] | None = None  # the record written when the window closed
 
 
 @contextmanager
@@ -110,6 +111,7 @@ def measure(*, stage: str, kind: str, role: str, meters: Meters, run: RunInfo) -
                                 duration_s=duration_s, carbon=carbon, gpu=gpu)
         _write_power_samples(run.run_dir, stage, gpu)
         runlog.append_record(run.run_dir, record)
+        window.record = record
 
 
 def compose_record(*, window: Window, run: RunInfo, status: str, error: BaseException | None, started_at: str,

@@ -18,6 +18,8 @@ from greendistil.report.compare import teacher_student
 from greendistil.report.costs import cost_totals, model_points
 from greendistil.report.frame import first_value, iter_runs, iter_tasks, load_report_frame
 from greendistil.report.markdown import fmt_number, fmt_percent, table
+from greendistil.report.serving import BENCHMARK_KIND, benchmark_summary, plot_serving, serving_section
+from greendistil.runlog import read_records
 
 REPORT_FILE = "report.md"
 
@@ -50,6 +52,7 @@ def write_report(paths: list[Path], out_dir: Path, *, name: str | None = None) -
         _header(frame, name),
         tables.cost_section(frame), _figure_block(figures["cost"]),
         tables.teacher_student_section(frame), _figure_block(figures["teacher_student"]),
+        _serving_block(frame, out_dir),
         tables.regions_section(frame),
         tables.across_runs_section(frame), _figure_block(figures["across"]),
         tables.environment_section(frame),
@@ -78,6 +81,21 @@ def _write_figures(frame: pd.DataFrame, out_dir: Path) -> dict[str, list[ReportF
         plots.plot_score_vs_cost(model_points(records), out_dir / tradeoff, task=task)
         figures["across"].append(ReportFigure(caption=f"Score vs cost, task {task}", file_name=tradeoff))
     return figures
+
+
+def _serving_block(frame: pd.DataFrame, out_dir: Path) -> str:
+    """The serving-cost section and its PNGs, for the runs that have benchmark records ("" if none)."""
+    run_dirs = [str(first_value(records, "run_dir")) for records in iter_runs(frame)
+                if (records["kind"] == BENCHMARK_KIND).any()]
+    if not run_dirs:
+        return ""
+    by_run = [(str(first_value(frame[frame["run_dir"] == d], "run_id")), read_records(Path(d))) for d in run_dirs]
+    names, figures = _FileNames(), []
+    for run_id, records in by_run:
+        file_name = names.new(f"serving-{run_id}")
+        plot_serving(benchmark_summary(records), out_dir / file_name, title=run_id)
+        figures.append(ReportFigure(caption=f"Serving cost, {run_id}", file_name=file_name))
+    return "\n\n".join([serving_section(by_run), _figure_block(figures)])
 
 
 class _FileNames:

@@ -13,6 +13,7 @@ import pandas as pd
 from greendistil.report.frame import column_sum, first_value, number, value
 
 EVALUATE_KIND = "evaluate"
+INFERENCE_KINDS = (EVALUATE_KIND, "benchmark")  # stages that run models without producing them
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,7 +70,7 @@ def teacher_student(records: pd.DataFrame) -> TeacherStudent:
     retention = number(evaluate, "metric.retention.score") if evaluate is not None else None
     if retention is None:
         retention = _ratio(student.score, teacher.score)
-    student_training = records[(records["role"] == "student") & (records["kind"] != EVALUATE_KIND)]
+    student_training = records[(records["role"] == "student") & ~records["kind"].isin(INFERENCE_KINDS)]
     return TeacherStudent(
         run_id=str(first_value(records, "run_id")), task=str(first_value(records, "task")),
         teacher=teacher, student=student, score_retention=retention,
@@ -78,7 +79,7 @@ def teacher_student(records: pd.DataFrame) -> TeacherStudent:
 
 
 def _role_figures(records: pd.DataFrame, evaluate: pd.Series | None, role: str) -> RoleFigures:
-    training = records[(records["role"] == role) & (records["kind"] != EVALUATE_KIND)]
+    training = records[(records["role"] == role) & ~records["kind"].isin(INFERENCE_KINDS)]
     return RoleFigures(
         role=role, num_params=_num_params(records, evaluate, role),
         score=number(evaluate, f"metric.{role}.score") if evaluate is not None else None,

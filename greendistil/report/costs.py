@@ -12,7 +12,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from greendistil.report.compare import EVALUATE_KIND, teacher_student
+from greendistil.report.compare import INFERENCE_KINDS, teacher_student
 from greendistil.report.frame import column_sum, first_value, iter_runs
 
 
@@ -48,8 +48,8 @@ def cost_totals(records: pd.DataFrame) -> CostTotals:
 
 
 def training_records(records: pd.DataFrame) -> pd.DataFrame:
-    """The stages that produce models (everything but evaluation)."""
-    return records[records["kind"] != EVALUATE_KIND]
+    """The stages that produce models (everything but evaluation and benchmarking)."""
+    return records[~records["kind"].isin(INFERENCE_KINDS)]
 
 
 @dataclass(frozen=True, kw_only=True)
