@@ -196,13 +196,19 @@ def _summary_table(run_dir: Path) -> str:
 
 
 def _format_records(frame) -> str:
+    from greendistil.report.provenance import energy_kinds
+
     metric_columns = [c for c in frame.columns if c.startswith("metric.") and c.endswith((".accuracy", ".score",
                       ".mcc", ".f1", ".pearson", ".spearman"))]
     columns = ["run_id", "stage", "role", "status", "duration_s", "flops", "energy_kwh", "co2_kg", *metric_columns]
     table = frame[[c for c in columns if c in frame.columns]].copy()
+    kinds = frame.apply(lambda row: energy_kinds(row.to_frame().T), axis=1)  # ' (est.)': never a bare estimate
     for column, fmt in (("duration_s", "{:.1f}"), ("flops", "{:.3g}"), ("energy_kwh", "{:.3g}"), ("co2_kg", "{:.3g}")):
         if column in table:
             table[column] = table[column].map(lambda v, f=fmt: "-" if v is None or v != v else f.format(v))
+    for column in ("energy_kwh", "co2_kg"):
+        if column in table:
+            table[column] = table[column] + kinds.where(table[column] != "-", "")
     for column in metric_columns:
         table[column] = table[column].map(lambda v: "-" if v is None or v != v else f"{v:.4f}")
     table.columns = [c.removeprefix("metric.") for c in table.columns]

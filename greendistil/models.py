@@ -28,6 +28,10 @@ PACKAGED_MODELS: dict[str, tuple[str, str]] = {
 }
 
 
+# Encoders whose layers live at `<base>.encoder.layer.N`, so a student can take a subset of them.
+STUDENT_MODEL_TYPES = frozenset({"bert", "roberta", "xlm-roberta", "electra", "camembert", "ernie"})
+
+
 @dataclass(frozen=True, kw_only=True)
 class LoadedModel:
     """A model, its tokenizer, and where it came from (for the record)."""

@@ -24,11 +24,11 @@ from transformers import AutoConfig
 from greendistil import runlog
 from greendistil.config import BenchmarkStage, Config, DistillStage, EvaluateStage, FinetuneStage, StageConfig
 from greendistil.data.glue import GlueExamples, GlueTask, get_task, load_glue
-from greendistil.errors import ConfigError, ModelSourceError
+from greendistil.errors import ConfigError, GreendistilError, ModelSourceError, StageError
 from greendistil.measure.carbon import CarbonMeter, grid_intensity
 from greendistil.measure.nvml import NvmlMeter
 from greendistil.measure.window import Meters, RunInfo, Window, measure
-from greendistil.models import (LoadedModel, load_classifier, load_tokenizer, model_source, resolve_source,
+from greendistil.models import (STUDENT_MODEL_TYPES, LoadedModel, load_classifier, load_tokenizer, model_source, resolve_source,
                                 tokenizer_source)
 from greendistil.stages.benchmark import benchmark_examples, run_benchmark
 from greendistil.stages.context import StageContext
@@ -73,8 +73,9 @@ def run_pipeline(config: Config, *, run_id: str | None = None, force: bool = Fal
                  command: str | None = None) -> Path:
     """Run every configured stage; returns the run directory. Stage errors propagate after their record."""
     prepared = prepare(config)
+    data_sources = {split: examples.source for split, examples in prepared.splits.items()}
     run, meters, device = _start_run(config, prepared.intensity_g_per_kwh, prepared.intensity_source,
-                                     run_id=run_id, force=force, command=command)
+                                     run_id=run_id, force=force, command=command, data_sources=data_sources)
     ctx = StageContext(config=config, task=prepared.task, run_dir=run.run_dir, device=device, splits=prepared.splits)
     try:
         for stage in config.stages:
@@ -82,7 +83,10 @@ def run_pipeline(config: Config, *, run_id: str | None = None, force: bool = Fal
                 run_benchmark(ctx, stage, functools.partial(measure, kind=stage.kind, meters=meters, run=run))
                 continue
             with measure(stage=stage.name, kind=stage.kind, role=stage_role(stage), meters=meters, run=run) as window:
-                STAGE_RUNNERS[stage.kind](ctx, stage, window)
+                try:
+                    STAGE_RUNNERS[stage.kind](ctx, stage, window)
+                except GreendistilError as err:  # found mid-run: the run dir exists, so not exit 2's "nothing written"
+                    raise StageError(f"stage {stage.name!r}: {err}") from err
     finally:
         meters.gpu.close()
     return run.run_dir
@@ -104,13 +108,14 @@ def run_bench(config: Config, sources: dict[str, str], *, run_id: str | None = N
     resolved = {role: model_source(text) for role, text in sources.items()}
     for path_or_id, _ in resolved.values():  # bad folders and ids fail here, before anything is written
         load_tokenizer(path_or_id)
-    benchmark_examples(task, config.task.glue_dir, stage.num_examples)  # missing GLUE data fails here too
+    examples = benchmark_examples(task, config.task.glue_dir, stage.num_examples)  # missing GLUE data fails here
 
     def load(role: str) -> LoadedModel:
         path_or_id, label = resolved[role]
         return LoadedModel(model=load_classifier(path_or_id, task), tokenizer=load_tokenizer(path_or_id), source=label)
 
-    run, meters, device = _start_run(config, intensity, intensity_source, run_id=run_id, force=force, command=command)
+    run, meters, device = _start_run(config, intensity, intensity_source, run_id=run_id, force=force, command=command,
+                                     data_sources={"benchmark": examples.source})
     ctx = StageContext(config=config, task=task, run_dir=run.run_dir, device=device, splits={})
     try:
         records = run_benchmark(ctx, stage, functools.partial(measure, kind=stage.kind, meters=meters, run=run),
@@ -121,7 +126,7 @@ def run_bench(config: Config, sources: dict[str, str], *, run_id: str | None = N
 
 
 def _start_run(config: Config, intensity_g_per_kwh: float, intensity_source: str, *, run_id: str | None,
-               force: bool, command: str | None) -> tuple[RunInfo, Meters, torch.device]:
+               force: bool, command: str | None, data_sources: dict[str, str]) -> tuple[RunInfo, Meters, torch.device]:
     """Create the run directory (with the resolved config), seed, and set up the run's meters."""
     run_id = run_id or runlog.new_run_id(config.run.name)
     run_dir = runlog.create_run_dir(Path(config.run.output_dir), run_id, force=force)
@@ -132,12 +137,15 @@ def _start_run(config: Config, intensity_g_per_kwh: float, intensity_source: str
         run_id=run_id, run_dir=run_dir, config_hash=config.config_hash(), git_sha=_git_sha(),
         versions=_versions(), hardware=_hardware(device), country_iso_code=config.carbon.country_iso_code,
         pue=config.carbon.pue, intensity_g_per_kwh=intensity_g_per_kwh, intensity_source=intensity_source,
-        command=command,
+        command=command, task=config.task.name, data_sources=data_sources,
     )
     meters = Meters(
         carbon=CarbonMeter(output_dir=run_dir, run_id=run_id, country_iso_code=config.carbon.country_iso_code,
-                           measure_power_s=config.carbon.measure_power_s),
-        gpu=NvmlMeter(sample_interval_s=config.carbon.gpu_sample_interval_s),
+                           measure_power_s=config.carbon.measure_power_s,
+                           intensity_g_per_kwh=config.carbon.intensity_g_per_kwh),
+        # Only the GPU this process computes on: other cards' draw is not this run's energy (DDP: one per rank).
+        gpu=NvmlMeter(sample_interval_s=config.carbon.gpu_sample_interval_s,
+                      device_indices=[torch.cuda.current_device()] if device.type == "cuda" else None),
     )
     return run, meters, device
 
@@ -156,15 +164,26 @@ def _check_teacher(config: Config) -> None:
     cfg = config.teacher
     if cfg.source == "scratch":
         num_layers = cfg.num_layers
-        load_tokenizer(tokenizer_source(cfg.tokenizer)[0])  # a bad tokenizer fails here, not inside the first stage
+        tokenizer = load_tokenizer(tokenizer_source(cfg.tokenizer)[0])  # fails here, not inside the first stage
     else:
         path_or_id, _ = resolve_source(cfg.source, cfg.name)
         try:
-            num_layers = AutoConfig.from_pretrained(path_or_id).num_hidden_layers
+            model_config = AutoConfig.from_pretrained(path_or_id)
         except (OSError, ValueError) as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ModelSourceError(f"teacher.name: cannot load {cfg.name!r} ({cfg.source}): {first}") from None
-        load_tokenizer(path_or_id)  # a folder without tokenizer files fails here, before anything is written
+        num_layers = model_config.num_hidden_layers
+        trained_for = getattr(model_config, "greendistil_task", None)
+        if trained_for not in (None, config.task.name):
+            raise ModelSourceError(f"teacher.name: {cfg.name!r} was trained for GLUE task {trained_for!r}, not "
+                                   f"{config.task.name!r}; use a model for {config.task.name!r} or an untrained source")
+        builds_student = config.student.init == "teacher" and any(s.kind == "distill" for s in config.stages)
+        if builds_student and model_config.model_type not in STUDENT_MODEL_TYPES:
+            raise ModelSourceError(f"teacher.name: a student cannot be built from a {model_config.model_type!r} "
+                                   f"model by copying layers; supported: {', '.join(sorted(STUDENT_MODEL_TYPES))}")
+        tokenizer = load_tokenizer(path_or_id)  # a folder without tokenizer files fails here, before anything is written
+    if tokenizer.pad_token_id is None:
+        raise ModelSourceError(f"teacher: the tokenizer of {cfg.name!r} has no padding token; dynamic padding needs one")
     layers = config.student.layers
     if layers is not None and max(layers) >= num_layers:
         raise ConfigError(f"student.layers: {list(layers)} is out of range; the teacher has {num_layers} layers, "

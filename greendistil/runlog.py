@@ -18,7 +18,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from greendistil.errors import RunDirError
+from greendistil.errors import GreendistilError, RunDirError
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +46,9 @@ def create_run_dir(output_dir: Path, run_id: str, *, force: bool = False) -> Pat
     if run_dir.exists() and not force:
         raise RunDirError(f"run directory {str(run_dir)!r} already exists; pick another run id or pass --force")
     run_dir.mkdir(exist_ok=force)
+    if force:  # a forced rerun starts a clean log: two attempts in one log would be summed as one run
+        for name in (RECORDS_FILE, "emissions.csv", "power.csv", "config.toml"):
+            (run_dir / name).unlink(missing_ok=True)
     probe = run_dir / ".write-probe"
     try:
         probe.write_bytes(b"\0" * 4096)
@@ -80,7 +83,8 @@ def read_records(run_dir: Path) -> list[dict[str, Any]]:
             if number == len(lines):
                 warnings.warn(f"{path}: skipping a torn last line ({len(line)} characters)", stacklevel=2)
             else:
-                raise ValueError(f"{path}:{number}: not a JSON record") from None
+                raise GreendistilError(f"{path}:{number}: not a JSON record (only a torn last line is skipped); "
+                                       "repair or remove that line") from None
     return records
 
 
@@ -88,13 +92,13 @@ def find_run_dirs(paths: str | Path | Iterable[str | Path]) -> list[Path]:
     """Run directories named by a run dir, a runs root (its run dirs), or a list of either."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
-    found: list[Path] = []
+    found: dict[Path, Path] = {}  # resolved -> as given: a run named twice (dir and its root) counts once
     for path in map(Path, paths):
-        if (path / RECORDS_FILE).is_file():
-            found.append(path)
-        elif path.is_dir():
-            found.extend(sorted(p.parent for p in path.glob(f"*/{RECORDS_FILE}")))
-    return found
+        candidates = [path] if (path / RECORDS_FILE).is_file() else sorted(
+            p.parent for p in path.glob(f"*/{RECORDS_FILE}")) if path.is_dir() else []
+        for run_dir in candidates:
+            found.setdefault(run_dir.resolve(), run_dir)
+    return list(found.values())
 
 
 def load_runs(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:

@@ -58,7 +58,7 @@ def test_read_records_skips_a_torn_last_line_with_a_warning(tmp_path: Path) -> N
 def test_read_records_raises_on_a_corrupt_middle_line(tmp_path: Path) -> None:
     path = tmp_path / runlog.RECORDS_FILE
     path.write_text(json.dumps(record("a")) + "\n" + "garbage\n" + json.dumps(record("c")) + "\n", encoding="utf-8")
-    with pytest.raises(ValueError, match=r":2: not a JSON record"):
+    with pytest.raises(GreendistilError, match=r":2: not a JSON record"):
         runlog.read_records(tmp_path)
 
 
@@ -117,7 +117,15 @@ def test_create_run_dir_refuses_an_existing_run_dir_unless_forced(tmp_path: Path
         runlog.create_run_dir(tmp_path, "run1")
     assert str(run_dir) in str(info.value) and isinstance(info.value, GreendistilError)
     assert runlog.create_run_dir(tmp_path, "run1", force=True) == run_dir
-    assert len(runlog.read_records(run_dir)) == 1  # --force reuses, it does not wipe
+    # --force starts a clean log: two attempts in one log would be summed as one run.
+    assert runlog.read_records(run_dir) == []
+
+
+def test_a_run_named_twice_is_loaded_once(tmp_path: Path) -> None:
+    run_dir = runlog.create_run_dir(tmp_path / "runs", "run1")
+    runlog.append_record(run_dir, record("a"))
+    assert runlog.find_run_dirs([run_dir, tmp_path / "runs", run_dir]) == [run_dir]
+    assert len(load_runs([run_dir, tmp_path / "runs"])) == 1
 
 
 def test_create_run_dir_under_a_regular_file_is_a_run_dir_error(tmp_path: Path) -> None:

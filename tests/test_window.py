@@ -200,3 +200,19 @@ def test_real_carbon_meter_failure_inside_a_window(tmp_path: Path) -> None:
     record = only_record(run_dir)
     assert record["status"] == "ok" and "carbon" in record["measurement_errors"]
     assert record["energy_kwh"] == pytest.approx(0.001)
+
+
+def test_record_flags_a_missing_gpu_reading_on_a_gpu_run(tmp_path: Path) -> None:
+    """On a CUDA run, a GPU figure that NVML could not give is flagged, not silently left out of the total."""
+    import dataclasses
+
+    for name in ("gpu", "cpu"):
+        (tmp_path / name).mkdir()
+    gpu_run = dataclasses.replace(make_run(tmp_path / "gpu"), hardware={"device": "cuda"})
+    with measure(stage="s", kind="finetune", role="teacher", meters=make_meters(gpu=GPU_NONE), run=gpu_run):
+        pass
+    assert only_record(gpu_run.run_dir)["energy_incomplete"] == ["gpu"]
+    cpu_run = make_run(tmp_path / "cpu")
+    with measure(stage="s", kind="finetune", role="teacher", meters=make_meters(gpu=GPU_NONE), run=cpu_run):
+        pass
+    assert only_record(cpu_run.run_dir)["energy_incomplete"] == []

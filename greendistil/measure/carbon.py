@@ -37,7 +37,7 @@ class CarbonReading:
     cpu_power_w: float | None = None
     ram_power_w: float | None = None
     codecarbon_gpu_energy_kwh: float | None = None  # cross-check only: GPU energy comes from greendistil's NVML meter
-    codecarbon_co2_kg: float | None = None
+    codecarbon_co2_kg: float | None = None  # codecarbon's own figure, at PUE 1 (greendistil applies the PUE)
     cpu_model: str | None = None
     ram_total_gb: float | None = None
     error: str | None = None
@@ -63,11 +63,13 @@ def grid_intensity(country_iso_code: str, fixed_g_per_kwh: float | None) -> tupl
 class CarbonMeter:
     """Wraps one codecarbon `OfflineEmissionsTracker` per window; start/stop never raise."""
 
-    def __init__(self, *, output_dir: Path, run_id: str, country_iso_code: str, measure_power_s: float) -> None:
+    def __init__(self, *, output_dir: Path, run_id: str, country_iso_code: str, measure_power_s: float,
+                 intensity_g_per_kwh: float | None = None) -> None:
         self._output_dir = output_dir
         self._run_id = run_id
         self._country_iso_code = country_iso_code
         self._measure_power_s = measure_power_s
+        self._intensity_g_per_kwh = intensity_g_per_kwh  # a fixed intensity: codecarbon's CSV uses it too
         self._tracker: Any = None
         self._start_error: str | None = None
 
@@ -84,6 +86,8 @@ class CarbonMeter:
                 output_file="emissions.csv", project_name=self._run_id, experiment_name=window_name,
                 measure_power_secs=self._measure_power_s, pue=1.0, log_level="error",
                 save_to_file=True, tracking_mode="machine", allow_multiple_runs=True,
+                **({"force_carbon_intensity_g_co2e_kwh": self._intensity_g_per_kwh}
+                   if self._intensity_g_per_kwh is not None else {}),
             )
             tracker.start()
             self._tracker = tracker

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
+import threading
 import numbers
 import time
 from contextlib import contextmanager
@@ -49,6 +51,8 @@ class RunInfo:
     intensity_g_per_kwh: float
     intensity_source: str
     command: str | None = None  # the exact command line, for reproduction
+    task: str | None = None  # the GLUE task, so a record stands on its own
+    data_sources: dict[str, str] = field(default_factory=dict)  # split -> TSV path or hub dataset
 
 
 @dataclass
@@ -103,6 +107,7 @@ def measure(*, stage: str, kind: str, role: str, meters: Meters, run: RunInfo) -
         status, error = "failed", err
         raise
     finally:
+        held = _hold_signals()  # a second Ctrl-C or SIGTERM must not tear the record being written
         _synchronize()
         duration_s = time.perf_counter() - start_s
         gpu = meters.gpu.stop()
@@ -110,7 +115,10 @@ def measure(*, stage: str, kind: str, role: str, meters: Meters, run: RunInfo) -
         record = compose_record(window=window, run=run, status=status, error=error, started_at=started_at,
                                 duration_s=duration_s, carbon=carbon, gpu=gpu)
         _write_power_samples(run.run_dir, stage, gpu)
-        runlog.append_record(run.run_dir, record)
+        try:
+            runlog.append_record(run.run_dir, record)
+        finally:
+            _restore_signals(held)
         window.record = record
 
 
@@ -126,7 +134,7 @@ def compose_record(*, window: Window, run: RunInfo, status: str, error: BaseExce
     flops, flops_source, flops_by_component = _flops(c.flop_sampler)
     errors = {k: v for k, v in {"carbon": carbon.error, "gpu": gpu.error}.items() if v}
     record: dict[str, Any] = {
-        "schema_version": runlog.SCHEMA_VERSION, "run_id": run.run_id, "stage": window.stage,
+        "schema_version": runlog.SCHEMA_VERSION, "run_id": run.run_id, "task": run.task, "stage": window.stage,
         "kind": window.kind, "role": window.role, "status": status,
         "error_type": type(error).__name__ if error is not None else None,
         "error_message": str(error) if error is not None else None,
@@ -145,13 +153,20 @@ def compose_record(*, window: Window, run: RunInfo, status: str, error: BaseExce
         "intensity_source": run.intensity_source, "pue": run.pue, "country_iso_code": run.country_iso_code,
         "cpu_power_w": carbon.cpu_power_w, "ram_power_w": carbon.ram_power_w,
         "gpu_power_mean_w": _mean_power(gpu), "gpu_flags": list(gpu.flags), "gpu_devices": list(gpu.devices),
-        "codecarbon": {"co2_kg": carbon.codecarbon_co2_kg, "gpu_energy_kwh": carbon.codecarbon_gpu_energy_kwh},
+        "energy_incomplete": [k for k, v in components.items() if v is None and _expected(k, run)],
+        "codecarbon": {"co2_kg_at_pue_1": carbon.codecarbon_co2_kg, "gpu_energy_kwh": carbon.codecarbon_gpu_energy_kwh},
         "measurement_errors": errors, "metrics": c.metrics, "details": c.details,
         "hardware": {**run.hardware, "cpu_model": carbon.cpu_model, "ram_total_gb": carbon.ram_total_gb},
         "config_hash": run.config_hash, "git_sha": run.git_sha, "versions": run.versions,
+        "data_sources": run.data_sources,
         "command": run.command,
     }
     return _finite(record)
+
+
+def _expected(component: str, run: RunInfo) -> bool:
+    """A component that should have been measured: CPU and RAM always, the GPU when the run used one."""
+    return component != "gpu" or str(run.hardware.get("device", "cpu")).startswith("cuda")
 
 
 def _flops(sampler: FlopSampler | None) -> tuple[int | None, str, dict[str, int]]:
@@ -197,6 +212,17 @@ def _finite(value: Any) -> Any:
     if isinstance(value, list):
         return [_finite(v) for v in value]
     return value
+
+
+def _hold_signals() -> dict[int, Any]:
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _restore_signals(held: dict[int, Any]) -> None:
+    for sig, handler in held.items():
+        signal.signal(sig, handler)
 
 
 def _synchronize() -> None:

@@ -18,6 +18,7 @@ from greendistil.report.compare import teacher_student
 from greendistil.report.costs import cost_totals, model_points
 from greendistil.report.frame import first_value, iter_runs, iter_tasks, load_report_frame
 from greendistil.report.markdown import fmt_number, fmt_percent, table
+from greendistil.report.provenance import energy_kinds
 from greendistil.report.serving import BENCHMARK_KIND, benchmark_summary, plot_serving, serving_section
 from greendistil.runlog import read_records
 
@@ -138,7 +139,8 @@ def _glance_table(runs: list[pd.DataFrame]) -> str:
         rows.append([str(first_value(records, "run_id")), f"`{first_value(records, 'task')}`",
                      fmt_number(comparison.teacher.score), fmt_number(comparison.student.score),
                      fmt_percent(comparison.score_retention), fmt_number(totals.flops),
-                     fmt_number(totals.energy_kwh), fmt_number(totals.co2_kg), status])
+                     fmt_number(totals.energy_kwh) + energy_kinds(records),
+                     fmt_number(totals.co2_kg) + energy_kinds(records), status])
     headers = ("run", "task", "teacher score", "student score", "retention", "FLOPs (all stages)",
                "kWh (all stages)", "kg CO2eq", "status")
     return table(headers, rows, right_align_from=2)

@@ -50,7 +50,9 @@ def load_report_frame(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
     for column in _COLUMNS:
         if column not in frame:
             frame[column] = None
-    frame["task"] = frame["run_dir"].map(lambda run_dir: run_task(Path(run_dir)))
+    from_config = frame["run_dir"].map(lambda run_dir: run_task(Path(run_dir)))
+    # Records carry their task since schema 1's `task` field; older records fall back to config.toml.
+    frame["task"] = frame["task"].fillna(from_config) if "task" in frame else from_config
     return frame
 
 

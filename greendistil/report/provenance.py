@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from typing import Literal
 
+import pandas as pd
+
 SourceKind = Literal["measured", "estimated", "unavailable", "counted", "unknown"]
 
 _SOURCE_NOTES: dict[str, str] = {
@@ -95,3 +97,13 @@ def footnotes(sources: list[str | None]) -> str:
         seen.setdefault(footnote_label(source), source)
     return "\n".join(f"[^{label}]: `{source_key(source)}`: {describe_source(source)}"
                      for label, source in seen.items())
+
+
+ENERGY_SOURCE_COLUMNS = ("cpu_energy_source", "gpu_energy_source", "ram_energy_source")
+
+
+def energy_kinds(records: pd.DataFrame) -> str:
+    """' (est.)', ' (meas.+est.)', ...: the kinds of the energy figures summed over these records."""
+    sources = [s for column in ENERGY_SOURCE_COLUMNS if column in records for s in records[column].dropna()]
+    kinds = sorted({source_kind(s) for s in sources} - {"unavailable"})
+    return f" ({'+'.join(KIND_MARKS[k] for k in kinds)})" if kinds else ""

@@ -21,8 +21,8 @@ from greendistil.training import FlopScope, model_inputs
 
 def run_evaluate(ctx: StageContext, cfg: EvaluateStage, window: Window) -> None:
     counters = window.counters
-    # Count the FLOPs of the first batches of each model and split, extrapolate by padded tokens.
-    counters.flop_sampler = FlopSampler(sample_steps=2, sample_every=10**9)
+    # Count every batch: evaluation is short, and batches sorted by length would bias a sample.
+    counters.flop_sampler = FlopSampler(sample_steps=10**9, sample_every=1)
     for role in cfg.roles:
         loaded = ctx.load(role)
         model = loaded.model.to(ctx.device).eval()
