@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from greendistil.errors import GreendistilError
+from greendistil.report.provenance import KIND_MARKS
 from greendistil.report.markdown import NOT_AVAILABLE, fmt_number, fmt_ratio, table
 from greendistil.report.reference import DISTILBERT
 
@@ -140,10 +141,17 @@ def _models_table(rows: list[dict[str, Any]]) -> str:
     body = [[str(r["role"]), str(r["batch_size"]), str(r["status"]), fmt_number(r["latency_ms_p50"]),
              fmt_number(r["latency_ms_p95"]), _with_std(r["examples_per_s"], r["examples_per_s_std"]),
              fmt_number(r["tokens_per_s"]), fmt_number(r["flops_per_example"]), fmt_number(r["gflops_per_s"]),
-             fmt_number(r["energy_j_per_1k_examples"]), fmt_number(r["co2_kg_per_1k_examples"]),
+             _marked(r["energy_j_per_1k_examples"], r), _marked(r["co2_kg_per_1k_examples"], r),
              str(r["passes"] if r["passes"] is not None else NOT_AVAILABLE), str(r["fast_path"] or NOT_AVAILABLE)]
             for r in sorted(rows, key=lambda r: (r["batch_size"] or 0, r["role"] != "teacher"))]
     return table(headers, body, right_align_from=1)
+
+
+def _marked(number: float | None, row: dict[str, Any]) -> str:
+    """A per-1k energy or CO2 figure with the kinds of the energy behind it: '83.1 (est.)'."""
+    kinds = [KIND_MARKS[k] for k in row.get("energy_kinds", []) if k in ("measured", "estimated")]
+    text = fmt_number(number)
+    return text + (f" ({'+'.join(kinds)})" if kinds and number is not None else "")
 
 
 def _ratios_table(ratios: list[dict[str, Any]]) -> str:
