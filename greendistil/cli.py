@@ -14,8 +14,9 @@ import sys
 import warnings
 from pathlib import Path
 from types import FrameType
-from typing import Sequence
+from typing import Callable, Sequence, TypeVar
 
+T = TypeVar("T")
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 2, 130, 143
 
 
@@ -73,28 +74,16 @@ def _parser() -> argparse.ArgumentParser:
 def _cmd_run(args: argparse.Namespace) -> int:
     from greendistil import training
     from greendistil.config import load_config
-    from greendistil.errors import StageError
-    from greendistil.measure.window import RunInterrupted
     from greendistil.pipeline import run_pipeline
 
     config = load_config(args.config, args.overrides)
     if args.no_progress:
         training.SHOW_PROGRESS = False
-    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
     command = shlex.join(["greendistil", *sys.argv[1:]])
-    try:
-        run_dir = run_pipeline(config, run_id=args.run_id, force=args.force, command=command)
-    except StageError as err:
-        print(f"greendistil: stage failed: {err}", file=sys.stderr)
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        print("greendistil: interrupted (SIGINT); the stage's record is marked 'interrupted'", file=sys.stderr)
-        return EXIT_SIGINT
-    except RunInterrupted:
-        print("greendistil: interrupted (SIGTERM); the stage's record is marked 'interrupted'", file=sys.stderr)
-        return EXIT_SIGTERM
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    run_dir, exit_code = _interruptible(
+        lambda: run_pipeline(config, run_id=args.run_id, force=args.force, command=command))
+    if exit_code is not None:
+        return exit_code
     print(f"run directory: {run_dir}")
     print(_summary_table(run_dir))
     if config.run.report:
@@ -111,7 +100,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from greendistil.config import apply_override, build_config
     from greendistil.errors import ConfigError
-    from greendistil.measure.window import RunInterrupted
     from greendistil.pipeline import run_bench
 
     roles = args.roles or ["teacher", "student"][:len(args.sources)]
@@ -122,19 +110,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     for override in args.overrides:
         apply_override(raw, override)
     config = build_config(raw)
-    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
     command = shlex.join(["greendistil", *sys.argv[1:]])
-    try:
-        run_dir, records = run_bench(config, dict(zip(roles, args.sources)), run_id=args.run_id, force=args.force,
-                                     command=command)
-    except KeyboardInterrupt:
-        print("greendistil: interrupted (SIGINT); the window's record is marked 'interrupted'", file=sys.stderr)
-        return EXIT_SIGINT
-    except RunInterrupted:
-        print("greendistil: interrupted (SIGTERM); the window's record is marked 'interrupted'", file=sys.stderr)
-        return EXIT_SIGTERM
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    result, exit_code = _interruptible(
+        lambda: run_bench(config, dict(zip(roles, args.sources)), run_id=args.run_id, force=args.force,
+                          command=command))
+    if exit_code is not None:
+        return exit_code
+    run_dir, records = result
     print(f"run directory: {run_dir}")
     print(_bench_table(records))
     return EXIT_OK
@@ -213,6 +195,27 @@ def _format_records(frame) -> str:
         table[column] = table[column].map(lambda v: "-" if v is None or v != v else f"{v:.4f}")
     table.columns = [c.removeprefix("metric.") for c in table.columns]
     return table.to_string(index=False)
+
+
+def _interruptible(work: Callable[[], T]) -> tuple[T | None, int | None]:
+    """Run `work` with SIGTERM turned into `RunInterrupted`: (its result, None) or (None, the exit code)."""
+    from greendistil.errors import StageError
+    from greendistil.measure.window import RunInterrupted
+
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+    try:
+        return work(), None
+    except StageError as err:
+        print(f"greendistil: stage failed: {err}", file=sys.stderr)
+        return None, EXIT_FAILED
+    except KeyboardInterrupt:
+        print("greendistil: interrupted (SIGINT); the stage's record is marked 'interrupted'", file=sys.stderr)
+        return None, EXIT_SIGINT
+    except RunInterrupted:
+        print("greendistil: interrupted (SIGTERM); the stage's record is marked 'interrupted'", file=sys.stderr)
+        return None, EXIT_SIGTERM
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _raise_interrupted(signal_number: int, frame: FrameType | None) -> None:

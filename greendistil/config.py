@@ -39,6 +39,11 @@ def _check_stage_name(name: str) -> None:
              "letters, digits, '-', '_' and '.' (it names the checkpoint folder); default: the stage's kind")
 
 
+def _check_roles(roles: tuple[str, ...]) -> None:
+    _require(len(roles) > 0 and len(set(roles)) == len(roles), "roles", list(roles),
+             "a non-empty list of distinct 'teacher' / 'student'")
+
+
 @dataclass(frozen=True, kw_only=True)
 class RunSection:
     """Where and how a run is written."""
@@ -203,8 +208,7 @@ class EvaluateStage:
         if not self.name:
             object.__setattr__(self, "name", self.kind)
         _check_stage_name(self.name)
-        _require(len(self.roles) > 0 and len(set(self.roles)) == len(self.roles), "roles",
-                 list(self.roles), "a non-empty list of distinct 'teacher' / 'student'")
+        _check_roles(self.roles)
         _require(self.batch_size > 0, "batch_size", self.batch_size, ">= 1")
 
 
@@ -230,8 +234,7 @@ class BenchmarkStage:
         if not self.name:
             object.__setattr__(self, "name", self.kind)
         _check_stage_name(self.name)
-        _require(len(self.roles) > 0 and len(set(self.roles)) == len(self.roles), "roles",
-                 list(self.roles), "a non-empty list of distinct 'teacher' / 'student'")
+        _check_roles(self.roles)
         _require(self.num_examples > 0, "num_examples", self.num_examples, ">= 1")
         _require(len(self.batch_sizes) > 0 and len(set(self.batch_sizes)) == len(self.batch_sizes)
                  and min(self.batch_sizes) > 0, "batch_sizes", list(self.batch_sizes),
