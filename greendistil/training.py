@@ -4,6 +4,7 @@ backward and returns its loss terms; the loop owns the optimizer."""
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import time
@@ -55,8 +56,14 @@ class TrainSummary:
 
 def model_inputs(batch: Batch, model: torch.nn.Module) -> Batch:
     """The batch's model inputs that `model` accepts (DistilBERT-type models take no token_type_ids)."""
-    accepted = inspect.signature(model.forward).parameters
+    accepted = _accepted_inputs(type(model))
     return {k: batch[k] for k in MODEL_INPUTS if k in batch and k in accepted}
+
+
+@functools.cache
+def _accepted_inputs(model_class: type) -> frozenset[str]:
+    """Asked once per model class, not on every step."""
+    return frozenset(inspect.signature(model_class.forward).parameters)
 
 
 def make_optimizer(model: torch.nn.Module, *, learning_rate: float, weight_decay: float) -> torch.optim.AdamW:
