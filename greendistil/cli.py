@@ -38,11 +38,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="show library logs (codecarbon, transformers)")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the stages of a config, each measured into the run log")
-    run.add_argument("config", type=Path, help="a TOML config, e.g. configs/base.toml")
+    run.add_argument("config", type=Path, nargs="?", help="a TOML config, e.g. configs/base.toml "
+                     "(with --resume: optional, and must match the run's own config.toml)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config key, e.g. --set task.max_train_examples=500 (repeatable)")
     run.add_argument("--run-id", help="name the run directory (default: <run.name>-<UTC time>-<random>)")
-    run.add_argument("--force", action="store_true", help="reuse an existing run directory")
+    run.add_argument("--force", action="store_true", help="start an existing run directory over, from an empty log")
+    run.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                     help="continue an interrupted or failed run: done stages are skipped, the stage that stopped "
+                          "continues from its last checkpoint, each new segment gets its own record")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.set_defaults(handler=_cmd_run)
     bench = commands.add_parser("bench", help="inference latency, throughput and energy of a teacher and a student",
@@ -74,14 +78,28 @@ def _parser() -> argparse.ArgumentParser:
 def _cmd_run(args: argparse.Namespace) -> int:
     from greendistil import training
     from greendistil.config import load_config
-    from greendistil.pipeline import run_pipeline
+    from greendistil.pipeline import resume_pipeline, run_pipeline
+    from greendistil.resume import RunAlreadyComplete
 
-    config = load_config(args.config, args.overrides)
     if args.no_progress:
         training.SHOW_PROGRESS = False
     command = shlex.join(["greendistil", *sys.argv[1:]])
-    run_dir, exit_code = _interruptible(
-        lambda: run_pipeline(config, run_id=args.run_id, force=args.force, command=command))
+    if args.resume is not None:
+        _check_resume_args(args)
+        try:
+            run_dir, exit_code = _interruptible(lambda: resume_pipeline(args.resume, command=command))
+        except RunAlreadyComplete as done:
+            print(f"greendistil: {done}")
+            return EXIT_OK
+        config = load_config(args.resume / "config.toml")
+    else:
+        if args.config is None:
+            from greendistil.errors import ConfigError
+
+            raise ConfigError("run: give a config file (e.g. configs/base.toml), or --resume RUN_DIR")
+        config = load_config(args.config, args.overrides)
+        run_dir, exit_code = _interruptible(
+            lambda: run_pipeline(config, run_id=args.run_id, force=args.force, command=command))
     if exit_code is not None:
         return exit_code
     print(f"run directory: {run_dir}")
@@ -95,6 +113,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print(f"greendistil: the run finished but its report failed ({type(err).__name__}: {err}); "
                   f"rebuild it with: greendistil report {run_dir} --out {run_dir / 'report'}", file=sys.stderr)
     return EXIT_OK
+
+
+def _check_resume_args(args: argparse.Namespace) -> None:
+    """--resume continues a run with its own config: a config given too must be that one."""
+    from greendistil.config import load_config
+    from greendistil.errors import ConfigError, RunDirError
+
+    if args.force or args.run_id:
+        raise ConfigError("run: --resume continues the run in RUN_DIR; it cannot be combined with --force or --run-id")
+    saved = args.resume / "config.toml"
+    if not saved.is_file():
+        raise RunDirError(f"--resume: {str(args.resume)!r} is not a run directory (no config.toml); give the folder "
+                          "a run printed as 'run directory: ...'")
+    if args.config is not None or args.overrides:
+        given = load_config(args.config or saved, args.overrides)
+        if given.config_hash() != load_config(saved).config_hash():
+            raise ConfigError(f"run: {str(args.config or saved)!r} with {args.overrides or 'no'} overrides differs "
+                              f"from the config of the run in {str(args.resume)!r}; a resumed run keeps its own "
+                              "config: drop the config argument and --set")
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -203,19 +240,31 @@ def _interruptible(work: Callable[[], T]) -> tuple[T | None, int | None]:
     from greendistil.measure.window import RunInterrupted
 
     previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+    # Explicitly: a process started in the background by a non-interactive shell inherits SIGINT ignored.
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return work(), None
     except StageError as err:
-        print(f"greendistil: stage failed: {err}", file=sys.stderr)
+        print(f"greendistil: stage failed: {err}{_resume_hint()}", file=sys.stderr)
         return None, EXIT_FAILED
     except KeyboardInterrupt:
-        print("greendistil: interrupted (SIGINT); the stage's record is marked 'interrupted'", file=sys.stderr)
+        print(f"greendistil: interrupted (SIGINT); the stage's record is marked 'interrupted'{_resume_hint()}",
+              file=sys.stderr)
         return None, EXIT_SIGINT
     except RunInterrupted:
-        print("greendistil: interrupted (SIGTERM); the stage's record is marked 'interrupted'", file=sys.stderr)
+        print(f"greendistil: interrupted (SIGTERM); the stage's record is marked 'interrupted'{_resume_hint()}",
+              file=sys.stderr)
         return None, EXIT_SIGTERM
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
+
+
+def _resume_hint() -> str:
+    from greendistil.runlog import last_run_dir
+
+    run_dir = last_run_dir()
+    return f"; continue with: greendistil run --resume {run_dir}" if run_dir is not None else ""
 
 
 def _raise_interrupted(signal_number: int, frame: FrameType | None) -> None:

@@ -148,6 +148,8 @@ class TrainingStage:
     log_every_steps: int = 50
     flop_sample_steps: int = 3  # count FLOPs exactly on the first N steps ...
     flop_sample_every: int = 200  # ... and on every N-th step after; extrapolate by padded tokens
+    checkpoint_every_steps: int = 500  # training state (model, optimizer, schedule, data position, RNG) for
+    checkpoint_at_epoch_end: bool = True  # `--resume`; 0 = only at epoch ends (if set), never the final step
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -162,6 +164,8 @@ class TrainingStage:
         _require(self.log_every_steps > 0, "log_every_steps", self.log_every_steps, ">= 1")
         _require(self.flop_sample_steps >= 1, "flop_sample_steps", self.flop_sample_steps, ">= 1")
         _require(self.flop_sample_every >= 1, "flop_sample_every", self.flop_sample_every, ">= 1")
+        _require(self.checkpoint_every_steps >= 0, "checkpoint_every_steps", self.checkpoint_every_steps,
+                 ">= 0 (0: no step checkpoints)")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -12,6 +12,7 @@ import logging
 import os
 import platform
 import random
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,13 +22,15 @@ import numpy as np
 import torch
 from transformers import AutoConfig
 
-from greendistil import runlog
-from greendistil.config import BenchmarkStage, Config, DistillStage, EvaluateStage, FinetuneStage, StageConfig
+from greendistil import faults, runlog
+from greendistil.config import (BenchmarkStage, Config, DistillStage, EvaluateStage, FinetuneStage, StageConfig,
+                                load_config)
 from greendistil.data.glue import GlueExamples, GlueTask, get_task, load_glue
-from greendistil.errors import ConfigError, GreendistilError, ModelSourceError, StageError
+from greendistil.errors import ConfigError, GreendistilError, ModelSourceError, RunDirError, StageError
 from greendistil.measure.carbon import CarbonMeter, grid_intensity
 from greendistil.measure.nvml import NvmlMeter
 from greendistil.measure.window import Meters, RunInfo, Window, measure
+from greendistil.resume import RunProgress
 from greendistil.models import (STUDENT_MODEL_TYPES, LoadedModel, load_classifier, load_tokenizer, model_source, resolve_source,
                                 tokenizer_source)
 from greendistil.stages.benchmark import benchmark_examples, run_benchmark
@@ -74,22 +77,98 @@ def run_pipeline(config: Config, *, run_id: str | None = None, force: bool = Fal
     """Run every configured stage; returns the run directory. Stage errors propagate after their record."""
     prepared = prepare(config)
     data_sources = {split: examples.source for split, examples in prepared.splits.items()}
-    run, meters, device = _start_run(config, prepared.intensity_g_per_kwh, prepared.intensity_source,
-                                     run_id=run_id, force=force, command=command, data_sources=data_sources)
-    ctx = StageContext(config=config, task=prepared.task, run_dir=run.run_dir, device=device, splits=prepared.splits)
+    run_id = run_id or runlog.new_run_id(config.run.name)
+    check_disk_space(Path(config.run.output_dir), config)
+    run_dir, lock = runlog.create_run_dir(Path(config.run.output_dir), run_id, force=force)
     try:
-        for stage in config.stages:
-            if isinstance(stage, BenchmarkStage):  # one window per (role, batch size): each record is one model's
-                run_benchmark(ctx, stage, functools.partial(measure, kind=stage.kind, meters=meters, run=run))
+        (run_dir / "config.toml").write_text(config.to_toml(), encoding="utf-8")
+        run, meters, device = _start_run(config, prepared, run_dir, command=command, data_sources=data_sources)
+        ctx = StageContext(config=config, task=prepared.task, run_dir=run_dir, device=device, splits=prepared.splits)
+        _run_stages(ctx, run, meters, RunProgress())
+    finally:
+        lock.release()
+    return run_dir
+
+
+def resume_pipeline(run_dir: Path, *, command: str | None = None) -> Path:
+    """Continue an interrupted or failed run in place: done stages are skipped (their models reused), the
+    stage that stopped continues from its last checkpoint as a new segment, and the rest run as usual.
+
+    Raises RunAlreadyComplete when every stage is done, and GreendistilError when `run_dir` is no run.
+    """
+    lock = runlog.open_run_dir(run_dir)
+    try:
+        config = load_config(run_dir / "config.toml")
+        progress = RunProgress.from_records(run_dir, runlog.read_records(run_dir))
+        progress.check_not_complete(config, run_dir)
+        prepared = prepare(config)
+        check_disk_space(run_dir, config)
+        data_sources = {split: examples.source for split, examples in prepared.splits.items()}
+        run, meters, device = _start_run(config, prepared, run_dir, command=command, data_sources=data_sources)
+        ctx = StageContext(config=config, task=prepared.task, run_dir=run_dir, device=device, splits=prepared.splits,
+                           artifacts=dict(progress.artifacts), resuming=True)
+        _run_stages(ctx, run, meters, progress)
+    finally:
+        lock.release()
+    return run_dir
+
+
+def _run_stages(ctx: StageContext, run: RunInfo, meters: Meters, progress: RunProgress) -> None:
+    """Each stage not yet done, in order, in its own window(s); each stage starts from a seed of its own, so
+    a stage gives the same result whether or not the stages before it ran in this process."""
+    config = ctx.config
+    try:
+        for index, stage in enumerate(config.stages):
+            if progress.is_done(stage):
+                logger.info("%s: done in an earlier segment; skipped", stage.name)
                 continue
-            with measure(stage=stage.name, kind=stage.kind, role=stage_role(stage), meters=meters, run=run) as window:
-                try:
-                    STAGE_RUNNERS[stage.kind](ctx, stage, window)
-                except GreendistilError as err:  # found mid-run: the run dir exists, so not exit 2's "nothing written"
-                    raise StageError(f"stage {stage.name!r}: {err}") from err
+            _seed_everything(config.run.seed + index, config.run.num_threads)
+            if isinstance(stage, BenchmarkStage):  # one window per (role, batch size): each record is one model's
+                def open_window(*, stage: str, role: str, kind: str = stage.kind) -> Any:  # `stage`: the window's name
+                    return measure(stage=stage, kind=kind, role=role, meters=meters, run=run,
+                                   segment=progress.next_segment(stage))
+                skip = [w for w in progress.windows(stage) if progress.window_done(w)]
+                run_benchmark(ctx, stage, open_window, skip=skip)
+            else:
+                with measure(stage=stage.name, kind=stage.kind, role=stage_role(stage), meters=meters, run=run,
+                             segment=progress.next_segment(stage.name)) as window:
+                    faults.point(f"stage-start:{stage.name}")
+                    try:
+                        STAGE_RUNNERS[stage.kind](ctx, stage, window)
+                    except GreendistilError as err:  # found mid-run: the run dir exists, so not exit 2's "nothing written"
+                        raise StageError(f"stage {stage.name!r}: {err}") from err
+            faults.point(f"between-stages:{stage.name}")
     finally:
         meters.gpu.close()
-    return run.run_dir
+
+
+def check_disk_space(folder: Path, config: Config) -> None:
+    """Refuse to start when the disk under `folder` cannot hold the run's checkpoints (a full disk found
+    mid-run would cost the work done so far). Estimate: per training stage, the teacher-sized model saved
+    once plus a training state of weights and two AdamW moments, all float32, plus a 256 MiB margin."""
+    num_training = sum(1 for s in config.stages if isinstance(s, (FinetuneStage, DistillStage)))
+    need_bytes = num_training * 4 * 4 * _teacher_param_estimate(config) + (256 << 20)
+    existing = next((p for p in [folder, *folder.parents] if p.exists()), Path("."))
+    free_bytes = shutil.disk_usage(existing).free
+    if free_bytes < need_bytes:
+        raise RunDirError(f"run.output_dir: only {free_bytes / 2**30:.2f} GiB free under {str(existing)!r}; this run's "
+                          f"checkpoints need about {need_bytes / 2**30:.2f} GiB; free space or choose another "
+                          "folder with --set run.output_dir=...")
+
+
+def _teacher_param_estimate(config: Config) -> int:
+    """The teacher's parameter count from its config (BERT layout), without loading weights."""
+    cfg = config.teacher
+    if cfg.source == "scratch":
+        hidden, layers, ffn, vocab = cfg.hidden_size, cfg.num_layers, cfg.intermediate_size, 30522
+    else:
+        try:
+            model_config = AutoConfig.from_pretrained(resolve_source(cfg.source, cfg.name)[0])
+            hidden, layers = model_config.hidden_size, model_config.num_hidden_layers
+            ffn, vocab = getattr(model_config, "intermediate_size", 4 * hidden), model_config.vocab_size
+        except (OSError, ValueError, AttributeError):  # the preflight already vetted the source
+            return 110_000_000  # BERT-base: a generous default
+    return (vocab + 512 + 2) * hidden + layers * (4 * hidden * hidden + 2 * hidden * ffn + 9 * hidden + ffn)
 
 
 def run_bench(config: Config, sources: dict[str, str], *, run_id: str | None = None, force: bool = False,
@@ -114,33 +193,40 @@ def run_bench(config: Config, sources: dict[str, str], *, run_id: str | None = N
         path_or_id, label = resolved[role]
         return LoadedModel(model=load_classifier(path_or_id, task), tokenizer=load_tokenizer(path_or_id), source=label)
 
-    run, meters, device = _start_run(config, intensity, intensity_source, run_id=run_id, force=force, command=command,
-                                     data_sources={"benchmark": examples.source})
-    ctx = StageContext(config=config, task=task, run_dir=run.run_dir, device=device, splits={})
+    prepared = Prepared(task=task, splits={}, intensity_g_per_kwh=intensity, intensity_source=intensity_source)
+    run_dir, lock = runlog.create_run_dir(Path(config.run.output_dir), run_id or runlog.new_run_id(config.run.name),
+                                          force=force)
     try:
-        records = run_benchmark(ctx, stage, functools.partial(measure, kind=stage.kind, meters=meters, run=run),
-                                load=load)
+        (run_dir / "config.toml").write_text(config.to_toml(), encoding="utf-8")
+        _seed_everything(config.run.seed, config.run.num_threads)
+        run, meters, device = _start_run(config, prepared, run_dir, command=command,
+                                         data_sources={"benchmark": examples.source})
+        ctx = StageContext(config=config, task=task, run_dir=run_dir, device=device, splits={})
+        try:
+            records = run_benchmark(ctx, stage, functools.partial(measure, kind=stage.kind, meters=meters, run=run),
+                                    load=load)
+        finally:
+            meters.gpu.close()
     finally:
-        meters.gpu.close()
-    return run.run_dir, records
+        lock.release()
+    return run_dir, records
 
 
-def _start_run(config: Config, intensity_g_per_kwh: float, intensity_source: str, *, run_id: str | None,
-               force: bool, command: str | None, data_sources: dict[str, str]) -> tuple[RunInfo, Meters, torch.device]:
-    """Create the run directory (with the resolved config), seed, and set up the run's meters."""
-    run_id = run_id or runlog.new_run_id(config.run.name)
-    run_dir = runlog.create_run_dir(Path(config.run.output_dir), run_id, force=force)
-    (run_dir / "config.toml").write_text(config.to_toml(), encoding="utf-8")
-    _seed_everything(config.run.seed, config.run.num_threads)
+def _start_run(config: Config, prepared: Prepared, run_dir: Path, *, command: str | None,
+               data_sources: dict[str, str]) -> tuple[RunInfo, Meters, torch.device]:
+    """Describe the run (what every record shares) and set up its meters."""
+    if config.run.num_threads > 0:
+        torch.set_num_threads(config.run.num_threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     run = RunInfo(
-        run_id=run_id, run_dir=run_dir, config_hash=config.config_hash(), git_sha=_git_sha(),
+        run_id=run_dir.name, run_dir=run_dir, config_hash=config.config_hash(), git_sha=_git_sha(),
         versions=_versions(), hardware=_hardware(device), country_iso_code=config.carbon.country_iso_code,
-        pue=config.carbon.pue, intensity_g_per_kwh=intensity_g_per_kwh, intensity_source=intensity_source,
-        command=command, task=config.task.name, data_sources=data_sources,
+        pue=config.carbon.pue, intensity_g_per_kwh=prepared.intensity_g_per_kwh,
+        intensity_source=prepared.intensity_source, command=command, task=config.task.name,
+        data_sources=data_sources,
     )
     meters = Meters(
-        carbon=CarbonMeter(output_dir=run_dir, run_id=run_id, country_iso_code=config.carbon.country_iso_code,
+        carbon=CarbonMeter(output_dir=run_dir, run_id=run.run_id, country_iso_code=config.carbon.country_iso_code,
                            measure_power_s=config.carbon.measure_power_s,
                            intensity_g_per_kwh=config.carbon.intensity_g_per_kwh),
         # Only the GPU this process computes on: other cards' draw is not this run's energy (DDP: one per rank).

@@ -1,16 +1,22 @@
 """Run directories and the append-only run log (`records.jsonl`), and `load_runs()` -> pandas.
 
 A run directory holds: records.jsonl (one JSON object per stage, appended as each stage ends), config.toml
-(the resolved config), emissions.csv (codecarbon's rows), power.csv (GPU power samples, when any) and
-checkpoints/<stage>/ (save_pretrained folders).
+(the resolved config), emissions.csv (codecarbon's rows), power.csv (GPU power samples, when any),
+checkpoints/<stage>/ (save_pretrained folders), checkpoints/<stage>.state.pt (training state while a stage
+runs, for --resume) and .lock (held by the process writing the run).
+
+A stage resumed after an interruption has one record per segment (`segment` 1, 2, ...). `load_runs()`
+sums a stage's segments into one row unless asked for the segments themselves.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import secrets
+import shutil
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,6 +30,48 @@ logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 RECORDS_FILE = "records.jsonl"
+LOCK_FILE = ".lock"
+# Per-segment quantities that add up to the stage's total; every other field is taken from the last segment.
+ADDITIVE_FIELDS = (
+    "duration_s", "energy_kwh", "cpu_energy_kwh", "gpu_energy_kwh", "ram_energy_kwh", "facility_energy_kwh",
+    "co2_kg", "flops", "flops_analytic", "num_examples", "num_tokens", "num_padded_tokens", "num_steps",
+    "num_checkpoints",
+)
+ADDITIVE_PREFIXES = ("flops_by_component.", "codecarbon.")
+
+
+_last_run_dir: Path | None = None  # for the CLI's "continue with --resume ..." hint
+
+
+def last_run_dir() -> Path | None:
+    """The run directory this process last created or opened, if any."""
+    return _last_run_dir
+
+
+class RunLock:
+    """An exclusive lock on a run directory, held while a process writes it (`fcntl.flock`: released by
+    the kernel if the process dies, so a killed run never leaves a stale lock)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self._handle = open(run_dir / LOCK_FILE, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._handle.seek(0)
+            owner = self._handle.read().strip() or "unknown"
+            self._handle.close()
+            raise RunDirError(f"run directory {str(run_dir)!r} is in use by another greendistil process "
+                              f"(pid {owner}); wait for it to finish or stop it first") from None
+        self._handle.truncate(0)
+        self._handle.write(f"{os.getpid()}\n")
+        self._handle.flush()
+        global _last_run_dir
+        _last_run_dir = run_dir
+
+    def release(self) -> None:
+        if not self._handle.closed:
+            fcntl.flock(self._handle, fcntl.LOCK_UN)
+            self._handle.close()
 
 
 def new_run_id(name: str) -> str:
@@ -32,8 +80,12 @@ def new_run_id(name: str) -> str:
     return f"{name}-{stamp}-{secrets.token_hex(3)}"
 
 
-def create_run_dir(output_dir: Path, run_id: str, *, force: bool = False) -> Path:
-    """Create `<output_dir>/<run_id>` and prove it is writable, before any training starts."""
+def create_run_dir(output_dir: Path, run_id: str, *, force: bool = False) -> tuple[Path, RunLock]:
+    """Create `<output_dir>/<run_id>`, lock it, and prove it is writable, before any training starts.
+
+    With `force`, an existing run directory is emptied of its log, checkpoints and report: a forced rerun
+    starts clean (two attempts in one log would be summed as one run; a stale state must never be resumed).
+    """
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -43,19 +95,39 @@ def create_run_dir(output_dir: Path, run_id: str, *, force: bool = False) -> Pat
         raise RunDirError(f"run.output_dir: {str(output_dir)!r} is not writable; "
                           "choose a writable folder with --set run.output_dir=...")
     run_dir = output_dir / run_id
-    if run_dir.exists() and not force:
-        raise RunDirError(f"run directory {str(run_dir)!r} already exists; pick another run id or pass --force")
-    run_dir.mkdir(exist_ok=force)
-    if force:  # a forced rerun starts a clean log: two attempts in one log would be summed as one run
+    try:
+        run_dir.mkdir(exist_ok=force)  # atomic: of two runs given one id, exactly one gets it
+    except FileExistsError:
+        raise RunDirError(f"run directory {str(run_dir)!r} already exists; continue it with --resume {run_dir}, "
+                          "start it over with --force, or pick another --run-id") from None
+    lock = RunLock(run_dir)
+    if force:
         for name in (RECORDS_FILE, "emissions.csv", "power.csv", "config.toml"):
             (run_dir / name).unlink(missing_ok=True)
+        for name in ("checkpoints", "report"):
+            shutil.rmtree(run_dir / name, ignore_errors=True)
+    check_writable(run_dir)
+    return run_dir, lock
+
+
+def open_run_dir(run_dir: Path) -> RunLock:
+    """Lock an existing run directory to continue it (`--resume`)."""
+    if not (run_dir / RECORDS_FILE).is_file() or not (run_dir / "config.toml").is_file():
+        raise RunDirError(f"--resume: {str(run_dir)!r} is not a run directory (it needs {RECORDS_FILE} and "
+                          "config.toml); give the folder a run printed as 'run directory: ...'")
+    lock = RunLock(run_dir)
+    check_writable(run_dir)
+    return lock
+
+
+def check_writable(run_dir: Path, probe_bytes: int = 4096) -> None:
+    """Write and remove a probe file: catches read-only mounts and full disks that os.access misses."""
     probe = run_dir / ".write-probe"
     try:
-        probe.write_bytes(b"\0" * 4096)
+        probe.write_bytes(b"\0" * probe_bytes)
         probe.unlink()
     except OSError as err:
         raise RunDirError(f"cannot write into {str(run_dir)!r}: {err.strerror}") from None
-    return run_dir
 
 
 def append_record(run_dir: Path, record: dict[str, Any]) -> None:
@@ -101,16 +173,18 @@ def find_run_dirs(paths: str | Path | Iterable[str | Path]) -> list[Path]:
     return list(found.values())
 
 
-def load_runs(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
-    """One tidy DataFrame, one row per stage record, from run dirs, runs roots, or a list of them.
+def load_runs(paths: str | Path | Iterable[str | Path], *, by_segment: bool = False) -> pd.DataFrame:
+    """One tidy DataFrame, one row per stage, from run dirs, runs roots, or a list of them.
 
     Nested fields are flattened with dots (`metrics.accuracy` -> `metric.accuracy`, `hardware.cpu_count`);
-    timestamps become datetimes; a `run_dir` column says where each row came from.
+    timestamps become datetimes; a `run_dir` column says where each row came from. A stage that was
+    interrupted and resumed is one row whose energy, CO2, FLOPs, time and counts are the sums over its
+    segments (`num_segments`, `resumed`, `segment_statuses` say so); `by_segment=True` gives one row per record.
     """
     rows = []
     for run_dir in find_run_dirs(paths):
-        for record in read_records(run_dir):
-            row = _flatten(record)
+        flat = [_flatten(record) for record in read_records(run_dir)]
+        for row in (flat if by_segment else combine_segments(flat)):
             row["run_dir"] = str(run_dir)
             rows.append(row)
     frame = pd.DataFrame(rows)
@@ -118,6 +192,37 @@ def load_runs(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
         if column in frame:
             frame[column] = pd.to_datetime(frame[column], utc=True, format="ISO8601")
     return frame
+
+
+def combine_segments(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per stage of one run: additive fields summed over its segments, the rest from the last.
+
+    A sum over segments where some lack a figure (e.g. codecarbon failed in one) is the sum of the known
+    parts, and `segments_incomplete` names the fields affected.
+    """
+    by_stage: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_stage.setdefault(str(row.get("stage")), []).append(row)
+    combined = []
+    for segments in by_stage.values():
+        row = dict(segments[-1])
+        row["num_segments"] = len(segments)
+        row["resumed"] = len(segments) > 1
+        row["segment_statuses"] = ",".join(str(s.get("status")) for s in segments)
+        row["started_at"] = segments[0].get("started_at")
+        incomplete = []
+        keys = {k for s in segments for k in s if k in ADDITIVE_FIELDS or k.startswith(ADDITIVE_PREFIXES)}
+        for key in sorted(keys):
+            # A segment that processed nothing (killed while loading) did no FLOPs: its missing count is 0.
+            values = [0 if key.startswith("flops") and s.get(key) is None and not s.get("num_examples") else s.get(key)
+                      for s in segments]
+            known = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+            row[key] = sum(known) if known else None
+            if known and len(known) < len(values):
+                incomplete.append(key)
+        row["segments_incomplete"] = incomplete
+        combined.append(row)
+    return combined
 
 
 def _flatten(record: dict[str, Any]) -> dict[str, Any]:

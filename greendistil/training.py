@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -15,11 +17,14 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from greendistil import faults
+from greendistil.checkpoint import StateFile, TrainPosition, load_state, save_state
 from greendistil.config import TrainingStage
 from greendistil.errors import StageError
 from greendistil.measure.flops import FlopSampler, count_flops
-from greendistil.measure.window import Window
+from greendistil.measure.window import StageCounters, Window
 
+logger = logging.getLogger(__name__)
 T = TypeVar("T")
 Batch = dict[str, torch.Tensor]
 
@@ -31,14 +36,24 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 class FlopScope:
     """Counts the FLOPs of parts of one step when the sampler picked this step; else only its tokens."""
 
-    def __init__(self, sampler: FlopSampler, counted: bool, padded_tokens: int) -> None:
+    def __init__(self, sampler: FlopSampler, counted: bool, padded_tokens: int,
+                 reset: Callable[[], None] | None = None) -> None:
         self.sampler, self.counted, self.padded_tokens = sampler, counted, padded_tokens
+        self.reset = reset  # undoes a half-run step (zeroes gradients) before it is run again uncounted
 
     def run(self, component: str, fn: Callable[[], T]) -> T:
-        if not self.counted:
+        if not self.counted or self.sampler.error is not None:
             self.sampler.add_uncounted(component, self.padded_tokens)
             return fn()
-        result, flops = count_flops(fn)
+        try:
+            result, flops = count_flops(fn)
+        except Exception as err:  # the counter must never stop training: run the step again without it
+            if self.reset is None:
+                raise
+            self.sampler.fail(f"{component}: {type(err).__name__}: {err}")
+            self.reset()
+            self.sampler.add_uncounted(component, self.padded_tokens)
+            return fn()  # a genuine error of the step raises again here, uncounted
         self.sampler.add_counted(component, flops, self.padded_tokens)
         return result
 
@@ -89,34 +104,47 @@ def linear_schedule(optimizer: torch.optim.Optimizer, *, total_steps: int,
 
 
 def train(*, cfg: TrainingStage, model: torch.nn.Module, loader: DataLoader, step_fn: StepFn,
-          window: Window, analytic_flops_per_token: float) -> TrainSummary:
+          window: Window, analytic_flops_per_token: float, state: StateFile | None = None) -> TrainSummary:
     """Train `model` for `cfg.epochs` over `loader`, recording counts and FLOPs into `window.counters`.
 
     `analytic_flops_per_token` (e.g. 6N for training, + 2N_teacher for distillation) is multiplied by the
-    padded tokens of each batch: padding is computed too.
+    padded tokens of each batch: padding is computed too. With `state`, the training state is checkpointed
+    every `cfg.checkpoint_every_steps` steps and at epoch ends, and (under `--resume`) an existing state is
+    continued exactly: same data order, same RNG, same schedule. The counters hold this segment's work only.
     """
     device = next(model.parameters()).device
     total_steps = max(1, math.ceil(len(loader) * cfg.epochs))
     optimizer = make_optimizer(model, learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = linear_schedule(optimizer, total_steps=total_steps,
                                 warmup_steps=int(cfg.warmup_ratio * total_steps))
+    position = _start_position(state, model, optimizer, scheduler, window)
     sampler = FlopSampler(sample_steps=cfg.flop_sample_steps, sample_every=cfg.flop_sample_every)
     counters = window.counters
     counters.flop_sampler = sampler
-    recent: list[dict[str, float]] = []
-    totals: dict[str, float] = {}
+    recent, totals = list(position.recent_losses), dict(position.loss_sums)
+    step, epoch, skip = position.step, position.epoch, position.batch_in_epoch
+    first_step, restore_generator = step, position.epoch_generator_state
     model.train()
-    bar = tqdm(total=total_steps, desc=window.stage, unit="step", disable=_progress_disabled(), leave=False)
-    start_s, step, epoch = time.perf_counter(), 0, 0
+    bar = tqdm(total=total_steps, initial=step, desc=window.stage, unit="step", disable=_progress_disabled(),
+               leave=False)
+    start_s = time.perf_counter()
     while step < total_steps:
         if hasattr(loader.batch_sampler, "set_epoch"):
             loader.batch_sampler.set_epoch(epoch)
-        for batch in loader:
+        generator = getattr(loader, "generator", None)  # the shuffled order of a plain DataLoader
+        if restore_generator is not None and generator is not None:
+            generator.set_state(restore_generator)
+        restore_generator = None
+        epoch_generator_state = generator.get_state() if generator is not None else None
+        batch_in_epoch = skip
+        for batch in itertools.islice(loader, skip, None):  # resumed: the batches already trained on are skipped
             if step >= total_steps:
                 break
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             padded_tokens = batch["input_ids"].numel()
-            terms = step_fn(batch, FlopScope(sampler, sampler.should_count(step), padded_tokens))
+            scope = FlopScope(sampler, sampler.should_count(step - first_step), padded_tokens,
+                              reset=lambda: optimizer.zero_grad(set_to_none=True))
+            terms = step_fn(batch, scope)
             if not math.isfinite(terms["loss"]):
                 raise StageError(f"stage {window.stage!r}: loss is {terms['loss']} at step {step + 1} "
                                  f"(epoch {epoch + 1}); lower the learning rate or check the data")
@@ -125,11 +153,8 @@ def train(*, cfg: TrainingStage, model: torch.nn.Module, loader: DataLoader, ste
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            counters.num_steps += 1
-            counters.num_examples += batch["input_ids"].shape[0]
-            counters.num_tokens += int(batch["attention_mask"].sum())
-            counters.num_padded_tokens += padded_tokens
-            counters.flops_analytic += analytic_flops_per_token * padded_tokens
+            batch_in_epoch += 1
+            _count(counters, batch, padded_tokens, analytic_flops_per_token)
             recent = (recent + [terms])[-cfg.log_every_steps:]
             for key, value in terms.items():
                 totals[key] = totals.get(key, 0.0) + value
@@ -137,12 +162,50 @@ def train(*, cfg: TrainingStage, model: torch.nn.Module, loader: DataLoader, ste
             if step % cfg.log_every_steps == 0 or step == total_steps:
                 rate = counters.num_examples / max(time.perf_counter() - start_s, 1e-9)
                 bar.set_postfix(loss=f"{_mean(recent)['loss']:.4f}", ex_s=f"{rate:.0f}")
-        epoch += 1
+            faults.point(f"step:{window.stage}:{step}")
+            if state is not None and step < total_steps and cfg.checkpoint_every_steps \
+                    and step % cfg.checkpoint_every_steps == 0:
+                _checkpoint(state, model, optimizer, scheduler, window, TrainPosition(
+                    step=step, epoch=epoch, batch_in_epoch=batch_in_epoch, epoch_generator_state=epoch_generator_state,
+                    loss_sums=totals, recent_losses=recent))
+        epoch, skip = epoch + 1, 0
+        if state is not None and step < total_steps and cfg.checkpoint_at_epoch_end:
+            _checkpoint(state, model, optimizer, scheduler, window, TrainPosition(
+                step=step, epoch=epoch, batch_in_epoch=0, loss_sums=totals, recent_losses=recent,
+                epoch_generator_state=generator.get_state() if generator is not None else None))
     bar.close()
     elapsed_s = time.perf_counter() - start_s
     return TrainSummary(num_steps=step, final_loss=_mean(recent),
                         mean_loss={k: v / max(step, 1) for k, v in totals.items()},
                         examples_per_s=counters.num_examples / max(elapsed_s, 1e-9))
+
+
+def _start_position(state: StateFile | None, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, window: Window) -> TrainPosition:
+    """Step 0, or (resuming) where the stage's last checkpoint left it."""
+    fresh = TrainPosition(step=0, epoch=0, batch_in_epoch=0, epoch_generator_state=None, loss_sums={},
+                          recent_losses=[])
+    if state is None or not state.resume or not state.path.is_file():
+        return fresh
+    position = load_state(state.path, model=model, optimizer=optimizer, scheduler=scheduler)
+    window.counters.resumed_from_step = position.step
+    logger.info("%s: resumed from the checkpoint at step %d", window.stage, position.step)
+    return position
+
+
+def _checkpoint(state: StateFile, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                scheduler: torch.optim.lr_scheduler.LRScheduler, window: Window, position: TrainPosition) -> None:
+    save_state(state.path, model=model, optimizer=optimizer, scheduler=scheduler, position=position)
+    window.counters.num_checkpoints += 1
+    window.flush_meters()  # codecarbon's CSV gets a row now, not only when the stage ends
+
+
+def _count(counters: StageCounters, batch: Batch, padded_tokens: int, analytic_flops_per_token: float) -> None:
+    counters.num_steps += 1
+    counters.num_examples += batch["input_ids"].shape[0]
+    counters.num_tokens += int(batch["attention_mask"].sum())
+    counters.num_padded_tokens += padded_tokens
+    counters.flops_analytic += analytic_flops_per_token * padded_tokens
 
 
 def _mean(rows: list[dict[str, float]]) -> dict[str, float]:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -104,25 +107,103 @@ def test_load_runs_tolerates_unknown_and_missing_fields(tmp_path: Path) -> None:
     assert pd.isna(frame["energy_kwh"].iloc[1])
 
 
+def create(output_dir: Path, run_id: str, *, force: bool = False) -> Path:
+    run_dir, lock = runlog.create_run_dir(output_dir, run_id, force=force)
+    lock.release()
+    return run_dir
+
+
 def test_create_run_dir_makes_a_writable_folder(tmp_path: Path) -> None:
-    run_dir = runlog.create_run_dir(tmp_path / "a" / "b", "run1")
+    run_dir = create(tmp_path / "a" / "b", "run1")
     assert run_dir == tmp_path / "a" / "b" / "run1" and run_dir.is_dir()
-    assert list(run_dir.iterdir()) == []  # the write probe is removed
+    assert [p.name for p in run_dir.iterdir()] == [runlog.LOCK_FILE]  # the write probe is removed
 
 
 def test_create_run_dir_refuses_an_existing_run_dir_unless_forced(tmp_path: Path) -> None:
-    run_dir = runlog.create_run_dir(tmp_path, "run1")
+    run_dir = create(tmp_path, "run1")
     runlog.append_record(run_dir, record("a"))
+    (run_dir / "checkpoints").mkdir()
+    (run_dir / "checkpoints" / "finetune.state.pt").write_bytes(b"stale")
     with pytest.raises(RunDirError, match="already exists") as info:
-        runlog.create_run_dir(tmp_path, "run1")
+        create(tmp_path, "run1")
     assert str(run_dir) in str(info.value) and isinstance(info.value, GreendistilError)
-    assert runlog.create_run_dir(tmp_path, "run1", force=True) == run_dir
-    # --force starts a clean log: two attempts in one log would be summed as one run.
+    assert "--resume" in str(info.value) and "--force" in str(info.value)
+    assert create(tmp_path, "run1", force=True) == run_dir
+    # --force starts a clean log: two attempts in one log would be summed as one run, and a stale
+    # training state must never be picked up by a later --resume.
     assert runlog.read_records(run_dir) == []
+    assert not (run_dir / "checkpoints").exists()
+
+
+def test_a_locked_run_dir_is_refused_and_the_lock_dies_with_its_holder(tmp_path: Path) -> None:
+    run_dir, lock = runlog.create_run_dir(tmp_path, "run1")
+    runlog.append_record(run_dir, record("a"))
+    (run_dir / "config.toml").write_text("", encoding="utf-8")
+    with pytest.raises(RunDirError, match=f"in use by another greendistil process \\(pid {os.getpid()}\\)"):
+        runlog.open_run_dir(run_dir)
+    with pytest.raises(RunDirError, match="in use"):
+        runlog.create_run_dir(tmp_path, "run1", force=True)  # --force must not wipe a run being written
+    assert len(runlog.read_records(run_dir)) == 1
+    lock.release()
+    runlog.open_run_dir(run_dir).release()
+    # A holder killed with SIGKILL leaves no stale lock: flock dies with the process.
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; h = open(sys.argv[1], 'a'); "
+                               "fcntl.flock(h, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)",
+                               str(run_dir / runlog.LOCK_FILE)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunDirError, match="in use"):
+            runlog.open_run_dir(run_dir)
+    finally:
+        holder.kill()
+        holder.wait()
+    runlog.open_run_dir(run_dir).release()
+
+
+def test_open_run_dir_needs_a_run(tmp_path: Path) -> None:
+    with pytest.raises(RunDirError, match="not a run directory"):
+        runlog.open_run_dir(tmp_path)
+
+
+def test_segments_of_a_resumed_stage_are_summed(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    first = {**record("finetune", energy_kwh=0.25), "status": "interrupted", "segment": 1, "cpu_energy_kwh": 0.05,
+             "ram_energy_kwh": 0.2, "co2_kg": 0.1, "flops": 100, "num_examples": 10, "duration_s": 4.0,
+             "flops_by_component": {"teacher_train": 100}, "started_at": "2026-11-25T08:00:00+00:00"}
+    second = {**record("finetune", energy_kwh=0.5), "segment": 2, "cpu_energy_kwh": 0.1, "ram_energy_kwh": 0.4,
+              "co2_kg": 0.2, "flops": 300, "num_examples": 30, "duration_s": 6.0, "resumed_from_step": 1,
+              "flops_by_component": {"teacher_train": 300}, "metrics": {"x": 1.0},
+              "started_at": "2026-11-25T09:00:00+00:00"}
+    for rec in (first, second, {**record("evaluate", energy_kwh=0.125), "segment": 1}):
+        runlog.append_record(run_dir, rec)
+    frame = load_runs(run_dir)
+    assert list(frame["stage"]) == ["finetune", "evaluate"]
+    row = frame.iloc[0]
+    assert row["energy_kwh"] == pytest.approx(0.75) and row["co2_kg"] == pytest.approx(0.3)
+    assert row["cpu_energy_kwh"] + row["ram_energy_kwh"] == pytest.approx(row["energy_kwh"])
+    assert row["flops"] == 400 and row["flops_by_component.teacher_train"] == 400
+    assert row["num_examples"] == 40 and row["duration_s"] == pytest.approx(10.0)
+    assert row["status"] == "ok" and row["num_segments"] == 2 and bool(row["resumed"])
+    assert row["segment_statuses"] == "interrupted,ok" and row["metric.x"] == 1.0
+    assert row["started_at"] == pd.Timestamp("2026-11-25T08:00:00+00:00")
+    assert not bool(frame.iloc[1]["resumed"]) and frame.iloc[1]["num_segments"] == 1
+    by_segment = load_runs(run_dir, by_segment=True)
+    assert list(by_segment["stage"]) == ["finetune", "finetune", "evaluate"]
+    assert by_segment["energy_kwh"].sum() == pytest.approx(0.875)
+
+
+def test_a_sum_with_a_missing_part_says_so(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    runlog.append_record(run_dir, {**record("distill", energy_kwh=None), "status": "interrupted", "num_examples": 5})
+    runlog.append_record(run_dir, {**record("distill", energy_kwh=0.5), "segment": 2, "num_examples": 5})
+    row = load_runs(run_dir).iloc[0]
+    assert row["energy_kwh"] == 0.5 and row["segments_incomplete"] == ["energy_kwh"]
 
 
 def test_a_run_named_twice_is_loaded_once(tmp_path: Path) -> None:
-    run_dir = runlog.create_run_dir(tmp_path / "runs", "run1")
+    run_dir = create(tmp_path / "runs", "run1")
     runlog.append_record(run_dir, record("a"))
     assert runlog.find_run_dirs([run_dir, tmp_path / "runs", run_dir]) == [run_dir]
     assert len(load_runs([run_dir, tmp_path / "runs"])) == 1
@@ -132,7 +213,7 @@ def test_create_run_dir_under_a_regular_file_is_a_run_dir_error(tmp_path: Path) 
     blocker = tmp_path / "afile"
     blocker.write_text("x", encoding="utf-8")
     with pytest.raises(RunDirError, match="run.output_dir"):
-        runlog.create_run_dir(blocker / "runs", "run1")
+        create(blocker / "runs", "run1")
     assert blocker.is_file()
 
 

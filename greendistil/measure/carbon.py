@@ -108,16 +108,19 @@ class CarbonMeter:
         if tracker is None:
             return _failed(self._start_error or "codecarbon was not started")
         try:
-            tracker.stop()
-            data = tracker.final_emissions_data
-            if data is None:
-                return _failed("codecarbon returned no data at stop")
+            tracker.stop()  # codecarbon suppresses its own errors here, e.g. an emissions.csv it cannot write
+            data, error = getattr(tracker, "final_emissions_data", None), None
+            if data is None:  # stop() failed after measuring: its in-memory totals are still the energy drawn
+                data = tracker._prepare_emissions_data()
+                error = (f"codecarbon could not finish stop(): no row written to {self._output_dir / 'emissions.csv'} "
+                         "(folder removed or not writable?); CPU/RAM energy taken from its in-memory totals")
+                logger.warning(error)
             return CarbonReading(
                 cpu_energy_kwh=float(data.cpu_energy), cpu_energy_source=_cpu_source(tracker),
                 ram_energy_kwh=float(data.ram_energy), ram_energy_source=RAM_SOURCE,
                 cpu_power_w=float(data.cpu_power), ram_power_w=float(data.ram_power),
                 codecarbon_gpu_energy_kwh=float(data.gpu_energy), codecarbon_co2_kg=float(data.emissions),
-                cpu_model=str(data.cpu_model), ram_total_gb=float(data.ram_total_size),
+                cpu_model=str(data.cpu_model), ram_total_gb=float(data.ram_total_size), error=error,
             )
         except Exception as err:
             message = f"codecarbon failed to stop: {type(err).__name__}: {err}"

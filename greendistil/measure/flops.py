@@ -108,10 +108,18 @@ class FlopSampler:
         self.sample_every = sample_every
         self._components: dict[str, _Component] = {}
         self._num_failed_counts = 0
+        self.error: str | None = None  # set when the counter raised: no FLOP figure for this window
 
     def should_count(self, step: int) -> bool:
-        """True for steps ``0..sample_steps-1`` and every ``sample_every``-th step (0-based) after."""
-        return step < self.sample_steps or step % self.sample_every == 0
+        """True for steps ``0..sample_steps-1`` and every ``sample_every``-th step (0-based) after;
+        always False once the counter has failed."""
+        return self.error is None and (step < self.sample_steps or step % self.sample_every == 0)
+
+    def fail(self, message: str) -> None:
+        """The counter itself raised: stop counting, and report no FLOPs rather than a partial sum."""
+        if self.error is None:
+            logger.warning("FLOP counting failed, no FLOP figure for this window: %s", message)
+            self.error = message
 
     def add_counted(self, component: str, flops: int, padded_tokens: int) -> None:
         """Record a counted step of ``component``. 0 FLOPs for >0 tokens means the counter failed:
@@ -149,12 +157,14 @@ class FlopSampler:
         """Counted plus extrapolated FLOPs over all components, or None when any component has steps but
         no counted one to extrapolate from (a partial sum would silently undercount); see ``source()``."""
         totals = [c.total_flops() for c in self._components.values()]
-        if not totals or None in totals:
+        if self.error is not None or not totals or None in totals:
             return None
         return sum(t for t in totals if t is not None)
 
     def source(self) -> str:
         """Provenance of ``total_flops()``, e.g. ``counted:torch-flop-counter(3/1250 steps sampled, ...)``."""
+        if self.error is not None:
+            return "unavailable:flop-counter-failed"
         if self.num_steps == 0:
             return "unavailable:no-steps"
         missing = sorted(name for name, c in self._components.items() if c.total_flops() is None)

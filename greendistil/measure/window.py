@@ -77,21 +77,34 @@ class StageCounters:
     flop_sampler: FlopSampler | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)  # stage-specific: losses, layers, sources, ...
+    artifacts: dict[str, str] = field(default_factory=dict)  # role -> model folder written (relative to the run)
+    resumed_from_step: int | None = None  # this segment continued a checkpoint taken at that step
+    num_checkpoints: int = 0  # training-state checkpoints written in this segment
 
 
 class Window:
     """Handed to the stage: `window.counters` is the stage's to fill."""
 
-    def __init__(self, stage: str, kind: str, role: str) -> None:
-        self.stage, self.kind, self.role = stage, kind, role
+    def __init__(self, stage: str, kind: str, role: str, segment: int = 1, meters: Meters | None = None) -> None:
+        self.stage, self.kind, self.role, self.segment = stage, kind, role, segment
         self.counters = StageCounters()
         self.record: dict[str, Any] | None = None  # the record written when the window closed
+        self._meters = meters
+
+    def flush_meters(self) -> None:
+        """Have codecarbon write what it measured so far (a kill -9 then still leaves a row). Never raises."""
+        if self._meters is not None:
+            self._meters.carbon.flush()
 
 
 @contextmanager
-def measure(*, stage: str, kind: str, role: str, meters: Meters, run: RunInfo) -> Iterator[Window]:
-    """Measure one stage. Yields a `Window`; appends one record when the block ends, however it ends."""
-    window = Window(stage, kind, role)
+def measure(*, stage: str, kind: str, role: str, meters: Meters, run: RunInfo, segment: int = 1) -> Iterator[Window]:
+    """Measure one stage. Yields a `Window`; appends one record when the block ends, however it ends.
+
+    `segment` numbers the attempts at one stage: a stage resumed after an interruption writes a second
+    record (segment 2) for the work it did after resuming; readers sum a stage's segments.
+    """
+    window = Window(stage, kind, role, segment, meters)
     _synchronize()
     started_at = runlog.utc_now()
     meters.carbon.start(stage)
@@ -132,10 +145,12 @@ def compose_record(*, window: Window, run: RunInfo, status: str, error: BaseExce
     energy_kwh = sum(known) if known else None
     co2_kg = energy_kwh * run.pue * run.intensity_g_per_kwh / 1000.0 if energy_kwh is not None else None
     flops, flops_source, flops_by_component = _flops(c.flop_sampler)
-    errors = {k: v for k, v in {"carbon": carbon.error, "gpu": gpu.error}.items() if v}
+    flops_error = getattr(c.flop_sampler, "error", None)
+    errors = {k: v for k, v in {"carbon": carbon.error, "gpu": gpu.error, "flops": flops_error}.items() if v}
     record: dict[str, Any] = {
         "schema_version": runlog.SCHEMA_VERSION, "run_id": run.run_id, "task": run.task, "stage": window.stage,
-        "kind": window.kind, "role": window.role, "status": status,
+        "kind": window.kind, "role": window.role, "status": status, "segment": window.segment,
+        "resumed_from_step": c.resumed_from_step, "num_checkpoints": c.num_checkpoints,
         "error_type": type(error).__name__ if error is not None else None,
         "error_message": str(error) if error is not None else None,
         "started_at": started_at, "ended_at": runlog.utc_now(), "duration_s": duration_s,
@@ -155,7 +170,7 @@ def compose_record(*, window: Window, run: RunInfo, status: str, error: BaseExce
         "gpu_power_mean_w": _mean_power(gpu), "gpu_flags": list(gpu.flags), "gpu_devices": list(gpu.devices),
         "energy_incomplete": [k for k, v in components.items() if v is None and _expected(k, run)],
         "codecarbon": {"co2_kg_at_pue_1": carbon.codecarbon_co2_kg, "gpu_energy_kwh": carbon.codecarbon_gpu_energy_kwh},
-        "measurement_errors": errors, "metrics": c.metrics, "details": c.details,
+        "measurement_errors": errors, "metrics": c.metrics, "details": c.details, "artifacts": c.artifacts,
         "hardware": {**run.hardware, "cpu_model": carbon.cpu_model, "ram_total_gb": carbon.ram_total_gb},
         "config_hash": run.config_hash, "git_sha": run.git_sha, "versions": run.versions,
         "data_sources": run.data_sources,

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ContextManager
+from typing import Any, Collection, ContextManager
 
 import numpy as np
 import torch
@@ -105,10 +105,11 @@ class ScaledFlops:
 
 
 def run_benchmark(ctx: StageContext, cfg: BenchmarkStage, open_window: OpenWindow, *,
-                  load: LoadModel | None = None) -> list[dict[str, Any]]:
+                  load: LoadModel | None = None, skip: Collection[str] = ()) -> list[dict[str, Any]]:
     """Benchmark each role at each batch size, one window each; returns the records the windows wrote.
 
-    `load(role)` gives a role's model (default: `ctx.load`, the run's latest teacher / student).
+    `load(role)` gives a role's model (default: `ctx.load`, the run's latest teacher / student); windows
+    named in `skip` (see `window_name`) were measured already and are not repeated.
     """
     load = load or ctx.load
     examples = benchmark_examples(ctx.task, ctx.config.task.glue_dir, cfg.num_examples)
@@ -122,13 +123,15 @@ def run_benchmark(ctx: StageContext, cfg: BenchmarkStage, open_window: OpenWindo
     with _threads(cfg.num_threads):
         for batch_size in cfg.batch_sizes:
             for role in cfg.roles:  # interleaved: teacher then student at each batch size
+                stage = window_name(cfg, role, batch_size)
+                if stage in skip:  # measured before the run was interrupted (--resume)
+                    continue
                 loaded = models[role]
                 inputs = make_inputs(encoded[role], batch_size=batch_size, model=loaded.model,
                                      pad_token_id=loaded.tokenizer.pad_token_id, device=ctx.device)
                 with fast_path_context(ctx.device):
                     warm_up(loaded.model, inputs.batches, cfg.warmup_batches, ctx.device)
                     flops = _count_one_batch(loaded.model, inputs.batches[0], f"{role}_forward")
-                stage = f"{cfg.name}.{role}.bs{batch_size}"
                 with open_window(stage=stage, role=role) as window:
                     counters = window.counters
                     counters.model, counters.num_params = loaded.source, count_params(loaded.model)
@@ -148,6 +151,11 @@ def run_benchmark(ctx: StageContext, cfg: BenchmarkStage, open_window: OpenWindo
                 logger.info("%s: %.1f examples/s over %d passes", stage,
                             counters.metrics.get("examples_per_s", float("nan")), timed.num_passes)
     return [r for r in records if r is not None]
+
+
+def window_name(cfg: BenchmarkStage, role: str, batch_size: int) -> str:
+    """The `stage` of one benchmark window's record: one per (model, batch size)."""
+    return f"{cfg.name}.{role}.bs{batch_size}"
 
 
 def benchmark_examples(task: GlueTask, glue_dir: str | Path | None, num_examples: int) -> GlueExamples:

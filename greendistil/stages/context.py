@@ -11,10 +11,12 @@ from pathlib import Path
 
 import torch
 
+from greendistil.checkpoint import StateFile, discard_state
 from greendistil.config import Config
 from greendistil.data.batching import EncodedSplit, encode
 from greendistil.data.glue import GlueExamples, GlueTask
-from greendistil.models import LoadedModel, build_student, load_classifier, load_teacher, load_tokenizer
+from greendistil.measure.window import Window
+from greendistil.models import LoadedModel, build_student, load_classifier, load_teacher, load_tokenizer, save_model
 
 
 @dataclass
@@ -25,10 +27,25 @@ class StageContext:
     device: torch.device
     splits: dict[str, GlueExamples]  # "train", "dev" (or "dev_matched", "dev_mismatched")
     artifacts: dict[str, Path] = field(default_factory=dict)  # role -> latest save_pretrained folder
+    resuming: bool = False  # `--resume`: a stage's saved training state is continued
     _encoded: dict[str, EncodedSplit] = field(default_factory=dict)
 
     def checkpoint_dir(self, stage_name: str) -> Path:
         return self.run_dir / "checkpoints" / stage_name
+
+    def train_state(self, stage_name: str) -> StateFile:
+        """Where the stage's training state is checkpointed while it runs (removed once it has finished)."""
+        return StateFile(path=self.run_dir / "checkpoints" / f"{stage_name}.state.pt", resume=self.resuming)
+
+    def publish(self, role: str, model, tokenizer, stage_name: str, window: Window) -> Path:
+        """Save the stage's finished model as `role`'s latest, for later stages and for `--resume`; the
+        training state is discarded only after the model is safely written."""
+        folder = self.checkpoint_dir(stage_name)
+        save_model(model, tokenizer, folder)
+        self.artifacts[role] = folder
+        window.counters.artifacts[role] = str(folder.relative_to(self.run_dir))
+        discard_state(self.train_state(stage_name).path)
+        return folder
 
     def load(self, role: str) -> LoadedModel:
         """The latest version of `role`'s model. A student not yet made is built from the current teacher."""

@@ -14,7 +14,7 @@ from greendistil.data.batching import make_loader
 from greendistil.losses import hidden_cosine, soft_target_kl, soft_target_mse, task_loss
 from greendistil.measure.flops import count_nonembedding_params
 from greendistil.measure.window import Window
-from greendistil.models import count_params, save_model
+from greendistil.models import count_params
 from greendistil.stages.context import StageContext
 from greendistil.training import Batch, FlopScope, model_inputs, train
 
@@ -58,10 +58,8 @@ def run_distill(ctx: StageContext, cfg: DistillStage, window: Window) -> None:
 
     flops_per_token = 6.0 * count_nonembedding_params(student) + 2.0 * count_nonembedding_params(teacher)
     summary = train(cfg=cfg, model=student, loader=loader, step_fn=step, window=window,
-                    analytic_flops_per_token=flops_per_token)
-    folder = ctx.checkpoint_dir(cfg.name)
-    save_model(student, tokenizer, folder)
-    ctx.artifacts["student"] = folder
+                    analytic_flops_per_token=flops_per_token, state=ctx.train_state(cfg.name))
+    folder = ctx.publish("student", student, tokenizer, cfg.name, window)
     counters.details.update({
         "checkpoint": str(folder.relative_to(ctx.run_dir)), "teacher_model": teacher_loaded.source,
         "teacher_num_params": count_params(teacher), "student_num_params": count_params(student),

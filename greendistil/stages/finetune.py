@@ -9,7 +9,7 @@ from greendistil.data.batching import make_loader
 from greendistil.losses import task_loss
 from greendistil.measure.flops import count_nonembedding_params
 from greendistil.measure.window import Window
-from greendistil.models import count_params, save_model
+from greendistil.models import count_params
 from greendistil.stages.context import StageContext
 from greendistil.training import Batch, FlopScope, model_inputs, train
 
@@ -33,10 +33,8 @@ def run_finetune(ctx: StageContext, cfg: FinetuneStage, window: Window) -> None:
         return scope.run(f"{cfg.role}_train", forward_backward)
 
     summary = train(cfg=cfg, model=model, loader=loader, step_fn=step, window=window,
-                    analytic_flops_per_token=6.0 * count_nonembedding_params(model))
-    folder = ctx.checkpoint_dir(cfg.name)
-    save_model(model, loaded.tokenizer, folder)
-    ctx.artifacts[cfg.role] = folder
+                    analytic_flops_per_token=6.0 * count_nonembedding_params(model), state=ctx.train_state(cfg.name))
+    folder = ctx.publish(cfg.role, model, loaded.tokenizer, cfg.name, window)
     counters.details.update({
         "checkpoint": str(folder.relative_to(ctx.run_dir)), "train_examples": len(train_split),
         "final_loss": summary.final_loss, "mean_loss": summary.mean_loss,

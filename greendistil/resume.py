@@ -1,0 +1,69 @@
+"""What an earlier attempt at a run finished, read from its run log: the basis of `greendistil run --resume`.
+
+A stage is done when its last record says `ok`; a benchmark stage when each of its windows is. The models
+that done stages wrote (their `artifacts`) are what later stages start from. A stage that was interrupted
+or failed runs again as a new segment, from its last training-state checkpoint when there is one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from greendistil.config import BenchmarkStage, Config, StageConfig
+from greendistil.stages.benchmark import window_name
+
+
+class RunAlreadyComplete(Exception):
+    """`--resume` of a run whose every stage is done: nothing to do (the CLI exits 0)."""
+
+
+@dataclass
+class RunProgress:
+    """The status of each window (record `stage`) in log order, and the models the done stages wrote."""
+
+    statuses: dict[str, list[str]] = field(default_factory=dict)  # window -> status of each segment
+    artifacts: dict[str, Path] = field(default_factory=dict)  # role -> model folder, from done stages
+
+    @classmethod
+    def from_records(cls, run_dir: Path, records: list[dict[str, Any]]) -> RunProgress:
+        progress = cls()
+        for record in records:
+            name = str(record.get("stage"))
+            progress.statuses.setdefault(name, []).append(str(record.get("status")))
+            if record.get("status") == "ok":
+                for role, folder in _artifacts(record).items():
+                    progress.artifacts[role] = run_dir / folder
+        return progress
+
+    def windows(self, stage: StageConfig) -> list[str]:
+        """The record names a stage writes: its own name, or one per benchmark window."""
+        if isinstance(stage, BenchmarkStage):
+            return [window_name(stage, role, size) for size in stage.batch_sizes for role in stage.roles]
+        return [stage.name]
+
+    def window_done(self, window: str) -> bool:
+        return self.statuses.get(window, [""])[-1] == "ok"
+
+    def is_done(self, stage: StageConfig) -> bool:
+        return all(self.window_done(window) for window in self.windows(stage))
+
+    def next_segment(self, window: str) -> int:
+        return len(self.statuses.get(window, [])) + 1
+
+    def check_not_complete(self, config: Config, run_dir: Path) -> None:
+        """Raise RunAlreadyComplete when every configured stage is done."""
+        if all(self.is_done(stage) for stage in config.stages):
+            raise RunAlreadyComplete(f"run {str(run_dir)!r} is already complete ({len(config.stages)} stages ok); "
+                                     "nothing to resume")
+
+
+def _artifacts(record: dict[str, Any]) -> dict[str, str]:
+    """Role -> model folder (relative to the run) a record's stage wrote; older records name one checkpoint."""
+    if record.get("artifacts"):
+        return dict(record["artifacts"])
+    checkpoint = (record.get("details") or {}).get("checkpoint")
+    if checkpoint and record.get("kind") in ("finetune", "distill"):
+        return {str(record.get("role")): str(checkpoint)}
+    return {}
