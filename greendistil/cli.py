@@ -235,29 +235,34 @@ def _format_records(frame) -> str:
 
 
 def _interruptible(work: Callable[[], T]) -> tuple[T | None, int | None]:
-    """Run `work` with SIGTERM turned into `RunInterrupted`: (its result, None) or (None, the exit code)."""
+    """Run `work` with SIGTERM turned into `RunInterrupted`: (its result, None) or (None, the exit code).
+
+    After an interruption, further signals stay ignored until the process exits: the exit code is the
+    first signal's, whatever else arrives while the run shuts down.
+    """
     from greendistil.errors import StageError
     from greendistil.measure.window import RunInterrupted
 
     previous = signal.signal(signal.SIGTERM, _raise_interrupted)
     # Explicitly: a process started in the background by a non-interactive shell inherits SIGINT ignored.
-    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
+    previous_int = signal.signal(signal.SIGINT, _raise_keyboard_interrupt)
+    kept = "what was measured until then is in the run log, the stopped stage's record marked 'interrupted'"
     try:
-        return work(), None
+        result = work()
     except StageError as err:
         print(f"greendistil: stage failed: {err}{_resume_hint()}", file=sys.stderr)
-        return None, EXIT_FAILED
+        result, code = None, EXIT_FAILED
     except KeyboardInterrupt:
-        print(f"greendistil: interrupted (SIGINT); the stage's record is marked 'interrupted'{_resume_hint()}",
-              file=sys.stderr)
+        print(f"greendistil: interrupted (SIGINT); {kept}{_resume_hint()}", file=sys.stderr)
         return None, EXIT_SIGINT
     except RunInterrupted:
-        print(f"greendistil: interrupted (SIGTERM); the stage's record is marked 'interrupted'{_resume_hint()}",
-              file=sys.stderr)
+        print(f"greendistil: interrupted (SIGTERM); {kept}{_resume_hint()}", file=sys.stderr)
         return None, EXIT_SIGTERM
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        signal.signal(signal.SIGINT, previous_int)
+    else:
+        code = None
+    signal.signal(signal.SIGTERM, previous)
+    signal.signal(signal.SIGINT, previous_int)
+    return result, code
 
 
 def _resume_hint() -> str:
@@ -270,8 +275,20 @@ def _resume_hint() -> str:
 def _raise_interrupted(signal_number: int, frame: FrameType | None) -> None:
     from greendistil.measure.window import RunInterrupted
 
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not tear the record being written
+    _ignore_further_signals()
     raise RunInterrupted(signal_number)
+
+
+def _raise_keyboard_interrupt(signal_number: int, frame: FrameType | None) -> None:
+    _ignore_further_signals()
+    raise KeyboardInterrupt
+
+
+def _ignore_further_signals() -> None:
+    """After the first SIGINT/SIGTERM the run is shutting down: a second one (of either kind) must not cut
+    short the writing of the stopped stage's record."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _quiet_libraries(verbose: bool) -> None:

@@ -11,7 +11,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import Callable, Iterator, TypeVar
 
 import torch
 from torch.utils.data import DataLoader
@@ -137,7 +137,8 @@ def train(*, cfg: TrainingStage, model: torch.nn.Module, loader: DataLoader, ste
         restore_generator = None
         epoch_generator_state = generator.get_state() if generator is not None else None
         batch_in_epoch = skip
-        for batch in itertools.islice(loader, skip, None):  # resumed: the batches already trained on are skipped
+        batches = _batches(loader, skip)
+        for batch in batches:
             if step >= total_steps:
                 break
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
@@ -178,6 +179,18 @@ def train(*, cfg: TrainingStage, model: torch.nn.Module, loader: DataLoader, ste
     return TrainSummary(num_steps=step, final_loss=_mean(recent),
                         mean_loss={k: v / max(step, 1) for k, v in totals.items()},
                         examples_per_s=counters.num_examples / max(elapsed_s, 1e-9))
+
+
+def _batches(loader: DataLoader, skip: int) -> Iterator[Batch]:
+    """The epoch's batches after the first `skip` (those a resumed stage had trained on before it stopped)."""
+    if not skip:
+        return iter(loader)
+    # Starting an epoch draws a seed from torch's RNG; the checkpoint's RNG state was saved after this
+    # epoch's draw, so the resumed epoch must not draw again, or dropout would differ from an unbroken run.
+    rng = torch.get_rng_state()
+    batches = itertools.islice(loader, skip, None)
+    torch.set_rng_state(rng)
+    return batches
 
 
 def _start_position(state: StateFile | None, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
