@@ -45,6 +45,7 @@ class FlopScope:
         if not self.counted or self.sampler.error is not None:
             self.sampler.add_uncounted(component, self.padded_tokens)
             return fn()
+        rng = _rng_state()
         try:
             result, flops = count_flops(fn)
         except Exception as err:  # the counter must never stop training: run the step again without it
@@ -52,10 +53,21 @@ class FlopScope:
                 raise
             self.sampler.fail(f"{component}: {type(err).__name__}: {err}")
             self.reset()
+            _set_rng_state(rng)  # the same dropout masks as the failed attempt: as if it had never run
             self.sampler.add_uncounted(component, self.padded_tokens)
             return fn()  # a genuine error of the step raises again here, uncounted
         self.sampler.add_counted(component, flops, self.padded_tokens)
         return result
+
+
+def _rng_state() -> tuple[torch.Tensor, torch.Tensor | None]:
+    return torch.get_rng_state(), torch.cuda.get_rng_state() if torch.cuda.is_available() else None
+
+
+def _set_rng_state(state: tuple[torch.Tensor, torch.Tensor | None]) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1])
 
 
 StepFn = Callable[[Batch, FlopScope], dict[str, float]]

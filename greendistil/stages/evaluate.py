@@ -54,7 +54,8 @@ def _evaluate_split(ctx: StageContext, cfg: EvaluateStage, window: Window, loade
         for index, batch in enumerate(loader):
             batch = {k: v.to(ctx.device) for k, v in batch.items()}
             padded_tokens = batch["input_ids"].numel()
-            scope = FlopScope(sampler, sampler.should_count(index), padded_tokens)
+            scope = FlopScope(sampler, sampler.should_count(index), padded_tokens,
+                              reset=lambda: None)  # inference: a half-run forward leaves nothing to undo
             logits = scope.run(f"{role}_forward", lambda: loaded.model(**model_inputs(batch, loaded.model)).logits)  # (B, C)
             predictions.append(logits.float().cpu())
             counters.num_examples += batch["input_ids"].shape[0]
