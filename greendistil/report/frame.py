@@ -29,6 +29,7 @@ _COLUMNS = (
     "cpu_energy_kwh", "cpu_energy_source", "gpu_energy_kwh", "gpu_energy_source", "ram_energy_kwh",
     "ram_energy_source", "facility_energy_kwh", "co2_kg", "intensity_g_per_kwh", "intensity_source", "pue",
     "country_iso_code", "cpu_power_w", "ram_power_w", "gpu_power_mean_w", "config_hash", "git_sha", "command",
+    "num_segments", "segment_statuses", "segments_incomplete",
 )
 
 

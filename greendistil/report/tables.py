@@ -105,9 +105,14 @@ def _params(row: pd.Series) -> str:
 
 def _status(row: pd.Series) -> str:
     status = str(value(row, "status") or "unknown")
-    if status == "ok":
-        return "ok"
-    return f"⚠ {status}: {value(row, 'error_type') or 'no error type recorded'}"
+    text = "ok" if status == "ok" else f"⚠ {status}: {value(row, 'error_type') or 'no error type recorded'}"
+    segments = number(row, "num_segments")
+    if segments is not None and segments > 1:  # a resumed stage: its figures are the sums of its segments
+        text += f" (resumed; {int(segments)} segments summed: {value(row, 'segment_statuses')})"
+    incomplete = value(row, "segments_incomplete")
+    if isinstance(incomplete, list) and incomplete:
+        text += f" ⚠ sums lack a segment's {', '.join(incomplete)}"
+    return text
 
 
 def _scores(row: pd.Series) -> str:
