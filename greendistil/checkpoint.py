@@ -8,12 +8,15 @@ over the previous one, so a kill at any moment leaves either the old state or th
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
+import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -57,7 +60,7 @@ def save_state(path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Opt
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
     }
     temp = path.with_name(path.name + TEMP_SUFFIX)
-    with open(temp, "wb") as handle:
+    with signals_deferred(), open(temp, "wb") as handle:
         torch.save(state, handle)
         handle.flush()
         os.fsync(handle.fileno())
@@ -82,6 +85,28 @@ def load_state(path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Opt
     if rng["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
     return TrainPosition(**state["position"])
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM until the block ends, then deliver the first one to the handler that was there.
+
+    A signal's exception raised inside torch.save or save_pretrained is replaced by the writer's own error
+    when it unwinds (torch: "unexpected pos ..."), which would turn an interruption into a failure.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {sig: signal.signal(sig, lambda number, frame: received.append(number))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if received:
+            os.kill(os.getpid(), received[0])  # now, with the run's own handler back in place
 
 
 def discard_state(path: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from greendistil.checkpoint import StateFile, discard_state
+from greendistil.checkpoint import StateFile, discard_state, signals_deferred
 from greendistil.config import Config
 from greendistil.data.batching import EncodedSplit, encode
 from greendistil.data.glue import GlueExamples, GlueTask
@@ -41,7 +41,8 @@ class StageContext:
         """Save the stage's finished model as `role`'s latest, for later stages and for `--resume`; the
         training state is discarded only after the model is safely written."""
         folder = self.checkpoint_dir(stage_name)
-        save_model(model, tokenizer, folder)
+        with signals_deferred():  # an interrupted write would surface as the writer's error, not as a signal
+            save_model(model, tokenizer, folder)
         self.artifacts[role] = folder
         window.counters.artifacts[role] = str(folder.relative_to(self.run_dir))
         discard_state(self.train_state(stage_name).path)
