@@ -22,12 +22,15 @@ import torch
 from transformers import AutoConfig
 
 from greendistil import runlog
-from greendistil.config import BenchmarkStage, Config, DistillStage, EvaluateStage, FinetuneStage, StageConfig
+from greendistil.config import (BenchmarkStage, Config, DistillStage, EvaluateStage, FinetuneStage, PretrainStage,
+                                StageConfig)
+from greendistil.data.corpus import CorpusText
 from greendistil.data.glue import GlueExamples, GlueTask, get_task, load_glue
 from greendistil.errors import ConfigError, GreendistilError, ModelSourceError, StageError
 from greendistil.measure.carbon import CarbonMeter, grid_intensity
 from greendistil.measure.nvml import NvmlMeter
 from greendistil.measure.window import Meters, RunInfo, Window, measure
+from greendistil.mlmcheck import prepare_corpus
 from greendistil.models import (STUDENT_MODEL_TYPES, LoadedModel, load_classifier, load_tokenizer, model_source, resolve_source,
                                 tokenizer_source)
 from greendistil.stages.benchmark import benchmark_examples, run_benchmark
@@ -35,11 +38,12 @@ from greendistil.stages.context import StageContext
 from greendistil.stages.distill import run_distill
 from greendistil.stages.evaluate import run_evaluate
 from greendistil.stages.finetune import run_finetune
+from greendistil.stages.pretrain import run_pretrain
 
 logger = logging.getLogger(__name__)
 
 STAGE_RUNNERS: dict[str, Callable[[StageContext, Any, Window], None]] = {
-    "finetune": run_finetune, "distill": run_distill, "evaluate": run_evaluate,
+    "pretrain": run_pretrain, "finetune": run_finetune, "distill": run_distill, "evaluate": run_evaluate,
 }
 PACKAGES = ("greendistil", "torch", "transformers", "tokenizers", "datasets", "codecarbon", "nvidia-ml-py",
             "numpy", "pandas", "scikit-learn", "scipy")
@@ -53,6 +57,7 @@ class Prepared:
     splits: dict[str, GlueExamples]
     intensity_g_per_kwh: float
     intensity_source: str
+    corpus: CorpusText | None = None  # read and split when an MLM stage needs it
 
 
 def prepare(config: Config) -> Prepared:
@@ -60,13 +65,15 @@ def prepare(config: Config) -> Prepared:
     task = get_task(config.task.name)
     intensity, intensity_source = grid_intensity(config.carbon.country_iso_code, config.carbon.intensity_g_per_kwh)
     _check_teacher(config)
+    corpus = prepare_corpus(config)  # MLM stages: corpus, mask token, teacher head
     glue_dir = Path(config.task.glue_dir) if config.task.glue_dir else None
     splits = {"train": load_glue(task, "train", glue_dir=glue_dir, max_examples=config.task.max_train_examples,
                                  seed=config.run.seed)}
     for split in task.dev_splits:
         splits[split] = load_glue(task, split, glue_dir=glue_dir, max_examples=config.task.max_eval_examples,
                                   seed=config.run.seed)
-    return Prepared(task=task, splits=splits, intensity_g_per_kwh=intensity, intensity_source=intensity_source)
+    return Prepared(task=task, splits=splits, intensity_g_per_kwh=intensity, intensity_source=intensity_source,
+                    corpus=corpus)
 
 
 def run_pipeline(config: Config, *, run_id: str | None = None, force: bool = False,
@@ -74,9 +81,12 @@ def run_pipeline(config: Config, *, run_id: str | None = None, force: bool = Fal
     """Run every configured stage; returns the run directory. Stage errors propagate after their record."""
     prepared = prepare(config)
     data_sources = {split: examples.source for split, examples in prepared.splits.items()}
+    if prepared.corpus is not None:
+        data_sources["corpus"] = prepared.corpus.source
     run, meters, device = _start_run(config, prepared.intensity_g_per_kwh, prepared.intensity_source,
                                      run_id=run_id, force=force, command=command, data_sources=data_sources)
-    ctx = StageContext(config=config, task=prepared.task, run_dir=run.run_dir, device=device, splits=prepared.splits)
+    ctx = StageContext(config=config, task=prepared.task, run_dir=run.run_dir, device=device, splits=prepared.splits,
+                       corpus=prepared.corpus)
     try:
         for stage in config.stages:
             if isinstance(stage, BenchmarkStage):  # one window per (role, batch size): each record is one model's
@@ -151,7 +161,7 @@ def _start_run(config: Config, intensity_g_per_kwh: float, intensity_source: str
 
 
 def stage_role(stage: StageConfig) -> str:
-    if isinstance(stage, FinetuneStage):
+    if isinstance(stage, (FinetuneStage, PretrainStage)):
         return stage.role
     if isinstance(stage, DistillStage):
         return "student"
