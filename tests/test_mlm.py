@@ -16,6 +16,7 @@ from greendistil.data.corpus import encode_corpus, load_corpus_text
 from greendistil.data.glue import get_task
 from greendistil.data.masking import build_masker, mask_tokens
 from greendistil.losses import mlm_cross_entropy
+from greendistil.measure.flops import count_nonembedding_params
 from greendistil.mlm import (checkpoint_has_mlm_head, evaluate_mlm, freeze_all_but_head, head_note, load_mlm,
                              load_teacher_mlm, mlm_forward, mlm_head, new_scratch_mlm)
 from greendistil.models import build_student, load_classifier, load_tokenizer, packaged_model_path, save_model
@@ -69,6 +70,9 @@ def test_head_only_training_changes_the_head_alone(tiny_teacher) -> None:
                      "cls.predictions.transform.LayerNorm.weight", "cls.predictions.transform.dense.bias",
                      "cls.predictions.transform.dense.weight"]
     assert trainable == sum(p.numel() for n, p in model.named_parameters() if p.requires_grad)
+    hidden, vocab = model.config.hidden_size, model.config.vocab_size
+    assert trainable == hidden * hidden + 3 * hidden + vocab  # dense, its bias, LayerNorm, the output bias
+    assert count_nonembedding_params(model, trainable_only=True) == trainable  # for the analytic FLOPs
     encoder_before = {n: p.clone() for n, p in model.bert.named_parameters()}
     optimizer = torch.optim.AdamW([p for p in head.parameters() if p.requires_grad], lr=1e-2)
     batch = batch_of(tiny_teacher.tokenizer, SENTENCES[:4])

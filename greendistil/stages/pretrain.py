@@ -46,6 +46,7 @@ def run_pretrain(ctx: StageContext, cfg: PretrainStage, window: Window) -> None:
         model.eval()
     num_nonembedding = count_nonembedding_params(model)
     num_trainable = sum(p.numel() for p in trained.parameters() if p.requires_grad)
+    num_frozen_nonembedding = num_nonembedding - count_nonembedding_params(model, trainable_only=True)
     evaluate = dict(batch_size=cfg.batch_size, pad_token_id=tokenizer.pad_token_id, device=ctx.device)
     before = evaluate_mlm(model, corpus.heldout, masker, **evaluate)
     loader = make_loader(corpus.train, batch_size=cfg.batch_size, pad_token_id=tokenizer.pad_token_id, shuffle=True,
@@ -64,7 +65,7 @@ def run_pretrain(ctx: StageContext, cfg: PretrainStage, window: Window) -> None:
         return scope.run(f"{cfg.role}_train", forward_backward)
 
     summary = train(cfg=cfg, model=trained, loader=loader, step_fn=step, window=window,
-                    analytic_flops_per_token=2.0 * num_nonembedding + 4.0 * min(num_trainable, num_nonembedding))
+                    analytic_flops_per_token=6.0 * num_nonembedding - 4.0 * num_frozen_nonembedding)
     after = evaluate_mlm(model, corpus.heldout, masker, **evaluate)
     record_heldout_flops(counters, f"{cfg.role}_heldout_forward", [before, after], num_nonembedding)
     what = ("head only (encoder and tied decoder frozen)" if head_only else "all weights")
