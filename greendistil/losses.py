@@ -1,4 +1,5 @@
-"""Distillation losses as pure functions. Shapes: B batch, T tokens, H hidden, C classes."""
+"""Distillation losses as pure functions. Shapes: B batch, T tokens, H hidden, C classes, V vocabulary,
+N rows (positions selected from B x T)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ def soft_target_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, t
     """KL(teacher || student) between the softened distributions, averaged over rows, times T^2.
 
     Hinton et al. (2015): scaling by T^2 keeps the soft-target gradients' magnitude independent of T.
-    Logits: (N, C); for token-level use, flatten positions into N first.
+    Logits: (N, C); for token-level use (DistilBERT's L_ce over the vocabulary), select the positions into
+    N first: every real token, or only the masked ones.
     """
     log_q = F.log_softmax(student_logits / temperature, dim=-1)  # (N, C)
     log_p = F.log_softmax(teacher_logits / temperature, dim=-1)  # (N, C)
@@ -39,3 +41,22 @@ def hidden_cosine(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor,
     mask = attention_mask.bool()  # (B, T)
     cos = F.cosine_similarity(student_hidden[mask], teacher_hidden[mask], dim=-1)  # (num_real_tokens,)
     return (1.0 - cos).mean()
+
+
+def mlm_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Masked-LM loss: mean cross-entropy over the positions whose label is not -100.
+
+    Logits: (N, V) rows (the positions a model was asked to predict); labels: (N,), -100 where nothing
+    is to be predicted. A batch in which masking chose no token gives 0, still attached to the graph.
+    """
+    predicted = labels != -100  # (N,)
+    if not bool(predicted.any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits[predicted].float(), labels[predicted])
+
+
+def masked_token_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
+    """(correct, counted) argmax predictions over the positions whose label is not -100. (N, V), (N,)."""
+    predicted = labels != -100  # (N,)
+    correct = (logits[predicted].argmax(dim=-1) == labels[predicted]).sum()
+    return int(correct), int(predicted.sum())

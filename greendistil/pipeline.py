@@ -23,14 +23,16 @@ import torch
 from transformers import AutoConfig
 
 from greendistil import faults, runlog
-from greendistil.config import (BenchmarkStage, Config, DistillStage, EvaluateStage, FinetuneStage, StageConfig,
-                                load_config)
+from greendistil.config import (BenchmarkStage, Config, DistillStage, EvaluateStage, FinetuneStage, PretrainStage,
+                                StageConfig, load_config)
+from greendistil.data.corpus import CorpusText
 from greendistil.data.glue import GlueExamples, GlueTask, get_task, load_glue
 from greendistil.errors import ConfigError, GreendistilError, ModelSourceError, RunDirError, StageError
 from greendistil.measure.carbon import CarbonMeter, grid_intensity
 from greendistil.measure.nvml import NvmlMeter
 from greendistil.measure.window import Meters, RunInfo, Window, measure
 from greendistil.resume import RunProgress
+from greendistil.mlmcheck import prepare_corpus
 from greendistil.models import (STUDENT_MODEL_TYPES, LoadedModel, load_classifier, load_tokenizer, model_source, resolve_source,
                                 tokenizer_source)
 from greendistil.stages.benchmark import benchmark_examples, run_benchmark
@@ -38,11 +40,12 @@ from greendistil.stages.context import StageContext
 from greendistil.stages.distill import run_distill
 from greendistil.stages.evaluate import run_evaluate
 from greendistil.stages.finetune import run_finetune
+from greendistil.stages.pretrain import run_pretrain
 
 logger = logging.getLogger(__name__)
 
 STAGE_RUNNERS: dict[str, Callable[[StageContext, Any, Window], None]] = {
-    "finetune": run_finetune, "distill": run_distill, "evaluate": run_evaluate,
+    "pretrain": run_pretrain, "finetune": run_finetune, "distill": run_distill, "evaluate": run_evaluate,
 }
 PACKAGES = ("greendistil", "torch", "transformers", "tokenizers", "datasets", "codecarbon", "nvidia-ml-py",
             "numpy", "pandas", "scikit-learn", "scipy")
@@ -56,6 +59,7 @@ class Prepared:
     splits: dict[str, GlueExamples]
     intensity_g_per_kwh: float
     intensity_source: str
+    corpus: CorpusText | None = None  # read and split when an MLM stage needs it
 
 
 def prepare(config: Config) -> Prepared:
@@ -63,27 +67,30 @@ def prepare(config: Config) -> Prepared:
     task = get_task(config.task.name)
     intensity, intensity_source = grid_intensity(config.carbon.country_iso_code, config.carbon.intensity_g_per_kwh)
     _check_teacher(config)
+    corpus = prepare_corpus(config)  # MLM stages: corpus, mask token, teacher head
     glue_dir = Path(config.task.glue_dir) if config.task.glue_dir else None
     splits = {"train": load_glue(task, "train", glue_dir=glue_dir, max_examples=config.task.max_train_examples,
                                  seed=config.run.seed)}
     for split in task.dev_splits:
         splits[split] = load_glue(task, split, glue_dir=glue_dir, max_examples=config.task.max_eval_examples,
                                   seed=config.run.seed)
-    return Prepared(task=task, splits=splits, intensity_g_per_kwh=intensity, intensity_source=intensity_source)
+    return Prepared(task=task, splits=splits, intensity_g_per_kwh=intensity, intensity_source=intensity_source,
+                    corpus=corpus)
 
 
 def run_pipeline(config: Config, *, run_id: str | None = None, force: bool = False,
                  command: str | None = None) -> Path:
     """Run every configured stage; returns the run directory. Stage errors propagate after their record."""
     prepared = prepare(config)
-    data_sources = {split: examples.source for split, examples in prepared.splits.items()}
+    data_sources = _data_sources(prepared)
     run_id = run_id or runlog.new_run_id(config.run.name)
     check_disk_space(Path(config.run.output_dir), config)
     run_dir, lock = runlog.create_run_dir(Path(config.run.output_dir), run_id, force=force)
     try:
         (run_dir / "config.toml").write_text(config.to_toml(), encoding="utf-8")
         run, meters, device = _start_run(config, prepared, run_dir, command=command, data_sources=data_sources)
-        ctx = StageContext(config=config, task=prepared.task, run_dir=run_dir, device=device, splits=prepared.splits)
+        ctx = StageContext(config=config, task=prepared.task, run_dir=run_dir, device=device, splits=prepared.splits,
+                           corpus=prepared.corpus)
         _run_stages(ctx, run, meters, RunProgress())
     finally:
         lock.release()
@@ -103,14 +110,21 @@ def resume_pipeline(run_dir: Path, *, command: str | None = None) -> Path:
         progress.check_not_complete(config, run_dir)
         prepared = prepare(config)
         check_disk_space(run_dir, config)
-        data_sources = {split: examples.source for split, examples in prepared.splits.items()}
-        run, meters, device = _start_run(config, prepared, run_dir, command=command, data_sources=data_sources)
+        run, meters, device = _start_run(config, prepared, run_dir, command=command,
+                                         data_sources=_data_sources(prepared))
         ctx = StageContext(config=config, task=prepared.task, run_dir=run_dir, device=device, splits=prepared.splits,
-                           artifacts=dict(progress.artifacts), resuming=True)
+                           corpus=prepared.corpus, artifacts=dict(progress.artifacts), resuming=True)
         _run_stages(ctx, run, meters, progress)
     finally:
         lock.release()
     return run_dir
+
+
+def _data_sources(prepared: Prepared) -> dict[str, str]:
+    sources = {split: examples.source for split, examples in prepared.splits.items()}
+    if prepared.corpus is not None:
+        sources["corpus"] = prepared.corpus.source
+    return sources
 
 
 def _run_stages(ctx: StageContext, run: RunInfo, meters: Meters, progress: RunProgress) -> None:
@@ -146,7 +160,7 @@ def check_disk_space(folder: Path, config: Config) -> None:
     """Refuse to start when the disk under `folder` cannot hold the run's checkpoints (a full disk found
     mid-run would cost the work done so far). Estimate: per training stage, the teacher-sized model saved
     once plus a training state of weights and two AdamW moments, all float32, plus a 256 MiB margin."""
-    num_training = sum(1 for s in config.stages if isinstance(s, (FinetuneStage, DistillStage)))
+    num_training = sum(1 for s in config.stages if isinstance(s, (PretrainStage, FinetuneStage, DistillStage)))
     need_bytes = num_training * 4 * 4 * _teacher_param_estimate(config) + (256 << 20)
     existing = next((p for p in [folder, *folder.parents] if p.exists()), Path("."))
     free_bytes = shutil.disk_usage(existing).free
@@ -237,7 +251,7 @@ def _start_run(config: Config, prepared: Prepared, run_dir: Path, *, command: st
 
 
 def stage_role(stage: StageConfig) -> str:
-    if isinstance(stage, FinetuneStage):
+    if isinstance(stage, (FinetuneStage, PretrainStage)):
         return stage.role
     if isinstance(stage, DistillStage):
         return "student"

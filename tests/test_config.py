@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from greendistil.config import (BenchmarkStage, Config, DistillStage, EvaluateStage, FinetuneStage, StudentSection,
-                                build_config, load_config)
+from greendistil.config import (BenchmarkStage, Config, DistillStage, EvaluateStage, FinetuneStage, PretrainStage,
+                                StudentSection, build_config, load_config)
 from greendistil.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -399,3 +399,56 @@ def test_malformed_override_keys(override: str, fragment: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(CONFIGS / "quick.toml", [override])
     assert fragment in str(info.value)
+
+
+# --- MLM: pretrain stage, distill objective, [corpus] and [masking] ---------------------------------------------
+
+MLM = MINIMAL.replace('kind = "finetune"', 'kind = "pretrain"').replace('kind = "distill"',
+                                                                       'kind = "distill"\nobjective = "mlm"')
+
+
+def test_mlm_stages_and_tables_load(tmp_path: Path) -> None:
+    text = MLM + '\n[corpus]\nsource = "files"\npaths = ["a.txt", "b/*.txt"]\n\n[masking]\nwhole_word_mask = true\n'
+    cfg = load_config(write(tmp_path, text))
+    pretrain, distill = cfg.stages[0], cfg.stages[1]
+    assert isinstance(pretrain, PretrainStage) and (pretrain.role, pretrain.train) == ("teacher", "all")
+    assert isinstance(distill, DistillStage) and distill.objective == "mlm" and distill.ce_on_masked_only is False
+    assert distill.active_alphas() == {"alpha_ce": 5.0, "alpha_mlm": 2.0, "alpha_cos": 1.0}
+    assert cfg.corpus.paths == ("a.txt", "b/*.txt") and cfg.masking.whole_word_mask is True
+    assert (cfg.masking.mlm_probability, cfg.masking.mask_replace_prob, cfg.masking.random_replace_prob) == (0.15, 0.8, 0.1)
+
+
+def test_all_mlm_alphas_zero_is_refused_whatever_alpha_task_says(tmp_path: Path) -> None:
+    text = MLM.replace('objective = "mlm"', 'objective = "mlm"\nalpha_ce = 0\nalpha_mlm = 0\nalpha_cos = 0')
+    raises_config_error(tmp_path, text, "stages.1.alpha_ce", "alpha_mlm", "objective = 'mlm'", "nothing to learn")
+
+
+def test_alpha_mlm_does_not_rescue_a_task_objective(tmp_path: Path) -> None:
+    text = MINIMAL.replace('kind = "distill"', 'kind = "distill"\nalpha_ce = 0\nalpha_task = 0\nalpha_cos = 0\nalpha_mlm = 3')
+    raises_config_error(tmp_path, text, "stages.1.alpha_ce", "alpha_task", "objective = 'task'")
+
+
+def test_one_mlm_alpha_is_enough(tmp_path: Path) -> None:
+    text = MLM.replace('objective = "mlm"', 'objective = "mlm"\nalpha_ce = 0\nalpha_cos = 0\nalpha_task = 0')
+    assert load_config(write(tmp_path, text)).stages[1].active_alphas()["alpha_mlm"] == 2.0
+
+
+@pytest.mark.parametrize("line, fragments", [
+    ('train = "heads"', ("stages.0.train", "did you mean 'head'")),
+    ('role = "student"', ("stages.0.role", "'teacher'")),
+])
+def test_bad_pretrain_keys(tmp_path: Path, line: str, fragments: tuple[str, ...]) -> None:
+    raises_config_error(tmp_path, MLM.replace('kind = "pretrain"', f'kind = "pretrain"\n{line}'), *fragments)
+
+
+@pytest.mark.parametrize("table, fragments", [
+    ('[corpus]\nsource = "web"', ("corpus.source", "'files', 'glue', 'hub'")),
+    ('[corpus]\nsource = "files"', ("corpus.paths: []", "non-empty list")),
+    ('[corpus]\nglue_tasks = ["sst-3"]', ("corpus.glue_tasks", "not a GLUE task")),
+    ('[corpus]\nmax_tokens = 0', ("corpus.max_tokens: 0", "> 0")),
+    ('[corpus]\npaths = "a.txt"', ("corpus.paths: expected a list",)),
+    ('[corpus]\nheld_out = 5', ("corpus.held_out: unknown key",)),
+    ('[masking]\nmask_replace_prob = 0.95', ("masking.random_replace_prob: 0.1", "<= 1 - mask_replace_prob")),
+])
+def test_bad_corpus_and_masking_tables(tmp_path: Path, table: str, fragments: tuple[str, ...]) -> None:
+    raises_config_error(tmp_path, MLM + "\n" + table + "\n", *fragments)

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from greendistil.losses import hidden_cosine, soft_target_kl, soft_target_mse, task_loss
+from greendistil.losses import (hidden_cosine, masked_token_accuracy, mlm_cross_entropy, soft_target_kl, soft_target_mse,
+                               task_loss)
 
 
 def softmax(row: list[float], temperature: float = 1.0) -> list[float]:
@@ -220,3 +221,49 @@ def test_hidden_cosine_accepts_a_bool_mask() -> None:
     student = t([[[-1.0, 0.0], [5.0, 5.0]]])
     mask = torch.tensor([[True, False]])
     assert hidden_cosine(student, teacher, mask).item() == pytest.approx(2.0, abs=1e-6)
+
+
+# --- MLM terms of general distillation ---------------------------------------------------------------------------
+
+VOCAB_LOGITS = [[2.0, 0.0, 1.0, -1.0], [0.0, 0.0, 0.0, 0.0], [1.0, 3.0, 0.0, 0.0]]  # N = 3 positions, V = 4
+
+
+def test_mlm_cross_entropy_by_hand_skips_minus_100() -> None:
+    # labels [0, -100, 1]: row 1 predicts token 0, row 2 is not masked, row 3 predicts token 1.
+    # row 1: -log(e^2 / (e^2 + 1 + e + e^-1)); row 3: -log(e^3 / (e + e^3 + 2)); the mean over the 2 rows.
+    e = math.e
+    row_1 = -math.log(e**2 / (e**2 + 1 + e + 1 / e))
+    row_3 = -math.log(e**3 / (e + e**3 + 2))
+    got = mlm_cross_entropy(t(VOCAB_LOGITS), torch.tensor([0, -100, 1]))
+    assert got.item() == pytest.approx((row_1 + row_3) / 2, rel=1e-6)
+
+
+def test_mlm_cross_entropy_of_a_batch_without_masked_tokens_is_zero_with_a_gradient() -> None:
+    logits = t(VOCAB_LOGITS).requires_grad_()
+    loss = mlm_cross_entropy(logits, torch.tensor([-100, -100, -100]))
+    assert loss.item() == 0.0
+    loss.backward()  # no NaN, and the step can still run
+    assert logits.grad is not None and (logits.grad == 0).all()
+
+
+def test_masked_token_accuracy_counts_masked_positions_only() -> None:
+    # argmax per row: 0, 0 (a tie: the first), 1. Labels [0, -100, 2]: row 1 right, row 3 wrong.
+    assert masked_token_accuracy(t(VOCAB_LOGITS), torch.tensor([0, -100, 2])) == (1, 2)
+    assert masked_token_accuracy(t(VOCAB_LOGITS), torch.tensor([-100, -100, -100])) == (0, 0)
+
+
+def test_vocabulary_kl_over_masked_positions_by_hand() -> None:
+    """L_ce restricted to the masked positions: the KL over the vocabulary of the selected rows only,
+    averaged over them, times T^2 (what `ce_on_masked_only` computes)."""
+    student = t([VOCAB_LOGITS])  # (B=1, T=3, V=4)
+    teacher = t([[[0.0, 2.0, 1.0, -1.0], [5.0, 0.0, 0.0, 0.0], [1.0, 3.0, 0.0, 0.0]]])
+    masked = torch.tensor([[True, False, True]])
+    temperature = 2.0
+    rows = [kl(softmax(teacher[0, i].tolist(), temperature), softmax(student[0, i].tolist(), temperature))
+            for i in (0, 2)]
+    expected = sum(rows) / 2 * temperature**2  # row 3 is identical: KL 0, but it still counts in the mean
+    assert rows[1] == pytest.approx(0.0, abs=1e-9)
+    got = soft_target_kl(student[masked], teacher[masked], temperature)
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+    every = soft_target_kl(student.view(3, 4), teacher.view(3, 4), temperature)
+    assert every.item() != pytest.approx(got.item(), rel=1e-2)  # the unmasked row 2 differs a lot

@@ -191,8 +191,10 @@ def analytic_flops(*, num_nonembedding_params: int, num_tokens: int, training: b
     return (6 if training else 2) * num_nonembedding_params * num_tokens
 
 
-def count_nonembedding_params(model: torch.nn.Module) -> int:
+def count_nonembedding_params(model: torch.nn.Module, *, trainable_only: bool = False) -> int:
     """Parameters outside every ``nn.Embedding`` (word, position, token-type). A weight tied to an
-    embedding (e.g. the MLM decoder) is excluded with it, as Kaplan et al. exclude the unembedding."""
+    embedding (e.g. the MLM decoder) is excluded with it, as Kaplan et al. exclude the unembedding.
+    ``trainable_only``: only those that require gradients (a frozen encoder's are left out)."""
     embedding_ids = {id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
-    return sum(p.numel() for p in model.parameters() if id(p) not in embedding_ids)
+    return sum(p.numel() for p in model.parameters()
+               if id(p) not in embedding_ids and (p.requires_grad or not trainable_only))

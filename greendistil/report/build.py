@@ -19,6 +19,7 @@ from greendistil.report.costs import cost_totals, model_points
 from greendistil.report.frame import first_value, iter_runs, iter_tasks, load_report_frame
 from greendistil.report.markdown import fmt_number, fmt_percent, table
 from greendistil.report.provenance import energy_kinds
+from greendistil.report.routes import routes_section
 from greendistil.report.serving import BENCHMARK_KIND, benchmark_summary, plot_serving, serving_section
 from greendistil.runlog import read_records
 
@@ -53,6 +54,7 @@ def write_report(paths: list[Path], out_dir: Path, *, name: str | None = None) -
         _header(frame, name),
         tables.cost_section(frame), _figure_block(figures["cost"]),
         tables.teacher_student_section(frame), _figure_block(figures["teacher_student"]),
+        routes_section(frame),
         _serving_block(frame, out_dir),
         tables.regions_section(frame),
         tables.across_runs_section(frame), _figure_block(figures["across"]),

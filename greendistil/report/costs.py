@@ -2,7 +2,9 @@
 
 A model's cost is the cost of producing it: the teacher's training stages for the teacher; for the student,
 every training stage of the run, because distillation needs the trained teacher (and runs its forward
-passes). Failed and interrupted stages count: their energy was spent.
+passes). One exception: after general (MLM) distillation, a teacher fine-tuned on the task that no task
+distillation used was trained only to be evaluated beside the student, so it is not in the student's cost.
+Failed and interrupted stages count: their energy was spent.
 """
 
 from __future__ import annotations
@@ -52,6 +54,24 @@ def training_records(records: pd.DataFrame) -> pd.DataFrame:
     return records[~records["kind"].isin(INFERENCE_KINDS)]
 
 
+def distill_objectives(records: pd.DataFrame) -> set[str]:
+    """The objectives of a run's distill stages ("task" for records written before objectives existed)."""
+    distill = records[records["kind"] == "distill"]
+    if "details.objective" not in distill:
+        return {"task"} if len(distill) else set()
+    return {str(o) if isinstance(o, str) else "task" for o in distill["details.objective"]}
+
+
+def student_training_records(records: pd.DataFrame) -> pd.DataFrame:
+    """The stages that produced the student: every training stage, less a teacher fine-tuning that only
+    served evaluation (general distillation learnt from the MLM teacher and no task distillation ran)."""
+    training = training_records(records)
+    objectives = distill_objectives(records)
+    if "mlm" not in objectives or "task" in objectives:
+        return training
+    return training[~((training["kind"] == "finetune") & (training["role"] == "teacher"))]
+
+
 @dataclass(frozen=True, kw_only=True)
 class ModelPoint:
     """One trained model (a run's teacher or student): its dev score and what producing it cost."""
@@ -74,7 +94,7 @@ def model_points(frame: pd.DataFrame) -> list[ModelPoint]:
     for records in iter_runs(frame):
         comparison = teacher_student(records)
         training = training_records(records)
-        scopes = {"teacher": training[training["role"] == "teacher"], "student": training}
+        scopes = {"teacher": training[training["role"] == "teacher"], "student": student_training_records(records)}
         for role, figures in (("teacher", comparison.teacher), ("student", comparison.student)):
             cost = cost_totals(scopes[role])
             points.append(ModelPoint(

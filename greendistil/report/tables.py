@@ -10,7 +10,7 @@ from __future__ import annotations
 import pandas as pd
 
 from greendistil.report.compare import TeacherStudent, teacher_student
-from greendistil.report.costs import CostTotals, cost_totals, model_points, pareto_optimal, training_records
+from greendistil.report.costs import CostTotals, cost_totals, model_points, pareto_optimal, student_training_records
 from greendistil.report.frame import first_value, iter_runs, iter_tasks, number, value
 from greendistil.report.markdown import (NOT_AVAILABLE, code, fmt_count, fmt_number, fmt_percent, fmt_ratio, fmt_si,
                                          is_missing, table)
@@ -44,7 +44,7 @@ def cost_section(frame: pd.DataFrame) -> str:
              "training. Dev scores are the task's GLUE score on the dev set."]
     for records in iter_runs(frame):
         rows = [_stage_row(row) for _, row in records.iterrows()]
-        training = training_records(records)
+        training = student_training_records(records)
         stages = " + ".join(str(s) for s in training["stage"])
         rows.append(_total_row(f"**to produce the student** ({stages})", training))
         rows.append(_total_row(f"**run total** ({len(records)} stages)", records))

@@ -1,7 +1,9 @@
 """What stages share within one run: the config, the task's data, the device, and the models so far.
 
 Models pass between stages as `save_pretrained` folders (`artifacts`), never as live objects, so a later
-stage (or a resumed run) loads exactly what an earlier stage wrote.
+stage (or a resumed run) loads exactly what an earlier stage wrote. `artifacts["teacher"]` and
+`artifacts["student"]` are each role's latest encoder (a classifier loads from it, with a new head where it
+has none); `artifacts["teacher_mlm"]` and `artifacts["student_mlm"]` are their latest masked-LM models.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ import torch
 from greendistil.checkpoint import StateFile, discard_state, signals_deferred
 from greendistil.config import Config
 from greendistil.data.batching import EncodedSplit, encode
+from greendistil.data.corpus import CorpusText, EncodedCorpus, encode_corpus
 from greendistil.data.glue import GlueExamples, GlueTask
 from greendistil.measure.window import Window
+from greendistil.mlm import HEAD_NOTE_KEY, head_note, load_mlm, load_teacher_mlm
 from greendistil.models import LoadedModel, build_student, load_classifier, load_teacher, load_tokenizer, save_model
 
 
@@ -26,9 +30,11 @@ class StageContext:
     run_dir: Path
     device: torch.device
     splits: dict[str, GlueExamples]  # "train", "dev" (or "dev_matched", "dev_mismatched")
-    artifacts: dict[str, Path] = field(default_factory=dict)  # role -> latest save_pretrained folder
+    artifacts: dict[str, Path] = field(default_factory=dict)  # role (or role_mlm) -> latest save_pretrained folder
+    corpus: CorpusText | None = None  # the MLM stages' corpus, read and split before the run started
     resuming: bool = False  # `--resume`: a stage's saved training state is continued
     _encoded: dict[str, EncodedSplit] = field(default_factory=dict)
+    _encoded_corpus: EncodedCorpus | None = None
 
     def checkpoint_dir(self, stage_name: str) -> Path:
         return self.run_dir / "checkpoints" / stage_name
@@ -37,14 +43,15 @@ class StageContext:
         """Where the stage's training state is checkpointed while it runs (removed once it has finished)."""
         return StateFile(path=self.run_dir / "checkpoints" / f"{stage_name}.state.pt", resume=self.resuming)
 
-    def publish(self, role: str, model, tokenizer, stage_name: str, window: Window) -> Path:
-        """Save the stage's finished model as `role`'s latest, for later stages and for `--resume`; the
-        training state is discarded only after the model is safely written."""
+    def publish(self, roles: str | tuple[str, ...], model, tokenizer, stage_name: str, window: Window) -> Path:
+        """Save the stage's finished model as the latest of each of `roles`, for later stages and for
+        `--resume`; the training state is discarded only after the model is safely written."""
         folder = self.checkpoint_dir(stage_name)
         with signals_deferred():  # an interrupted write would surface as the writer's error, not as a signal
             save_model(model, tokenizer, folder)
-        self.artifacts[role] = folder
-        window.counters.artifacts[role] = str(folder.relative_to(self.run_dir))
+        for role in (roles,) if isinstance(roles, str) else roles:
+            self.artifacts[role] = folder
+            window.counters.artifacts[role] = str(folder.relative_to(self.run_dir))
         discard_state(self.train_state(stage_name).path)
         return folder
 
@@ -66,3 +73,27 @@ class StageContext:
         if split not in self._encoded:
             self._encoded[split] = encode(self.splits[split], tokenizer, self.config.task.max_seq_length)
         return self._encoded[split]
+
+    def load_mlm(self, role: str) -> LoadedModel:
+        """The latest masked-LM version of `role`: what an MLM stage wrote, else the configured teacher as a
+        masked-LM, else (the student) a student built from that teacher, head included."""
+        key = f"{role}_mlm"
+        if key in self.artifacts:
+            return load_mlm(str(self.artifacts[key]), f"checkpoint:{self.artifacts[key].relative_to(self.run_dir)}")
+        teacher = load_teacher_mlm(self.config.teacher) if role == "teacher" else self.load_mlm("teacher")
+        if role == "teacher":
+            return teacher
+        student, layers = build_student(teacher.model, self.config.student)
+        copied = f"copied from the teacher, whose head was {head_note(teacher.model)}"
+        student.config.update({HEAD_NOTE_KEY: copied if self.config.student.init == "teacher"
+                               else "initialised randomly (student.init = 'random')"})
+        return LoadedModel(model=student, tokenizer=teacher.tokenizer,
+                           source=f"student(layers {list(layers)} of {teacher.source}, init={self.config.student.init})")
+
+    def encoded_corpus(self, tokenizer) -> EncodedCorpus:
+        """The corpus tokenized (once: teacher and student share the teacher's tokenizer)."""
+        if self.corpus is None:
+            raise ValueError("this run has no corpus: only MLM stages use one (a bug in the preflight)")
+        if self._encoded_corpus is None:
+            self._encoded_corpus = encode_corpus(self.corpus, tokenizer, self.config.corpus)
+        return self._encoded_corpus

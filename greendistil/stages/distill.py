@@ -1,4 +1,5 @@
 """`distill`: the student learns from the frozen teacher on the task's train split (task distillation).
+With `objective = "mlm"` the stage is general distillation on the corpus instead: see `stages.distill_mlm`.
 
 loss = alpha_ce * KL(teacher_T || student_T) * T^2 + alpha_task * task loss + alpha_cos * (1 - cos(h_s, h_t))
 over the last hidden states. For regression (STS-B) the soft-target term is the MSE to the teacher's output.
@@ -16,10 +17,14 @@ from greendistil.measure.flops import count_nonembedding_params
 from greendistil.measure.window import Window
 from greendistil.models import count_params
 from greendistil.stages.context import StageContext
+from greendistil.stages.distill_mlm import run_distill_mlm
 from greendistil.training import Batch, FlopScope, model_inputs, train
 
 
 def run_distill(ctx: StageContext, cfg: DistillStage, window: Window) -> None:
+    if cfg.objective == "mlm":
+        run_distill_mlm(ctx, cfg, window)
+        return
     teacher_loaded = ctx.load("teacher")
     student_loaded = ctx.load("student")
     teacher = teacher_loaded.model.to(ctx.device).eval()
@@ -61,7 +66,8 @@ def run_distill(ctx: StageContext, cfg: DistillStage, window: Window) -> None:
                     analytic_flops_per_token=flops_per_token, state=ctx.train_state(cfg.name))
     folder = ctx.publish("student", student, tokenizer, cfg.name, window)
     counters.details.update({
-        "checkpoint": str(folder.relative_to(ctx.run_dir)), "teacher_model": teacher_loaded.source,
+        "checkpoint": str(folder.relative_to(ctx.run_dir)), "objective": cfg.objective,
+        "teacher_model": teacher_loaded.source,
         "teacher_num_params": count_params(teacher), "student_num_params": count_params(student),
         "student_num_layers": student.config.num_hidden_layers, "teacher_num_layers": teacher.config.num_hidden_layers,
         "temperature": cfg.temperature, "alpha_ce": cfg.alpha_ce, "alpha_task": cfg.alpha_task,

@@ -1,0 +1,87 @@
+"""`pretrain`: masked-language-model training of the teacher on the corpus, with dynamic masking.
+
+`train = "head"` trains only the MLM head (the encoder and the decoder tied to the word embeddings stay
+frozen and in eval mode): the packaged MiniLM teacher ships without an MLM head, and MLM distillation from a
+random head would teach nothing. `train = "all"` trains everything: continued pretraining, or a teacher from
+scratch. The held-out MLM loss, masked-token accuracy and perplexity are measured before and after, on the
+same masked positions, inside the stage's window.
+
+Analytic FLOPs per token: 2N forward + 4N' backward, N the non-embedding parameters and N' the trainable
+ones (6N when everything trains). As in Kaplan et al. this leaves out the vocabulary projection, tied to
+the embeddings; the counted FLOPs include it, at the masked positions where the head runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from greendistil.config import PretrainStage
+from greendistil.data.batching import make_loader
+from greendistil.data.masking import build_masker, mask_tokens
+from greendistil.losses import mlm_cross_entropy
+from greendistil.measure.flops import count_nonembedding_params
+from greendistil.measure.window import Window
+from greendistil.mlm import (HEAD_NOTE_KEY, evaluate_mlm, freeze_all_but_head, head_note, mlm_forward, mlm_head,
+                             record_heldout_flops)
+from greendistil.models import count_params
+from greendistil.stages.context import StageContext
+from greendistil.training import Batch, FlopScope, train
+
+
+def run_pretrain(ctx: StageContext, cfg: PretrainStage, window: Window) -> None:
+    loaded = ctx.load_mlm(cfg.role)
+    model, tokenizer = loaded.model.to(ctx.device), loaded.tokenizer
+    counters = window.counters
+    counters.model, counters.num_params = loaded.source, count_params(model)
+    corpus = ctx.encoded_corpus(tokenizer)
+    masker = build_masker(tokenizer, ctx.config.masking).to(ctx.device)
+    head_before = head_note(model)
+    head_only = cfg.train == "head"
+    # Head only: the optimizer, clipping and train mode see the head alone; the encoder stays in eval mode.
+    trained = mlm_head(model) if head_only else model
+    if head_only:
+        freeze_all_but_head(model)
+        model.eval()
+    num_nonembedding = count_nonembedding_params(model)
+    num_trainable = sum(p.numel() for p in trained.parameters() if p.requires_grad)
+    num_frozen_nonembedding = num_nonembedding - count_nonembedding_params(model, trainable_only=True)
+    evaluate = dict(batch_size=cfg.batch_size, pad_token_id=tokenizer.pad_token_id, device=ctx.device)
+    before = evaluate_mlm(model, corpus.heldout, masker, **evaluate)
+    loader = make_loader(corpus.train, batch_size=cfg.batch_size, pad_token_id=tokenizer.pad_token_id, shuffle=True,
+                         seed=ctx.config.run.seed, group_by_length=cfg.group_by_length)
+    generator = torch.Generator(device=ctx.device).manual_seed(ctx.config.run.seed)
+
+    def step(batch: Batch, scope: FlopScope) -> dict[str, float]:
+        masked_ids, labels = mask_tokens(masker, batch["input_ids"], batch["attention_mask"], generator)
+        positions = labels != -100  # (B, T): the head runs only where there is something to predict
+
+        def forward_backward() -> dict[str, float]:
+            logits, _ = mlm_forward(model, batch, masked_ids, positions, encoder_grad=not head_only)  # (N, V)
+            loss = mlm_cross_entropy(logits, labels[positions])
+            loss.backward()
+            return {"loss": loss.item()}
+        return scope.run(f"{cfg.role}_train", forward_backward)
+
+    summary = train(cfg=cfg, model=trained, loader=loader, step_fn=step, window=window,
+                    analytic_flops_per_token=6.0 * num_nonembedding - 4.0 * num_frozen_nonembedding,
+                    state=ctx.train_state(cfg.name))  # head only: the state holds the head, the part trained
+    after = evaluate_mlm(model, corpus.heldout, masker, **evaluate)
+    record_heldout_flops(counters, f"{cfg.role}_heldout_forward", [before, after], num_nonembedding)
+    what = ("head only (encoder and tied decoder frozen)" if head_only else "all weights")
+    note = (f"trained in stage {cfg.name!r}: {what}, {summary.num_steps} steps, {counters.num_tokens} tokens of "
+            f"{corpus.details['source']}, learning rate {cfg.learning_rate:g}; before: {head_before}")
+    model.config.update({HEAD_NOTE_KEY: note})
+    # Head only: the encoder is unchanged, so later task stages keep starting from the teacher they had.
+    roles = (f"{cfg.role}_mlm",) if head_only else (f"{cfg.role}_mlm", cfg.role)
+    folder = ctx.publish(roles, model, tokenizer, cfg.name, window)
+    counters.metrics.update({**before.as_metrics(cfg.role, "_before"), **after.as_metrics(cfg.role, "_after")})
+    counters.details.update({
+        "checkpoint": str(folder.relative_to(ctx.run_dir)), "train": cfg.train, "mlm_head": note,
+        "mlm_head_before": head_before, "trainable_params": num_trainable, "corpus": corpus.details,
+        "masking": dataclasses.asdict(ctx.config.masking),
+        "heldout": {"num_sequences": after.num_sequences, "num_masked_tokens": after.num_masked_tokens},
+        "final_loss": summary.final_loss, "mean_loss": summary.mean_loss, "examples_per_s": summary.examples_per_s,
+        "device": str(ctx.device), "torch_threads": torch.get_num_threads(),
+    })
