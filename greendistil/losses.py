@@ -14,6 +14,8 @@ def soft_target_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, t
     Logits: (N, C); for token-level use (DistilBERT's L_ce over the vocabulary), select the positions into
     N first: every real token, or only the masked ones.
     """
+    if student_logits.shape[0] == 0:  # no position selected (a batch of short lines with nothing masked)
+        return student_logits.sum() * 0.0  # 0 that still backpropagates: the mean of nothing would be NaN
     log_q = F.log_softmax(student_logits / temperature, dim=-1)  # (N, C)
     log_p = F.log_softmax(teacher_logits / temperature, dim=-1)  # (N, C)
     kl = (log_p.exp() * (log_p - log_q)).sum(dim=-1)  # (N,)

@@ -267,3 +267,13 @@ def test_vocabulary_kl_over_masked_positions_by_hand() -> None:
     assert got.item() == pytest.approx(expected, rel=1e-5)
     every = soft_target_kl(student.view(3, 4), teacher.view(3, 4), temperature)
     assert every.item() != pytest.approx(got.item(), rel=1e-2)  # the unmasked row 2 differs a lot
+
+
+def test_soft_target_kl_over_no_positions_is_zero_not_nan() -> None:
+    """MLM distillation restricted to masked positions: a batch of short lines can have none masked. The
+    mean over zero rows was NaN and stopped a real run at step 611; it must be a 0 that backpropagates."""
+    student = torch.zeros(0, 7, requires_grad=True)
+    loss = soft_target_kl(student, torch.zeros(0, 7), temperature=2.0)
+    assert loss.item() == 0.0
+    loss.backward()
+    assert student.grad is not None and student.grad.shape == (0, 7)
