@@ -62,3 +62,8 @@ def masked_token_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[i
     predicted = labels != -100  # (N,)
     correct = (logits[predicted].argmax(dim=-1) == labels[predicted]).sum()
     return int(correct), int(predicted.sum())
+
+
+def weighted_sum(terms: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
+    """sum(weights[name] * term): the distillation objective from its named terms (e.g. alpha_ce * loss_ce)."""
+    return sum(weights[name] * value for name, value in terms.items())  # type: ignore[return-value]

@@ -15,7 +15,6 @@ import pytest
 import torch
 
 import greendistil
-from greendistil import training
 from greendistil.cli import main
 from conftest import (OFFLINE_ENV, real_glue_dir, tiny_config, write_config, write_sst2, write_tiny_config,
                       write_tsv)
@@ -28,14 +27,6 @@ PUE = 1.2  # not 1, so that the CO2 check sees the PUE
 def read_jsonl(run_dir: Path) -> list[dict[str, Any]]:
     lines = (run_dir / "records.jsonl").read_text(encoding="utf-8").splitlines()
     return [json.loads(line) for line in lines]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _restore_progress_setting() -> Any:
-    """`--no-progress` sets a module global; leave it as other test modules expect it."""
-    saved = training.SHOW_PROGRESS
-    yield
-    training.SHOW_PROGRESS = saved
 
 
 @pytest.fixture(scope="module")

@@ -24,13 +24,6 @@ from test_nvml import FakeNvml
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(autouse=True)
-def _restore_progress_setting() -> Any:
-    saved = training.SHOW_PROGRESS
-    yield
-    training.SHOW_PROGRESS = saved
-
-
 def run_tiny(tmp_path: Path, glue_dir: Path) -> tuple[int, list[dict[str, Any]]]:
     config = write_tiny_config(tmp_path, glue_dir)
     code = main(["run", str(config), "--no-progress", "--run-id", "fault"])

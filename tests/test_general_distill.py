@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 
 from conftest import tiny_config, write_config, write_sst2, write_tiny_config
-from greendistil import training
 from greendistil.cli import main
 from greendistil.config import load_config
 
@@ -44,13 +43,6 @@ def write_corpus(path: Path) -> Path:
 
 def read_jsonl(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (run_dir / "records.jsonl").read_text(encoding="utf-8").splitlines()]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _restore_progress_setting() -> Any:
-    saved = training.SHOW_PROGRESS
-    yield
-    training.SHOW_PROGRESS = saved
 
 
 @pytest.fixture(scope="module")

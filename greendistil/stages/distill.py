@@ -12,7 +12,7 @@ import torch
 
 from greendistil.config import DistillStage
 from greendistil.data.batching import make_loader
-from greendistil.losses import hidden_cosine, soft_target_kl, soft_target_mse, task_loss
+from greendistil.losses import hidden_cosine, soft_target_kl, soft_target_mse, task_loss, weighted_sum
 from greendistil.measure.flops import count_nonembedding_params
 from greendistil.measure.window import Window
 from greendistil.models import count_params
@@ -55,7 +55,7 @@ def run_distill(ctx: StageContext, cfg: DistillStage, window: Window) -> None:
                 terms["loss_cos"] = hidden_cosine(student_out.hidden_states[-1], teacher_out.hidden_states[-1],
                                                   batch["attention_mask"])  # (B, T, H) each
             weights = {"loss_ce": cfg.alpha_ce, "loss_task": cfg.alpha_task, "loss_cos": cfg.alpha_cos}
-            loss = sum(weights[name] * value for name, value in terms.items())
+            loss = weighted_sum(terms, weights)
             loss.backward()
             return {"loss": loss.item(), **{name: value.item() for name, value in terms.items()}}
 

@@ -18,7 +18,7 @@ import torch
 from greendistil.config import DistillStage
 from greendistil.data.batching import make_loader
 from greendistil.data.masking import build_masker, mask_tokens
-from greendistil.losses import hidden_cosine, mlm_cross_entropy, soft_target_kl
+from greendistil.losses import hidden_cosine, mlm_cross_entropy, soft_target_kl, weighted_sum
 from greendistil.measure.flops import count_nonembedding_params
 from greendistil.measure.window import Window
 from greendistil.mlm import HEAD_NOTE_KEY, evaluate_mlm, head_note, mlm_forward, record_heldout_flops
@@ -62,7 +62,7 @@ def run_distill_mlm(ctx: StageContext, cfg: DistillStage, window: Window) -> Non
                 terms["loss_mlm"] = mlm_cross_entropy(student_logits, labels[rows])
             if cfg.alpha_cos > 0:
                 terms["loss_cos"] = hidden_cosine(student_hidden, teacher_hidden, batch["attention_mask"])
-            loss = sum(weights[name] * value for name, value in terms.items())
+            loss = weighted_sum(terms, weights)
             loss.backward()
             return {"loss": loss.item(), **{name: value.item() for name, value in terms.items()}}
 
