@@ -56,8 +56,7 @@ def save_state(path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Opt
     state = {
         "format": STATE_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(), "position": position.__dict__,
-        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        "rng": _rng_states(),
     }
     temp = path.with_name(path.name + TEMP_SUFFIX)
     with signals_deferred(), open(temp, "wb") as handle:
@@ -78,12 +77,7 @@ def load_state(path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Opt
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    rng = state["rng"]
-    torch.set_rng_state(rng["torch"])
-    np.random.set_state(rng["numpy"])
-    random.setstate(rng["python"])
-    if rng["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
+    _set_rng_states(state["rng"])
     return TrainPosition(**state["position"])
 
 
@@ -109,9 +103,49 @@ def signals_deferred() -> Iterator[None]:
             os.kill(os.getpid(), received[0])  # now, with the run's own handler back in place
 
 
+def rank_rng_path(path: Path, rank: int) -> Path:
+    return path.with_name(f"{path.name}.rng-rank{rank}")
+
+
+def _rng_states() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def _set_rng_states(rng: dict[str, Any]) -> None:
+    torch.set_rng_state(rng["torch"])
+    np.random.set_state(rng["numpy"])
+    random.setstate(rng["python"])
+    if rng["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def save_rank_rng(path: Path, rank: int, step: int) -> None:
+    """A DDP rank > 0's RNG states at `step`, beside rank 0's training state `path` (atomically)."""
+    target = rank_rng_path(path, rank)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = target.with_name(target.name + TEMP_SUFFIX)
+    with signals_deferred():
+        torch.save({"step": step, "rng": _rng_states()}, temp)
+        os.replace(temp, target)
+
+
+def load_rank_rng(path: Path, rank: int, step: int) -> bool:
+    """Restore rank `rank`'s own RNG states saved at `step`; False (with a warning) when there are none."""
+    target = rank_rng_path(path, rank)
+    saved = torch.load(target, map_location="cpu", weights_only=False) if target.is_file() else None
+    if saved is None or saved["step"] != step:
+        logger.warning("rank %d: no RNG state for step %d beside %s; its dropout continues from rank 0's RNG "
+                       "(training continues, not bit-identical to an unbroken run)", rank, step, path)
+        return False
+    _set_rng_states(saved["rng"])
+    return True
+
+
 def discard_state(path: Path) -> None:
-    """Remove a stage's state file and any temporary one left by a kill (the stage has finished)."""
-    for candidate in (path, path.with_name(path.name + TEMP_SUFFIX)):
+    """Remove a stage's state file, the RNG files of DDP ranks and any temporary file left by a kill (the
+    stage has finished)."""
+    for candidate in (path, path.with_name(path.name + TEMP_SUFFIX), *path.parent.glob(f"{path.name}.rng-rank*")):
         candidate.unlink(missing_ok=True)
 
 

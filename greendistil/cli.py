@@ -89,7 +89,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         try:
             run_dir, exit_code = _interruptible(lambda: resume_pipeline(args.resume, command=command))
         except RunAlreadyComplete as done:
-            print(f"greendistil: {done}")
+            if _is_main_rank():
+                print(f"greendistil: {done}")
             return EXIT_OK
         config = load_config(args.resume / "config.toml")
     else:
@@ -102,6 +103,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             lambda: run_pipeline(config, run_id=args.run_id, force=args.force, command=command))
     if exit_code is not None:
         return exit_code
+    if not _is_main_rank():  # under torchrun, rank 0 alone reports (the others ran the same stages)
+        return EXIT_OK
     print(f"run directory: {run_dir}")
     print(_summary_table(run_dir))
     if config.run.report:
@@ -113,6 +116,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print(f"greendistil: the run finished but its report failed ({type(err).__name__}: {err}); "
                   f"rebuild it with: greendistil report {run_dir} --out {run_dir / 'report'}", file=sys.stderr)
     return EXIT_OK
+
+
+def _is_main_rank() -> bool:
+    from greendistil.distributed import from_env
+
+    return from_env(os.environ).is_main
 
 
 def _check_resume_args(args: argparse.Namespace) -> None:

@@ -50,6 +50,7 @@ class RunSection:
     seed: int = 42
     num_threads: int = 0  # torch intra-op threads; 0 keeps torch's default (one per core)
     report: bool = True  # write <run dir>/report/report.md and its PNGs when the run ends
+    ddp_backend: Literal["auto", "gloo", "nccl"] = "auto"  # under torchrun; auto: nccl on GPUs, gloo on CPUs
 
     def __post_init__(self) -> None:
         _require(bool(self.name.strip()), "name", self.name, "a non-empty string")

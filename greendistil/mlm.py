@@ -19,7 +19,8 @@ import torch
 from transformers import AutoModelForMaskedLM, BertConfig, BertForMaskedLM, PreTrainedModel
 
 from greendistil.config import TeacherSection
-from greendistil.data.batching import EncodedSplit, make_loader
+from greendistil.data.batching import EncodedSplit, collate
+from greendistil.distributed import SINGLE, Dist, all_gather
 from greendistil.data.masking import Masker, mask_tokens
 from greendistil.errors import ModelSourceError
 from greendistil.losses import masked_token_accuracy
@@ -144,19 +145,20 @@ def freeze_all_but_head(model: PreTrainedModel) -> int:
 
 
 def evaluate_mlm(model: PreTrainedModel, split: EncodedSplit, masker: Masker, *, batch_size: int,
-                 pad_token_id: int, device: torch.device) -> MlmScores:
-    """MLM loss, accuracy and perplexity on `split`, masked with a fixed seed: every call on the same split
-    masks the same positions the same way, so before/after and teacher/student figures are comparable."""
-    generator = torch.Generator(device=device).manual_seed(HELDOUT_MASK_SEED)
-    order = np.argsort(np.asarray(split.lengths), kind="stable").tolist()  # little padding
-    loader = make_loader(split, batch_size=batch_size, pad_token_id=pad_token_id, shuffle=False, seed=0,
-                         sampler=order)
+                 pad_token_id: int, device: torch.device, dist: Dist = SINGLE) -> MlmScores:
+    """MLM loss, accuracy and perplexity on `split`. Batch i is masked with seed HELDOUT_MASK_SEED + i, so
+    every call on the same split masks the same positions the same way (before/after and teacher/student
+    figures are comparable), also under DDP, where each rank runs every W-th batch and the sums are gathered."""
+    order = np.argsort(np.asarray(split.lengths), kind="stable")  # little padding
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     was_training = model.training
     model.eval()
     total_loss, correct, counted, flop_counts = 0.0, 0, 0, []
     with torch.inference_mode():
-        for batch in loader:
+        for index in range(dist.rank, len(batches), dist.world_size):
+            batch = collate([split[int(i)] for i in batches[index]], pad_token_id)
             batch = {k: v.to(device) for k, v in batch.items()}
+            generator = torch.Generator(device=device).manual_seed(HELDOUT_MASK_SEED + index)
             masked_ids, labels = mask_tokens(masker, batch["input_ids"], batch["attention_mask"], generator)
             positions = labels != -100  # (B, T)
             (logits, _), flops = count_flops(lambda: mlm_forward(model, batch, masked_ids, positions))  # (N, V)
@@ -166,9 +168,24 @@ def evaluate_mlm(model: PreTrainedModel, split: EncodedSplit, masker: Masker, *,
             batch_correct, batch_counted = masked_token_accuracy(logits, targets)
             correct, counted = correct + batch_correct, counted + batch_counted
     model.train(was_training)
+    sums = all_gather(dist, (total_loss, correct, counted))
+    total_loss, correct, counted = (sum(part[k] for part in sums) for k in range(3))
     loss = total_loss / max(counted, 1)
     return MlmScores(loss=loss, accuracy=correct / max(counted, 1), perplexity=math.exp(min(loss, 700.0)),
                      num_masked_tokens=counted, num_sequences=len(split), flop_counts=tuple(flop_counts))
+
+
+class MlmForward(torch.nn.Module):
+    """`mlm_forward` as a module's forward, so that DistributedDataParallel can wrap it (DDP joins the
+    gradient averaging through the wrapped module's forward)."""
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: Batch, input_ids: torch.Tensor, positions: torch.Tensor, *,
+                encoder_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        return mlm_forward(self.model, batch, input_ids, positions, encoder_grad=encoder_grad)
 
 
 def record_heldout_flops(counters: StageCounters, component: str, scores: list[MlmScores],

@@ -6,6 +6,8 @@ country, teacher source, student layers, GLUE files), so bad input leaves nothin
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import importlib.metadata
 import logging
@@ -16,17 +18,18 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 from transformers import AutoConfig
 
-from greendistil import faults, runlog
+from greendistil import distributed, faults, runlog
 from greendistil.config import (BenchmarkStage, Config, DistillStage, EvaluateStage, FinetuneStage, PretrainStage,
                                 StageConfig, load_config)
 from greendistil.data.corpus import CorpusText
 from greendistil.data.glue import GlueExamples, GlueTask, get_task, load_glue
+from greendistil.distributed import SINGLE, Dist
 from greendistil.errors import ConfigError, GreendistilError, ModelSourceError, RunDirError, StageError
 from greendistil.measure.carbon import CarbonMeter, grid_intensity
 from greendistil.measure.nvml import NvmlMeter
@@ -80,20 +83,32 @@ def prepare(config: Config) -> Prepared:
 
 def run_pipeline(config: Config, *, run_id: str | None = None, force: bool = False,
                  command: str | None = None) -> Path:
-    """Run every configured stage; returns the run directory. Stage errors propagate after their record."""
-    prepared = prepare(config)
-    data_sources = _data_sources(prepared)
-    run_id = run_id or runlog.new_run_id(config.run.name)
-    check_disk_space(Path(config.run.output_dir), config)
-    run_dir, lock = runlog.create_run_dir(Path(config.run.output_dir), run_id, force=force)
-    try:
-        (run_dir / "config.toml").write_text(config.to_toml(), encoding="utf-8")
-        run, meters, device = _start_run(config, prepared, run_dir, command=command, data_sources=data_sources)
-        ctx = StageContext(config=config, task=prepared.task, run_dir=run_dir, device=device, splits=prepared.splits,
-                           corpus=prepared.corpus)
-        _run_stages(ctx, run, meters, RunProgress())
-    finally:
-        lock.release()
+    """Run every configured stage; returns the run directory. Stage errors propagate after their record.
+
+    Under torchrun every rank calls this: rank 0 creates the run directory and writes the log, and each
+    stage trains with DistributedDataParallel over all ranks (see `greendistil.distributed`).
+    """
+    with _joined(config) as dist:
+        prepared = prepare(config)
+        data_sources = _data_sources(prepared)
+
+        def create() -> tuple[Path, runlog.RunLock]:
+            check_disk_space(Path(config.run.output_dir), config)
+            run_dir, lock = runlog.create_run_dir(Path(config.run.output_dir),
+                                                  run_id or runlog.new_run_id(config.run.name), force=force)
+            (run_dir / "config.toml").write_text(config.to_toml(), encoding="utf-8")
+            return run_dir, lock
+
+        run_dir, lock = _on_main(dist, create)
+        try:
+            run, meters, device = _start_run(config, prepared, run_dir, command=command, data_sources=data_sources,
+                                             dist=dist)
+            ctx = StageContext(config=config, task=prepared.task, run_dir=run_dir, device=device,
+                               splits=prepared.splits, corpus=prepared.corpus, dist=dist)
+            _run_stages(ctx, run, meters, RunProgress())
+        finally:
+            if lock is not None:
+                lock.release()
     return run_dir
 
 
@@ -103,21 +118,60 @@ def resume_pipeline(run_dir: Path, *, command: str | None = None) -> Path:
 
     Raises RunAlreadyComplete when every stage is done, and GreendistilError when `run_dir` is no run.
     """
-    lock = runlog.open_run_dir(run_dir)
-    try:
-        config = load_config(run_dir / "config.toml")
-        progress = RunProgress.from_records(run_dir, runlog.read_records(run_dir))
-        progress.check_not_complete(config, run_dir)
-        prepared = prepare(config)
-        check_disk_space(run_dir, config)
-        run, meters, device = _start_run(config, prepared, run_dir, command=command,
-                                         data_sources=_data_sources(prepared))
-        ctx = StageContext(config=config, task=prepared.task, run_dir=run_dir, device=device, splits=prepared.splits,
-                           corpus=prepared.corpus, artifacts=dict(progress.artifacts), resuming=True)
-        _run_stages(ctx, run, meters, progress)
-    finally:
-        lock.release()
+    config = load_config(run_dir / "config.toml") if (run_dir / "config.toml").is_file() else None
+    with _joined(config) as dist:
+        _, lock = _on_main(dist, lambda: (run_dir, runlog.open_run_dir(run_dir)))
+        try:
+            config = load_config(run_dir / "config.toml")
+            progress = RunProgress.from_records(run_dir, runlog.read_records(run_dir))
+            progress.check_not_complete(config, run_dir)
+            prepared = prepare(config)
+            if dist.is_main:
+                check_disk_space(run_dir, config)
+            run, meters, device = _start_run(config, prepared, run_dir, command=command,
+                                             data_sources=_data_sources(prepared), dist=dist)
+            ctx = StageContext(config=config, task=prepared.task, run_dir=run_dir, device=device,
+                               splits=prepared.splits, corpus=prepared.corpus, artifacts=dict(progress.artifacts),
+                               resuming=True, dist=dist)
+            _run_stages(ctx, run, meters, progress)
+        finally:
+            if lock is not None:
+                lock.release()
     return run_dir
+
+
+@contextlib.contextmanager
+def _joined(config: Config | None) -> Iterator[Dist]:
+    """This process's place in the torchrun job (joined for the run, left after it); a single process
+    outside torchrun."""
+    dist = distributed.init(config.run.ddp_backend if config is not None else "auto")
+    try:
+        yield dist
+    finally:
+        distributed.shutdown(dist)
+
+
+def _on_main(dist: Dist, create: Callable[[], tuple[Path, runlog.RunLock]]) -> tuple[Path, runlog.RunLock | None]:
+    """Rank 0 creates (or opens) the run directory and holds its lock; the other ranks learn its path, or
+    rank 0's error, which they raise too, so that every rank stops the same way."""
+    outcome: tuple[str, str]
+    lock = None
+    if dist.is_main:
+        try:
+            run_dir, lock = create()
+            outcome = ("ok", str(run_dir))
+        except GreendistilError as err:
+            distributed.broadcast(dist, ("error", str(err)))
+            raise
+        except BaseException:
+            distributed.broadcast(dist, ("error", "rank 0 could not create the run directory (see its traceback)"))
+            raise
+    else:
+        outcome = ("", "")
+    outcome = distributed.broadcast(dist, outcome)
+    if outcome[0] == "error":
+        raise RunDirError(outcome[1])
+    return Path(outcome[1]), lock
 
 
 def _data_sources(prepared: Prepared) -> dict[str, str]:
@@ -137,12 +191,8 @@ def _run_stages(ctx: StageContext, run: RunInfo, meters: Meters, progress: RunPr
                 logger.info("%s: done in an earlier segment; skipped", stage.name)
                 continue
             _seed_everything(config.run.seed + index, config.run.num_threads)
-            if isinstance(stage, BenchmarkStage):  # one window per (role, batch size): each record is one model's
-                def open_window(*, stage: str, role: str, kind: str = stage.kind) -> Any:  # `stage`: the window's name
-                    return measure(stage=stage, kind=kind, role=role, meters=meters, run=run,
-                                   segment=progress.next_segment(stage))
-                skip = [w for w in progress.windows(stage) if progress.window_done(w)]
-                run_benchmark(ctx, stage, open_window, skip=skip)
+            if isinstance(stage, BenchmarkStage):
+                _run_benchmark_stage(ctx, stage, run, meters, progress)
             else:
                 with measure(stage=stage.name, kind=stage.kind, role=stage_role(stage), meters=meters, run=run,
                              segment=progress.next_segment(stage.name)) as window:
@@ -154,6 +204,21 @@ def _run_stages(ctx: StageContext, run: RunInfo, meters: Meters, progress: RunPr
             faults.point(f"between-stages:{stage.name}")
     finally:
         meters.gpu.close()
+
+
+def _run_benchmark_stage(ctx: StageContext, stage: BenchmarkStage, run: RunInfo, meters: Meters,
+                         progress: RunProgress) -> None:
+    """One window per (role, batch size): each record is one model's. Latency is a one-device figure, so
+    under torchrun rank 0 benchmarks alone (its records say world_size 1) while the other ranks wait."""
+    if ctx.dist.is_main:
+        alone = dataclasses.replace(meters, dist=SINGLE)
+
+        def open_window(*, stage: str, role: str, kind: str = stage.kind) -> Any:  # `stage`: the window's name
+            return measure(stage=stage, kind=kind, role=role, meters=alone, run=run,
+                           segment=progress.next_segment(stage))
+        skip = [w for w in progress.windows(stage) if progress.window_done(w)]
+        run_benchmark(dataclasses.replace(ctx, dist=SINGLE), stage, open_window, skip=skip)
+    distributed.barrier(ctx.dist)
 
 
 def check_disk_space(folder: Path, config: Config) -> None:
@@ -227,11 +292,11 @@ def run_bench(config: Config, sources: dict[str, str], *, run_id: str | None = N
 
 
 def _start_run(config: Config, prepared: Prepared, run_dir: Path, *, command: str | None,
-               data_sources: dict[str, str]) -> tuple[RunInfo, Meters, torch.device]:
-    """Describe the run (what every record shares) and set up its meters."""
+               data_sources: dict[str, str], dist: Dist = SINGLE) -> tuple[RunInfo, Meters, torch.device]:
+    """Describe the run (what every record shares) and set up this process's meters."""
     if config.run.num_threads > 0:
         torch.set_num_threads(config.run.num_threads)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = distributed.device(dist)
     run = RunInfo(
         run_id=run_dir.name, run_dir=run_dir, config_hash=config.config_hash(), git_sha=_git_sha(),
         versions=_versions(), hardware=_hardware(device), country_iso_code=config.carbon.country_iso_code,
@@ -240,12 +305,16 @@ def _start_run(config: Config, prepared: Prepared, run_dir: Path, *, command: st
         data_sources=data_sources,
     )
     meters = Meters(
+        # One codecarbon tracker per machine (it measures the whole machine's CPU and RAM): local rank 0's.
         carbon=CarbonMeter(output_dir=run_dir, run_id=run.run_id, country_iso_code=config.carbon.country_iso_code,
                            measure_power_s=config.carbon.measure_power_s,
-                           intensity_g_per_kwh=config.carbon.intensity_g_per_kwh),
+                           intensity_g_per_kwh=config.carbon.intensity_g_per_kwh,
+                           output_file=runlog.node_emissions_file(dist.node_rank)) if dist.is_node_leader else None,
         # Only the GPU this process computes on: other cards' draw is not this run's energy (DDP: one per rank).
         gpu=NvmlMeter(sample_interval_s=config.carbon.gpu_sample_interval_s,
-                      device_indices=[torch.cuda.current_device()] if device.type == "cuda" else None),
+                      device_indices=[device.index if device.index is not None else torch.cuda.current_device()]
+                      if device.type == "cuda" else None),
+        dist=dist,
     )
     return run, meters, device
 

@@ -30,6 +30,17 @@ logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 RECORDS_FILE = "records.jsonl"
+RANKS_DIR = "ranks"  # DDP: readings of ranks > 0 that never reached rank 0 (a stage that failed or was interrupted)
+
+
+def node_emissions_file(node_rank: int) -> str:
+    """codecarbon's CSV of one node: emissions.csv on node 0, emissions-node<k>.csv on the others (on a
+    shared file system, trackers on several machines must not append to one file)."""
+    return "emissions.csv" if node_rank == 0 else f"emissions-node{node_rank}.csv"
+
+
+def _node_emissions(run_dir: Path) -> list[str]:
+    return [path.name for path in run_dir.glob("emissions-node*.csv")]
 LOCK_FILE = ".lock"
 # Per-segment quantities that add up to the stage's total; every other field is taken from the last segment.
 ADDITIVE_FIELDS = (
@@ -102,9 +113,9 @@ def create_run_dir(output_dir: Path, run_id: str, *, force: bool = False) -> tup
                           "start it over with --force, or pick another --run-id") from None
     lock = RunLock(run_dir)
     if force:
-        for name in (RECORDS_FILE, "emissions.csv", "power.csv", "config.toml"):
+        for name in (RECORDS_FILE, "emissions.csv", "power.csv", "config.toml", *_node_emissions(run_dir)):
             (run_dir / name).unlink(missing_ok=True)
-        for name in ("checkpoints", "report"):
+        for name in ("checkpoints", "report", RANKS_DIR):
             shutil.rmtree(run_dir / name, ignore_errors=True)
     check_writable(run_dir)
     return run_dir, lock
@@ -130,10 +141,13 @@ def check_writable(run_dir: Path, probe_bytes: int = 4096) -> None:
         raise RunDirError(f"cannot write into {str(run_dir)!r}: {err.strerror}") from None
 
 
-def append_record(run_dir: Path, record: dict[str, Any]) -> None:
-    """Append one record as a single whole line, flushed and fsynced."""
+def append_record(run_dir: Path, record: dict[str, Any], *, rank: int = 0) -> None:
+    """Append one record as a single whole line, flushed and fsynced. Only rank 0 writes the run log; a
+    DDP rank > 0 writes only a window whose reading never reached rank 0, into ranks/rank-<r>.jsonl."""
     line = json.dumps(record, default=_json_default, allow_nan=False) + "\n"
-    with open(run_dir / RECORDS_FILE, "a", encoding="utf-8") as handle:
+    path = run_dir / RECORDS_FILE if rank == 0 else run_dir / RANKS_DIR / f"rank-{rank}.jsonl"
+    path.parent.mkdir(exist_ok=True)
+    with open(path, "a", encoding="utf-8") as handle:
         handle.write(line)
         handle.flush()
         os.fsync(handle.fileno())

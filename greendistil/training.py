@@ -18,8 +18,9 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from greendistil import faults
-from greendistil.checkpoint import StateFile, TrainPosition, load_state, save_state
+from greendistil.checkpoint import StateFile, TrainPosition, load_rank_rng, load_state, save_rank_rng, save_state
 from greendistil.config import TrainingStage
+from greendistil.distributed import SINGLE, Dist, barrier
 from greendistil.errors import StageError
 from greendistil.measure.flops import FlopSampler, count_flops
 from greendistil.measure.window import StageCounters, Window
@@ -83,7 +84,7 @@ class TrainSummary:
 
 def model_inputs(batch: Batch, model: torch.nn.Module) -> Batch:
     """The batch's model inputs that `model` accepts (DistilBERT-type models take no token_type_ids)."""
-    accepted = _accepted_inputs(type(model))
+    accepted = _accepted_inputs(type(getattr(model, "module", model)))  # DDP: the wrapped model's forward
     return {k: batch[k] for k in MODEL_INPUTS if k in batch and k in accepted}
 
 
@@ -116,20 +117,25 @@ def linear_schedule(optimizer: torch.optim.Optimizer, *, total_steps: int,
 
 
 def train(*, cfg: TrainingStage, model: torch.nn.Module, loader: DataLoader, step_fn: StepFn,
-          window: Window, analytic_flops_per_token: float, state: StateFile | None = None) -> TrainSummary:
+          window: Window, analytic_flops_per_token: float, state: StateFile | None = None,
+          dist: Dist = SINGLE) -> TrainSummary:
     """Train `model` for `cfg.epochs` over `loader`, recording counts and FLOPs into `window.counters`.
 
     `analytic_flops_per_token` (e.g. 6N for training, + 2N_teacher for distillation) is multiplied by the
     padded tokens of each batch: padding is computed too. With `state`, the training state is checkpointed
     every `cfg.checkpoint_every_steps` steps and at epoch ends, and (under `--resume`) an existing state is
     continued exactly: same data order, same RNG, same schedule. The counters hold this segment's work only.
+
+    Under DDP (`dist`), `model` is the unwrapped model (the step function runs its DDP wrapper), `loader`
+    yields this rank's rows, and only rank 0 writes the training state; each other rank keeps its own RNG
+    state beside it, so a resumed rank draws the dropout masks it would have drawn.
     """
     device = next(model.parameters()).device
     total_steps = max(1, math.ceil(len(loader) * cfg.epochs))
     optimizer = make_optimizer(model, learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = linear_schedule(optimizer, total_steps=total_steps,
                                 warmup_steps=int(cfg.warmup_ratio * total_steps))
-    position = _start_position(state, model, optimizer, scheduler, window)
+    position = _start_position(state, model, optimizer, scheduler, window, dist)
     sampler = FlopSampler(sample_steps=cfg.flop_sample_steps, sample_every=cfg.flop_sample_every)
     counters = window.counters
     counters.flop_sampler = sampler
@@ -178,12 +184,12 @@ def train(*, cfg: TrainingStage, model: torch.nn.Module, loader: DataLoader, ste
             faults.point(f"step:{window.stage}:{step}")
             if state is not None and step < total_steps and cfg.checkpoint_every_steps \
                     and step % cfg.checkpoint_every_steps == 0:
-                _checkpoint(state, model, optimizer, scheduler, window, TrainPosition(
+                _checkpoint(state, model, optimizer, scheduler, window, dist, TrainPosition(
                     step=step, epoch=epoch, batch_in_epoch=batch_in_epoch, epoch_generator_state=epoch_generator_state,
                     loss_sums=totals, recent_losses=recent))
         epoch, skip = epoch + 1, 0
         if state is not None and step < total_steps and cfg.checkpoint_at_epoch_end:
-            _checkpoint(state, model, optimizer, scheduler, window, TrainPosition(
+            _checkpoint(state, model, optimizer, scheduler, window, dist, TrainPosition(
                 step=step, epoch=epoch, batch_in_epoch=0, loss_sums=totals, recent_losses=recent,
                 epoch_generator_state=generator.get_state() if generator is not None else None))
     bar.close()
@@ -206,21 +212,28 @@ def _batches(loader: DataLoader, skip: int) -> Iterator[Batch]:
 
 
 def _start_position(state: StateFile | None, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler: torch.optim.lr_scheduler.LRScheduler, window: Window) -> TrainPosition:
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, window: Window, dist: Dist) -> TrainPosition:
     """Step 0, or (resuming) where the stage's last checkpoint left it."""
     fresh = TrainPosition(step=0, epoch=0, batch_in_epoch=0, epoch_generator_state=None, loss_sums={},
                           recent_losses=[])
     if state is None or not state.resume or not state.path.is_file():
         return fresh
     position = load_state(state.path, model=model, optimizer=optimizer, scheduler=scheduler)
+    if dist.rank:
+        load_rank_rng(state.path, dist.rank, position.step)
     window.counters.resumed_from_step = position.step
     logger.info("%s: resumed from the checkpoint at step %d", window.stage, position.step)
     return position
 
 
 def _checkpoint(state: StateFile, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                scheduler: torch.optim.lr_scheduler.LRScheduler, window: Window, position: TrainPosition) -> None:
-    save_state(state.path, model=model, optimizer=optimizer, scheduler=scheduler, position=position)
+                scheduler: torch.optim.lr_scheduler.LRScheduler, window: Window, dist: Dist,
+                position: TrainPosition) -> None:
+    if dist.rank:
+        save_rank_rng(state.path, dist.rank, position.step)  # written before rank 0's state: never older than the state
+    barrier(dist)
+    if dist.is_main:
+        save_state(state.path, model=model, optimizer=optimizer, scheduler=scheduler, position=position)
     window.counters.num_checkpoints += 1
     window.flush_meters()  # codecarbon's CSV gets a row now, not only when the stage ends
 

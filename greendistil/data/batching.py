@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler
 
 from greendistil.data.glue import GlueExamples
 from greendistil.errors import ConfigError
@@ -151,6 +151,47 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         yield from batches
 
 
+class ShardedBatchSampler(Sampler[list[int]]):
+    """One rank's share of each global batch, for DistributedDataParallel.
+
+    Every rank draws the same global batches (the same sampler with the same seed, reseeded per epoch
+    through `set_epoch` like torch's `DistributedSampler`) and rank r keeps rows r, r + W, r + 2W, ... of
+    each. Unlike `DistributedSampler`, which shards examples and pads with repeated ones, this keeps the
+    single-process recipe: the same global batches, the same number of optimizer steps, and every example
+    seen exactly once per epoch. A global batch too small to give each of the W ranks a row (only ever the
+    one short batch of an epoch) is merged into the batch before it, since DDP needs every rank in every step.
+    """
+
+    def __init__(self, batches: Sampler[list[int]], *, num_examples: int, batch_size: int, rank: int,
+                 world_size: int) -> None:
+        if num_examples < world_size:
+            raise ConfigError(f"{num_examples} training example(s) cannot be shared by {world_size} DDP ranks; "
+                              "use fewer processes (--nproc-per-node) or more data")
+        if batch_size < world_size:
+            raise ConfigError(f"batch_size: {batch_size} is smaller than the {world_size} DDP ranks it is split "
+                              f"over; use a batch_size of at least {world_size}")
+        self.batches, self.rank, self.world_size = batches, rank, world_size
+        tail = num_examples % batch_size
+        self._num_merged = 1 if 0 < tail < world_size and len(batches) > 1 else 0  # type: ignore[arg-type]
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.batches, "set_epoch"):
+            self.batches.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.batches) - self._num_merged  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        merged: list[list[int]] = []
+        for batch in self.batches:
+            if merged and (len(batch) < self.world_size or len(merged[-1]) < self.world_size):
+                merged[-1] = merged[-1] + list(batch)
+            else:
+                merged.append(list(batch))
+        for batch in merged:
+            yield batch[self.rank::self.world_size]
+
+
 def make_loader(
     split: EncodedSplit,
     *,
@@ -160,6 +201,8 @@ def make_loader(
     seed: int,
     group_by_length: bool = False,
     sampler: Sampler[int] | None = None,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> DataLoader:
     """A DataLoader of padded batches (see `collate`), in the main process.
 
@@ -170,6 +213,8 @@ def make_loader(
     - `shuffle=True`: a random order from a `torch.Generator` seeded with `seed`, new each epoch.
     - `shuffle=False` (evaluation): the split's order, so predictions line up with labels;
       `group_by_length` is ignored.
+    - `world_size > 1` (training under DDP, `shuffle=True`): each global batch of the above is shared
+      among the ranks by a `ShardedBatchSampler`; this process gets rank `rank`'s rows.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size: {batch_size!r} is not valid; use a positive integer")
@@ -180,6 +225,9 @@ def make_loader(
         if group_by_length:
             logger.warning("group_by_length is ignored: an explicit sampler decides the order")
         return DataLoader(split, batch_size=batch_size, sampler=sampler, collate_fn=collate_fn, num_workers=0)
+    if shuffle and world_size > 1:
+        return _sharded_loader(split, batch_size=batch_size, seed=seed, group_by_length=group_by_length,
+                               rank=rank, world_size=world_size, collate_fn=collate_fn)
     if shuffle and group_by_length:
         batch_sampler = LengthGroupedBatchSampler(split.lengths, batch_size=batch_size, seed=seed)
         return DataLoader(split, batch_sampler=batch_sampler, collate_fn=collate_fn, num_workers=0)
@@ -188,3 +236,18 @@ def make_loader(
     generator = torch.Generator().manual_seed(seed) if shuffle else None
     return DataLoader(split, batch_size=batch_size, shuffle=shuffle, generator=generator,
                       collate_fn=collate_fn, num_workers=0)
+
+
+def _sharded_loader(split: EncodedSplit, *, batch_size: int, seed: int, group_by_length: bool, rank: int,
+                    world_size: int, collate_fn: Any) -> DataLoader:
+    """The single-process loader's global batches, this rank's rows of each (see ShardedBatchSampler)."""
+    generator: torch.Generator | None = None
+    if group_by_length:
+        batches: Sampler[list[int]] = LengthGroupedBatchSampler(split.lengths, batch_size=batch_size, seed=seed)
+    else:
+        # Equal seeds give every rank the same permutation; `loader.generator` lets a resume restore it.
+        generator = torch.Generator().manual_seed(seed)
+        batches = BatchSampler(RandomSampler(split, generator=generator), batch_size, drop_last=False)
+    sharded = ShardedBatchSampler(batches, num_examples=len(split), batch_size=batch_size, rank=rank,
+                                  world_size=world_size)
+    return DataLoader(split, batch_sampler=sharded, collate_fn=collate_fn, num_workers=0, generator=generator)

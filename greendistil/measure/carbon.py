@@ -64,8 +64,8 @@ class CarbonMeter:
     """Wraps one codecarbon `OfflineEmissionsTracker` per window; start/stop never raise."""
 
     def __init__(self, *, output_dir: Path, run_id: str, country_iso_code: str, measure_power_s: float,
-                 intensity_g_per_kwh: float | None = None) -> None:
-        self._output_dir = output_dir
+                 intensity_g_per_kwh: float | None = None, output_file: str = "emissions.csv") -> None:
+        self._output_dir, self._output_file = output_dir, output_file
         self._run_id = run_id
         self._country_iso_code = country_iso_code
         self._measure_power_s = measure_power_s
@@ -83,7 +83,7 @@ class CarbonMeter:
             self._output_dir.mkdir(parents=True, exist_ok=True)
             tracker = OfflineEmissionsTracker(
                 country_iso_code=self._country_iso_code, output_dir=str(self._output_dir),
-                output_file="emissions.csv", project_name=self._run_id, experiment_name=window_name,
+                output_file=self._output_file, project_name=self._run_id, experiment_name=window_name,
                 measure_power_secs=self._measure_power_s, pue=1.0, log_level="error",
                 save_to_file=True, tracking_mode="machine", allow_multiple_runs=True,
                 **({"force_carbon_intensity_g_co2e_kwh": self._intensity_g_per_kwh}
@@ -112,7 +112,7 @@ class CarbonMeter:
             data, error = getattr(tracker, "final_emissions_data", None), None
             if data is None:  # stop() failed after measuring: its in-memory totals are still the energy drawn
                 data = tracker._prepare_emissions_data()
-                error = (f"codecarbon could not finish stop(): no row written to {self._output_dir / 'emissions.csv'} "
+                error = (f"codecarbon could not finish stop(): no row written to {self._output_dir / self._output_file} "
                          "(folder removed or not writable?); CPU/RAM energy taken from its in-memory totals")
                 logger.warning(error)
             return CarbonReading(

@@ -20,10 +20,12 @@ from typing import Any, Iterator
 
 import torch
 
-from greendistil import runlog
-from greendistil.measure.carbon import CarbonMeter, CarbonReading
+from greendistil import distributed, runlog
+from greendistil.distributed import SINGLE, Dist
+from greendistil.measure.carbon import CarbonMeter
 from greendistil.measure.flops import FlopSampler
 from greendistil.measure.nvml import GpuReading, NvmlMeter, joules_to_kwh
+from greendistil.measure.ranks import RankReading, combine, flop_figures
 
 logger = logging.getLogger(__name__)
 
@@ -57,10 +59,12 @@ class RunInfo:
 
 @dataclass
 class Meters:
-    """The meters shared by every window of a run."""
+    """The meters shared by every window of a run. Under torchrun: `carbon` only on local rank 0 of each
+    node (None elsewhere: one codecarbon tracker per machine), `gpu` on every rank for its own GPU."""
 
-    carbon: CarbonMeter
+    carbon: CarbonMeter | None
     gpu: NvmlMeter
+    dist: Dist = SINGLE
 
 
 @dataclass
@@ -93,7 +97,7 @@ class Window:
 
     def flush_meters(self) -> None:
         """Have codecarbon write what it measured so far (a kill -9 then still leaves a row). Never raises."""
-        if self._meters is not None:
+        if self._meters is not None and self._meters.carbon is not None:
             self._meters.carbon.flush()
 
 
@@ -107,7 +111,8 @@ def measure(*, stage: str, kind: str, role: str, meters: Meters, run: RunInfo, s
     window = Window(stage, kind, role, segment, meters)
     _synchronize()
     started_at = runlog.utc_now()
-    meters.carbon.start(stage)
+    if meters.carbon is not None:
+        meters.carbon.start(stage)
     meters.gpu.start()
     start_s = time.perf_counter()
     status, error = "ok", None
@@ -121,44 +126,76 @@ def measure(*, stage: str, kind: str, role: str, meters: Meters, run: RunInfo, s
         raise
     finally:
         held = _hold_signals()  # a second Ctrl-C or SIGTERM must not tear the record being written
-        _synchronize()
-        duration_s = time.perf_counter() - start_s
-        gpu = meters.gpu.stop()
-        carbon = meters.carbon.stop()
-        record = compose_record(window=window, run=run, status=status, error=error, started_at=started_at,
-                                duration_s=duration_s, carbon=carbon, gpu=gpu)
-        _write_power_samples(run.run_dir, stage, gpu)
         try:
-            runlog.append_record(run.run_dir, record)
+            _synchronize()
+            duration_s = time.perf_counter() - start_s
+            gpu = meters.gpu.stop()
+            carbon = meters.carbon.stop() if meters.carbon is not None else None
+            mine = RankReading(**meters.dist.identity(), duration_s=duration_s, carbon=carbon, gpu=gpu,
+                               num_examples=window.counters.num_examples, num_tokens=window.counters.num_tokens,
+                               num_padded_tokens=window.counters.num_padded_tokens,
+                               num_steps=window.counters.num_steps, flops_analytic=window.counters.flops_analytic,
+                               flops=flop_figures(window.counters.flop_sampler))
+            readings, gather_error = _gather(meters.dist, mine, status)
+            if readings is not None or gather_error is not None:  # rank 0, or a rank whose reading did not reach it
+                record = compose_record(window=window, run=run, status=status, error=error, started_at=started_at,
+                                        readings=readings or [mine], dist=meters.dist, gather_error=gather_error)
+                if meters.dist.is_main:
+                    _write_power_samples(run.run_dir, stage, record["_power_samples"])
+                record.pop("_power_samples")
+                runlog.append_record(run.run_dir, record, rank=meters.dist.rank)
+                window.record = record
         finally:
             _restore_signals(held)
-        window.record = record
+
+
+def _gather(me: Dist, mine: RankReading, status: str) -> tuple[list[RankReading] | None, str | None]:
+    """Every rank's reading on rank 0 -> (readings, None) there, (None, None) elsewhere. A stage that did not
+    end "ok" skips the gather (its peers may be stuck elsewhere or dead): each rank then keeps its own
+    reading, rank 0 in the run log, the others in ranks/rank-<r>.jsonl, and the error says so."""
+    if not me.enabled:
+        return [mine], None
+    if status != "ok":
+        return None, (f"stage ended {status!r} on rank {me.rank}: readings were not gathered; this record holds "
+                      f"rank {me.rank}'s own, the other ranks' are in ranks/rank-<r>.jsonl")
+    try:
+        return distributed.gather(me, mine), None
+    except Exception as err:  # a peer died after its stage ended: keep what this rank measured
+        logger.warning("rank %d: gathering the window's readings failed: %s", me.rank, err)
+        return None, f"gathering readings from the ranks failed on rank {me.rank}: {type(err).__name__}: {err}"
 
 
 def compose_record(*, window: Window, run: RunInfo, status: str, error: BaseException | None, started_at: str,
-                   duration_s: float, carbon: CarbonReading, gpu: GpuReading) -> dict[str, Any]:
-    """Assemble the record: energy by component with provenance, CO2 = kWh x intensity x PUE, FLOPs, counts."""
+                   readings: list[RankReading], dist: Dist = SINGLE, gather_error: str | None = None) -> dict[str, Any]:
+    """Assemble the record from every rank's reading: energy by component with provenance (CPU and RAM
+    once per node, GPU per rank), CO2 = kWh x intensity x PUE, FLOPs summed over ranks, counts, breakdown."""
     c = window.counters
+    answered = {r.rank for r in readings}
+    missing = [rank for rank in range(dist.world_size) if rank not in answered]
+    total = combine(readings, dist, missing)
+    carbon, gpu = total.carbon, total.gpu
     gpu_energy_kwh = joules_to_kwh(gpu.energy_j) if gpu.energy_j is not None else None
     components = {"cpu": carbon.cpu_energy_kwh, "gpu": gpu_energy_kwh, "ram": carbon.ram_energy_kwh}
     known = [v for v in components.values() if v is not None]
     energy_kwh = sum(known) if known else None
     co2_kg = energy_kwh * run.pue * run.intensity_g_per_kwh / 1000.0 if energy_kwh is not None else None
-    flops, flops_source, flops_by_component = _flops(c.flop_sampler)
-    flops_error = getattr(c.flop_sampler, "error", None)
-    errors = {k: v for k, v in {"carbon": carbon.error, "gpu": gpu.error, "flops": flops_error}.items() if v}
+    flops = total.flops
+    errors = {k: v for k, v in {"carbon": carbon.error, "gpu": gpu.error, "flops": flops.error,
+                                "distributed": gather_error}.items() if v}
+    incomplete = [k for k, v in components.items() if v is None and _expected(k, run)]
+    incomplete += [k for k in total.partial if k not in incomplete]
     record: dict[str, Any] = {
         "schema_version": runlog.SCHEMA_VERSION, "run_id": run.run_id, "task": run.task, "stage": window.stage,
         "kind": window.kind, "role": window.role, "status": status, "segment": window.segment,
         "resumed_from_step": c.resumed_from_step, "num_checkpoints": c.num_checkpoints,
         "error_type": type(error).__name__ if error is not None else None,
         "error_message": str(error) if error is not None else None,
-        "started_at": started_at, "ended_at": runlog.utc_now(), "duration_s": duration_s,
-        "model": c.model, "num_params": c.num_params, "num_examples": c.num_examples,
-        "num_tokens": c.num_tokens, "num_padded_tokens": c.num_padded_tokens, "num_steps": c.num_steps,
-        "flops": flops, "flops_source": flops_source, "flops_by_component": flops_by_component,
-        "flops_analytic": c.flops_analytic or None,
-        "flops_analytic_source": "estimated:6N-train-2N-forward-per-token" if c.flops_analytic else None,
+        "started_at": started_at, "ended_at": runlog.utc_now(), "duration_s": total.duration_s,
+        "model": c.model, "num_params": c.num_params, "num_examples": total.num_examples,
+        "num_tokens": total.num_tokens, "num_padded_tokens": total.num_padded_tokens, "num_steps": total.num_steps,
+        "flops": flops.total, "flops_source": flops.source, "flops_by_component": flops.by_component,
+        "flops_analytic": total.flops_analytic or None,
+        "flops_analytic_source": "estimated:6N-train-2N-forward-per-token" if total.flops_analytic else None,
         "energy_kwh": energy_kwh, "energy_components": "+".join(k for k, v in components.items() if v is not None),
         "cpu_energy_kwh": components["cpu"], "cpu_energy_source": carbon.cpu_energy_source,
         "gpu_energy_kwh": components["gpu"], "gpu_energy_source": gpu.source,
@@ -168,7 +205,7 @@ def compose_record(*, window: Window, run: RunInfo, status: str, error: BaseExce
         "intensity_source": run.intensity_source, "pue": run.pue, "country_iso_code": run.country_iso_code,
         "cpu_power_w": carbon.cpu_power_w, "ram_power_w": carbon.ram_power_w,
         "gpu_power_mean_w": _mean_power(gpu), "gpu_flags": list(gpu.flags), "gpu_devices": list(gpu.devices),
-        "energy_incomplete": [k for k, v in components.items() if v is None and _expected(k, run)],
+        "energy_incomplete": incomplete, **total.breakdown,
         "codecarbon": {"co2_kg_at_pue_1": carbon.codecarbon_co2_kg, "gpu_energy_kwh": carbon.codecarbon_gpu_energy_kwh},
         "measurement_errors": errors, "metrics": c.metrics, "details": c.details, "artifacts": c.artifacts,
         "hardware": {**run.hardware, "cpu_model": carbon.cpu_model, "ram_total_gb": carbon.ram_total_gb},
@@ -176,23 +213,14 @@ def compose_record(*, window: Window, run: RunInfo, status: str, error: BaseExce
         "data_sources": run.data_sources,
         "command": run.command,
     }
-    return _finite(record)
+    record = _finite(record)
+    record["_power_samples"] = gpu.power_samples  # written to power.csv by rank 0, not into the record
+    return record
 
 
 def _expected(component: str, run: RunInfo) -> bool:
     """A component that should have been measured: CPU and RAM always, the GPU when the run used one."""
     return component != "gpu" or str(run.hardware.get("device", "cpu")).startswith("cuda")
-
-
-def _flops(sampler: FlopSampler | None) -> tuple[int | None, str, dict[str, int]]:
-    if sampler is None:
-        return None, "unavailable:not-counted", {}
-    try:
-        total = sampler.total_flops()
-        return (total if total is not None and total > 0 else None), sampler.source(), sampler.by_component()
-    except Exception as err:  # FLOP bookkeeping must never lose the record
-        logger.warning("FLOP extrapolation failed: %s", err)
-        return None, f"unavailable:{type(err).__name__}", {}
 
 
 def _mean_power(gpu: GpuReading) -> float | None:
@@ -201,8 +229,8 @@ def _mean_power(gpu: GpuReading) -> float | None:
     return sum(s[2] for s in gpu.power_samples) / len(gpu.power_samples)
 
 
-def _write_power_samples(run_dir: Path, stage: str, gpu: GpuReading) -> None:
-    if not gpu.power_samples:
+def _write_power_samples(run_dir: Path, stage: str, samples: tuple[tuple[float, Any, float], ...]) -> None:
+    if not samples:
         return
     path = run_dir / "power.csv"
     new = not path.exists()
@@ -210,7 +238,7 @@ def _write_power_samples(run_dir: Path, stage: str, gpu: GpuReading) -> None:
         with open(path, "a", encoding="utf-8") as handle:
             if new:
                 handle.write("stage,elapsed_s,device,power_w,source\n")
-            for elapsed_s, device, power_w in gpu.power_samples:
+            for elapsed_s, device, power_w in samples:
                 handle.write(f"{stage},{elapsed_s:.3f},{device},{power_w:.3f},measured:nvml-power-samples\n")
     except OSError as err:
         logger.warning("could not write %s: %s", path, err)

@@ -18,6 +18,7 @@ from greendistil.config import Config
 from greendistil.data.batching import EncodedSplit, encode
 from greendistil.data.corpus import CorpusText, EncodedCorpus, encode_corpus
 from greendistil.data.glue import GlueExamples, GlueTask
+from greendistil.distributed import SINGLE, Dist, barrier, wrap
 from greendistil.measure.window import Window
 from greendistil.mlm import HEAD_NOTE_KEY, head_note, load_mlm, load_teacher_mlm
 from greendistil.models import LoadedModel, build_student, load_classifier, load_teacher, load_tokenizer, save_model
@@ -33,6 +34,7 @@ class StageContext:
     artifacts: dict[str, Path] = field(default_factory=dict)  # role (or role_mlm) -> latest save_pretrained folder
     corpus: CorpusText | None = None  # the MLM stages' corpus, read and split before the run started
     resuming: bool = False  # `--resume`: a stage's saved training state is continued
+    dist: Dist = SINGLE  # this process's place in a torchrun job
     _encoded: dict[str, EncodedSplit] = field(default_factory=dict)
     _encoded_corpus: EncodedCorpus | None = None
 
@@ -47,13 +49,25 @@ class StageContext:
         """Save the stage's finished model as the latest of each of `roles`, for later stages and for
         `--resume`; the training state is discarded only after the model is safely written."""
         folder = self.checkpoint_dir(stage_name)
-        with signals_deferred():  # an interrupted write would surface as the writer's error, not as a signal
-            save_model(model, tokenizer, folder)
+        if self.dist.is_main:  # DDP: one writer; the other ranks read the folder once it is complete
+            with signals_deferred():  # an interrupted write would surface as the writer's error, not as a signal
+                save_model(model, tokenizer, folder)
+        barrier(self.dist)
         for role in (roles,) if isinstance(roles, str) else roles:
             self.artifacts[role] = folder
             window.counters.artifacts[role] = str(folder.relative_to(self.run_dir))
-        discard_state(self.train_state(stage_name).path)
+        if self.dist.is_main:
+            discard_state(self.train_state(stage_name).path)
         return folder
+
+    def parallel(self, model: torch.nn.Module) -> torch.nn.Module:
+        """`model` as the step function should call it: in DistributedDataParallel under torchrun."""
+        return wrap(self.dist, model)
+
+    @property
+    def shard(self) -> dict[str, int]:
+        """make_loader's rank and world_size for a training loader."""
+        return {"rank": self.dist.rank, "world_size": self.dist.world_size}
 
     def load(self, role: str) -> LoadedModel:
         """The latest version of `role`'s model. A student not yet made is built from the current teacher."""

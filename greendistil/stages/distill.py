@@ -35,8 +35,9 @@ def run_distill(ctx: StageContext, cfg: DistillStage, window: Window) -> None:
     tokenizer = teacher_loaded.tokenizer
     train_split = ctx.encoded("train", tokenizer)
     loader = make_loader(train_split, batch_size=cfg.batch_size, pad_token_id=tokenizer.pad_token_id,
-                         shuffle=True, seed=ctx.config.run.seed, group_by_length=cfg.group_by_length)
+                         shuffle=True, seed=ctx.config.run.seed, group_by_length=cfg.group_by_length, **ctx.shard)
     is_regression = ctx.task.is_regression
+    replica = ctx.parallel(student)  # DDP under torchrun; the frozen teacher is simply replicated per rank
 
     def step(batch: Batch, scope: FlopScope) -> dict[str, float]:
         teacher_inputs, student_inputs = model_inputs(batch, teacher), model_inputs(batch, student)
@@ -44,7 +45,7 @@ def run_distill(ctx: StageContext, cfg: DistillStage, window: Window) -> None:
             teacher_out = scope.run("teacher_forward", lambda: teacher(**teacher_inputs, output_hidden_states=True))
 
         def forward_backward() -> dict[str, float]:
-            student_out = student(**student_inputs, output_hidden_states=True)
+            student_out = replica(**student_inputs, output_hidden_states=True)
             terms: dict[str, torch.Tensor] = {}
             if cfg.alpha_ce > 0:
                 terms["loss_ce"] = (soft_target_mse(student_out.logits, teacher_out.logits) if is_regression
@@ -63,7 +64,7 @@ def run_distill(ctx: StageContext, cfg: DistillStage, window: Window) -> None:
 
     flops_per_token = 6.0 * count_nonembedding_params(student) + 2.0 * count_nonembedding_params(teacher)
     summary = train(cfg=cfg, model=student, loader=loader, step_fn=step, window=window,
-                    analytic_flops_per_token=flops_per_token, state=ctx.train_state(cfg.name))
+                    analytic_flops_per_token=flops_per_token, state=ctx.train_state(cfg.name), dist=ctx.dist)
     folder = ctx.publish("student", student, tokenizer, cfg.name, window)
     counters.details.update({
         "checkpoint": str(folder.relative_to(ctx.run_dir)), "objective": cfg.objective,

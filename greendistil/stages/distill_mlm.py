@@ -21,7 +21,7 @@ from greendistil.data.masking import build_masker, mask_tokens
 from greendistil.losses import hidden_cosine, mlm_cross_entropy, soft_target_kl, weighted_sum
 from greendistil.measure.flops import count_nonembedding_params
 from greendistil.measure.window import Window
-from greendistil.mlm import HEAD_NOTE_KEY, evaluate_mlm, head_note, mlm_forward, record_heldout_flops
+from greendistil.mlm import HEAD_NOTE_KEY, MlmForward, evaluate_mlm, head_note, mlm_forward, record_heldout_flops
 from greendistil.models import count_params
 from greendistil.stages.context import StageContext
 from greendistil.training import Batch, FlopScope, train
@@ -36,11 +36,12 @@ def run_distill_mlm(ctx: StageContext, cfg: DistillStage, window: Window) -> Non
     counters.model, counters.num_params = student_loaded.source, count_params(student)
     corpus = ctx.encoded_corpus(tokenizer)
     masker = build_masker(tokenizer, ctx.config.masking).to(ctx.device)
-    evaluate = dict(batch_size=cfg.batch_size, pad_token_id=tokenizer.pad_token_id, device=ctx.device)
+    evaluate = dict(batch_size=cfg.batch_size, pad_token_id=tokenizer.pad_token_id, device=ctx.device, dist=ctx.dist)
     teacher_scores = evaluate_mlm(teacher, corpus.heldout, masker, **evaluate)
     before = evaluate_mlm(student, corpus.heldout, masker, **evaluate)
     loader = make_loader(corpus.train, batch_size=cfg.batch_size, pad_token_id=tokenizer.pad_token_id, shuffle=True,
-                         seed=ctx.config.run.seed, group_by_length=cfg.group_by_length)
+                         seed=ctx.config.run.seed, group_by_length=cfg.group_by_length, **ctx.shard)
+    replica = ctx.parallel(MlmForward(student))  # DDP under torchrun; the frozen teacher is replicated per rank
     generator = torch.Generator(device=ctx.device).manual_seed(ctx.config.run.seed)
     weights = {"loss_ce": cfg.alpha_ce, "loss_mlm": cfg.alpha_mlm, "loss_cos": cfg.alpha_cos}
 
@@ -54,7 +55,7 @@ def run_distill_mlm(ctx: StageContext, cfg: DistillStage, window: Window) -> Non
                 "teacher_forward", lambda: mlm_forward(teacher, batch, masked_ids, rows))  # (N, V), (B, T, H)
 
         def forward_backward() -> dict[str, float]:
-            student_logits, student_hidden = mlm_forward(student, batch, masked_ids, rows)  # (N, V), (B, T, H)
+            student_logits, student_hidden = replica(batch, masked_ids, rows)  # (N, V), (B, T, H)
             terms: dict[str, torch.Tensor] = {}
             if cfg.alpha_ce > 0:
                 terms["loss_ce"] = soft_target_kl(student_logits, teacher_logits, cfg.temperature)
@@ -70,7 +71,7 @@ def run_distill_mlm(ctx: StageContext, cfg: DistillStage, window: Window) -> Non
 
     flops_per_token = 6.0 * count_nonembedding_params(student) + 2.0 * count_nonembedding_params(teacher)
     summary = train(cfg=cfg, model=student, loader=loader, step_fn=step, window=window,
-                    analytic_flops_per_token=flops_per_token, state=ctx.train_state(cfg.name))
+                    analytic_flops_per_token=flops_per_token, state=ctx.train_state(cfg.name), dist=ctx.dist)
     after = evaluate_mlm(student, corpus.heldout, masker, **evaluate)
     record_heldout_flops(counters, "teacher_heldout_forward", [teacher_scores], count_nonembedding_params(teacher))
     record_heldout_flops(counters, "student_heldout_forward", [before, after], count_nonembedding_params(student))

@@ -11,6 +11,7 @@ import torch
 
 from greendistil.config import EvaluateStage
 from greendistil.data.batching import make_loader
+from greendistil.distributed import all_gather
 from greendistil.measure.flops import FlopSampler, count_nonembedding_params
 from greendistil.measure.window import Window
 from greendistil.metrics import compute_metrics, task_score
@@ -43,11 +44,16 @@ def run_evaluate(ctx: StageContext, cfg: EvaluateStage, window: Window) -> None:
 
 def _evaluate_split(ctx: StageContext, cfg: EvaluateStage, window: Window, loaded: LoadedModel, split: str,
                     role: str, flops_per_token: float) -> dict[str, float]:
+    """The split's metrics over every dev example exactly once. Under DDP each rank runs every W-th batch
+    (the single-process batches, so the same padding) and the logits are gathered before the metric."""
     encoded = ctx.encoded(split, loaded.tokenizer)
     # Batches of similar length waste little compute on padding; predictions are put back in order below.
     order = np.argsort(np.asarray(encoded.lengths), kind="stable")
+    batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+    mine = batches[ctx.dist.rank::ctx.dist.world_size]
+    indices = np.concatenate(mine) if mine else np.empty(0, dtype=np.int64)
     loader = make_loader(encoded, batch_size=cfg.batch_size, pad_token_id=loaded.tokenizer.pad_token_id,
-                         shuffle=False, seed=0, sampler=order.tolist())
+                         shuffle=False, seed=0, sampler=indices.tolist())
     counters, sampler = window.counters, window.counters.flop_sampler
     predictions = []
     with torch.inference_mode():
@@ -63,9 +69,15 @@ def _evaluate_split(ctx: StageContext, cfg: EvaluateStage, window: Window, loade
             counters.num_padded_tokens += padded_tokens
             counters.num_steps += 1
             counters.flops_analytic += flops_per_token * padded_tokens
-    sorted_logits = torch.cat(predictions).numpy()
+    mine_logits = torch.cat(predictions).numpy() if predictions else None
+    shards = all_gather(ctx.dist, (indices, mine_logits))
+    seen = np.concatenate([i for i, _ in shards])
+    if len(seen) != len(encoded) or len(np.unique(seen)) != len(encoded):  # a bug, never bad input
+        raise RuntimeError(f"evaluation covered {len(np.unique(seen))} of {len(encoded)} {split} examples "
+                           f"({len(seen)} predictions)")
+    sorted_logits = np.concatenate([lg for _, lg in shards if lg is not None])
     logits = np.empty_like(sorted_logits)
-    logits[order] = sorted_logits  # back to the split's order
+    logits[seen] = sorted_logits  # back to the split's order
     predicted = logits.reshape(-1) if ctx.task.is_regression else logits.argmax(axis=-1)
     return compute_metrics(ctx.task, predicted, encoded.labels.numpy())
 

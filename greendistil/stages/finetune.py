@@ -21,19 +21,21 @@ def run_finetune(ctx: StageContext, cfg: FinetuneStage, window: Window) -> None:
     counters.model, counters.num_params = loaded.source, count_params(model)
     train_split = ctx.encoded("train", loaded.tokenizer)
     loader = make_loader(train_split, batch_size=cfg.batch_size, pad_token_id=loaded.tokenizer.pad_token_id,
-                         shuffle=True, seed=ctx.config.run.seed, group_by_length=cfg.group_by_length)
+                         shuffle=True, seed=ctx.config.run.seed, group_by_length=cfg.group_by_length, **ctx.shard)
     is_regression = ctx.task.is_regression
+    replica = ctx.parallel(model)  # DDP under torchrun: gradients averaged over ranks in backward
 
     def step(batch: Batch, scope: FlopScope) -> dict[str, float]:
         def forward_backward() -> dict[str, float]:
-            logits = model(**model_inputs(batch, model)).logits  # (B, C)
+            logits = replica(**model_inputs(batch, model)).logits  # (B, C)
             loss = task_loss(logits, batch["labels"], is_regression)
             loss.backward()
             return {"loss": loss.item()}
         return scope.run(f"{cfg.role}_train", forward_backward)
 
     summary = train(cfg=cfg, model=model, loader=loader, step_fn=step, window=window,
-                    analytic_flops_per_token=6.0 * count_nonembedding_params(model), state=ctx.train_state(cfg.name))
+                    analytic_flops_per_token=6.0 * count_nonembedding_params(model), state=ctx.train_state(cfg.name),
+                    dist=ctx.dist)
     folder = ctx.publish(cfg.role, model, loaded.tokenizer, cfg.name, window)
     counters.details.update({
         "checkpoint": str(folder.relative_to(ctx.run_dir)), "train_examples": len(train_split),

@@ -23,7 +23,7 @@ from greendistil.data.masking import build_masker, mask_tokens
 from greendistil.losses import mlm_cross_entropy
 from greendistil.measure.flops import count_nonembedding_params
 from greendistil.measure.window import Window
-from greendistil.mlm import (HEAD_NOTE_KEY, evaluate_mlm, freeze_all_but_head, head_note, mlm_forward, mlm_head,
+from greendistil.mlm import (HEAD_NOTE_KEY, MlmForward, evaluate_mlm, freeze_all_but_head, head_note, mlm_head,
                              record_heldout_flops)
 from greendistil.models import count_params
 from greendistil.stages.context import StageContext
@@ -47,10 +47,11 @@ def run_pretrain(ctx: StageContext, cfg: PretrainStage, window: Window) -> None:
     num_nonembedding = count_nonembedding_params(model)
     num_trainable = sum(p.numel() for p in trained.parameters() if p.requires_grad)
     num_frozen_nonembedding = num_nonembedding - count_nonembedding_params(model, trainable_only=True)
-    evaluate = dict(batch_size=cfg.batch_size, pad_token_id=tokenizer.pad_token_id, device=ctx.device)
+    evaluate = dict(batch_size=cfg.batch_size, pad_token_id=tokenizer.pad_token_id, device=ctx.device, dist=ctx.dist)
     before = evaluate_mlm(model, corpus.heldout, masker, **evaluate)
     loader = make_loader(corpus.train, batch_size=cfg.batch_size, pad_token_id=tokenizer.pad_token_id, shuffle=True,
-                         seed=ctx.config.run.seed, group_by_length=cfg.group_by_length)
+                         seed=ctx.config.run.seed, group_by_length=cfg.group_by_length, **ctx.shard)
+    replica = ctx.parallel(MlmForward(model))  # DDP under torchrun (the frozen encoder is not synchronised)
     generator = torch.Generator(device=ctx.device).manual_seed(ctx.config.run.seed)
 
     def step(batch: Batch, scope: FlopScope) -> dict[str, float]:
@@ -58,7 +59,7 @@ def run_pretrain(ctx: StageContext, cfg: PretrainStage, window: Window) -> None:
         positions = labels != -100  # (B, T): the head runs only where there is something to predict
 
         def forward_backward() -> dict[str, float]:
-            logits, _ = mlm_forward(model, batch, masked_ids, positions, encoder_grad=not head_only)  # (N, V)
+            logits, _ = replica(batch, masked_ids, positions, encoder_grad=not head_only)  # (N, V)
             loss = mlm_cross_entropy(logits, labels[positions])
             loss.backward()
             return {"loss": loss.item()}
@@ -66,7 +67,7 @@ def run_pretrain(ctx: StageContext, cfg: PretrainStage, window: Window) -> None:
 
     summary = train(cfg=cfg, model=trained, loader=loader, step_fn=step, window=window,
                     analytic_flops_per_token=6.0 * num_nonembedding - 4.0 * num_frozen_nonembedding,
-                    state=ctx.train_state(cfg.name))  # head only: the state holds the head, the part trained
+                    state=ctx.train_state(cfg.name), dist=ctx.dist)  # head only: the state holds the head, the part trained
     after = evaluate_mlm(model, corpus.heldout, masker, **evaluate)
     record_heldout_flops(counters, f"{cfg.role}_heldout_forward", [before, after], num_nonembedding)
     what = ("head only (encoder and tied decoder frozen)" if head_only else "all weights")
