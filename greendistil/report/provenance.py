@@ -8,7 +8,7 @@ figure with its kind (measured / estimated / not available) and one footnote per
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Iterable, Literal
 
 import pandas as pd
 
@@ -102,8 +102,12 @@ def footnotes(sources: list[str | None]) -> str:
 ENERGY_SOURCE_COLUMNS = ("cpu_energy_source", "gpu_energy_source", "ram_energy_source")
 
 
-def energy_kinds(records: pd.DataFrame) -> str:
-    """' (est.)', ' (meas.+est.)', ...: the kinds of the energy figures summed over these records."""
-    sources = [s for column in ENERGY_SOURCE_COLUMNS if column in records for s in records[column].dropna()]
+def kinds_suffix(sources: Iterable[str | None]) -> str:
+    """' (est.)', ' (meas.+est.)', ...: the kinds of a sum's parts ("" when none was measured or estimated)."""
     kinds = sorted({source_kind(s) for s in sources} - {"unavailable"})
     return f" ({'+'.join(KIND_MARKS[k] for k in kinds)})" if kinds else ""
+
+
+def energy_kinds(records: pd.DataFrame) -> str:
+    """' (est.)', ' (meas.+est.)', ...: the kinds of the energy figures summed over these records."""
+    return kinds_suffix(s for column in ENERGY_SOURCE_COLUMNS if column in records for s in records[column].dropna())

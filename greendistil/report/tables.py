@@ -14,7 +14,7 @@ from greendistil.report.costs import CostTotals, cost_totals, model_points, pare
 from greendistil.report.frame import first_value, iter_runs, iter_tasks, number, value
 from greendistil.report.markdown import (NOT_AVAILABLE, code, fmt_count, fmt_number, fmt_percent, fmt_ratio, fmt_si,
                                          is_missing, table)
-from greendistil.report.provenance import KIND_MARKS, footnote_ref, footnotes, mark, source_kind
+from greendistil.report.provenance import footnote_ref, footnotes, kinds_suffix, mark, source_kind
 from greendistil.report.reference import DISTILBERT
 from greendistil.report.regions import DEFAULT_REGIONS, region_costs
 
@@ -49,9 +49,14 @@ def cost_section(frame: pd.DataFrame) -> str:
         rows.append(_total_row(f"**to produce the student** ({stages})", training))
         rows.append(_total_row(f"**run total** ({len(records)} stages)", records))
         parts += [run_heading(records), table(_COST_HEADERS, rows, right_align_from=4)]
-    sources = [frame[f"{c}_energy_source"] for c in COMPONENTS] + [frame["flops_source"], frame["intensity_source"]]
-    parts += ["Where the figures come from:", footnotes([s for column in sources for s in column])]
+    parts += ["Where the figures come from:", footnotes(cost_footnote_sources(frame))]
     return "\n\n".join(parts)
+
+
+def cost_footnote_sources(frame: pd.DataFrame) -> list[str | None]:
+    """The sources whose footnotes the cost section defines: later sections refer to them, never redefine them."""
+    columns = [frame[f"{c}_energy_source"] for c in COMPONENTS] + [frame["flops_source"], frame["intensity_source"]]
+    return [source for column in columns for source in column]
 
 
 def _stage_row(row: pd.Series) -> list[str]:
@@ -90,8 +95,7 @@ def _kinds_cell(total: float | None, sources: list[str | None], num_missing: int
     """A sum with the kinds of figures in it: '2.4e-06 (meas.+est.)', plus how many stages lacked one."""
     if total is None:
         return NOT_AVAILABLE
-    kinds = sorted({source_kind(s) for s in sources} - {"unavailable"})
-    text = fmt_number(total) + (f" ({'+'.join(KIND_MARKS[k] for k in kinds)})" if kinds else "")
+    text = fmt_number(total) + kinds_suffix(sources)
     return text + (f", n/a in {num_missing} stage(s)" if num_missing else "")
 
 
