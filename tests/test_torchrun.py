@@ -1,0 +1,160 @@
+"""`torchrun --nproc-per-node 2` on CPU (gloo) against one process on the same tiny config and data:
+one record per stage, examples counted once, the dev metric of the DDP weights equal to a single process's
+on those weights, CPU/RAM energy measured once per node, FLOPs summed over the ranks; and an interrupted
+DDP run that keeps every rank's readings and resumes to the same weights as an unbroken DDP run."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from greendistil import load_runs
+from greendistil.config import load_config
+from greendistil.measure.window import Window
+from greendistil.pipeline import prepare
+from greendistil.stages.context import StageContext
+from greendistil.stages.evaluate import run_evaluate
+from conftest import write_sst2, write_tiny_config
+from test_resume import _env, records, student_weights
+
+pytestmark = pytest.mark.slow
+
+NUM_TRAIN, NUM_DEV = 67, 33  # odd sizes: a short last batch, ranks with unequal shares
+DDP_CONFIG = {
+    "run": {"num_threads": 1},
+    "stages": [
+        {"kind": "finetune", "role": "teacher", "batch_size": 16, "epochs": 2, "checkpoint_every_steps": 3},
+        {"kind": "distill", "batch_size": 16, "epochs": 2, "checkpoint_every_steps": 3},
+        {"kind": "evaluate", "roles": ["teacher", "student"], "batch_size": 8},
+    ],
+}
+STAGES = ["finetune", "distill", "evaluate"]
+
+
+def torchrun(*args: str, cwd: Path, signal_at: str | None = None) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "greendistil", *args]
+    return subprocess.run(command, cwd=cwd, env=_env(signal_at), capture_output=True, text=True, timeout=300)
+
+
+def single(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "greendistil", *args], cwd=cwd, env=_env(), capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("torchrun")
+    config = write_tiny_config(root, write_sst2(root / "glue", num_train=NUM_TRAIN, num_dev=NUM_DEV), DDP_CONFIG)
+    ddp = torchrun("run", str(config), "--no-progress", "--run-id", "ddp", cwd=root)
+    assert ddp.returncode == 0, ddp.stderr[-4000:]
+    one = single("run", str(config), "--no-progress", "--run-id", "one", cwd=root)
+    assert one.returncode == 0, one.stderr[-4000:]
+    return {"root": root, "config": config, "ddp": root / "runs" / "ddp", "one": root / "runs" / "one",
+            "stdout": ddp.stdout}
+
+
+def by_stage(run_dir: Path) -> dict[str, dict[str, Any]]:
+    return {r["stage"]: r for r in records(run_dir)}
+
+
+def test_one_record_per_stage_written_by_rank_0(runs: dict[str, Any]) -> None:
+    assert [(r["stage"], r["status"]) for r in records(runs["ddp"])] == [(s, "ok") for s in STAGES]
+    assert runs["stdout"].count("run directory:") == 1  # rank 0 alone reports
+    assert not (runs["ddp"] / "ranks").exists()  # every reading reached rank 0
+    for record in records(runs["ddp"]):
+        assert (record["world_size"], record["num_nodes"], record["ddp_backend"]) == (2, 1, "gloo")
+        assert [r["rank"] for r in record["by_rank"]] == [0, 1] and record["ranks_missing"] == []
+    assert len(load_runs(runs["ddp"])) == 3
+
+
+def test_examples_counted_once(runs: dict[str, Any]) -> None:
+    ddp, one = by_stage(runs["ddp"]), by_stage(runs["one"])
+    for stage, expected in (("finetune", 2 * NUM_TRAIN), ("distill", 2 * NUM_TRAIN), ("evaluate", 2 * NUM_DEV)):
+        assert ddp[stage]["num_examples"] == one[stage]["num_examples"] == expected
+        shares = [r["num_examples"] for r in ddp[stage]["by_rank"]]
+        assert sum(shares) == expected and min(shares) > 0
+        assert ddp[stage]["num_tokens"] == one[stage]["num_tokens"]  # the same examples, no repeats
+    # The same global batches: as many optimizer steps as one process takes.
+    assert ddp["finetune"]["num_steps"] == one["finetune"]["num_steps"] == 10
+
+
+def test_dev_metric_equals_a_single_process_on_the_same_weights(runs: dict[str, Any]) -> None:
+    config = load_config(runs["config"])
+    prepared = prepare(config)
+    ddp_dir = runs["ddp"]
+    ctx = StageContext(config=config, task=prepared.task, run_dir=ddp_dir, device=torch.device("cpu"),
+                       splits=prepared.splits, artifacts={"teacher": ddp_dir / "checkpoints" / "finetune",
+                                                          "student": ddp_dir / "checkpoints" / "distill"})
+    window = Window("evaluate", "evaluate", "teacher+student")
+    run_evaluate(ctx, config.stages[2], window)
+    ddp_metrics = by_stage(ddp_dir)["evaluate"]["metrics"]
+    assert window.counters.metrics == pytest.approx(ddp_metrics, abs=1e-12)
+    assert window.counters.num_examples == 2 * NUM_DEV == by_stage(ddp_dir)["evaluate"]["num_examples"]
+
+
+def test_cpu_and_ram_measured_once_per_node(runs: dict[str, Any]) -> None:
+    for record in records(runs["ddp"]):
+        (node,) = record["energy_by_node"]  # one node, however many ranks
+        assert node["measured_by_rank"] == 0 and node["hostname"]
+        assert record["cpu_energy_kwh"] == node["cpu_energy_kwh"] > 0
+        assert record["ram_energy_kwh"] == node["ram_energy_kwh"] > 0
+        assert record["energy_kwh"] == pytest.approx(record["cpu_energy_kwh"] + record["ram_energy_kwh"])
+        assert "local rank 0 of each node (1 node(s))" in record["energy_meters"]["cpu"]
+        assert record["energy_by_gpu"] == []  # CPU only: no GPU to attribute
+    # One codecarbon tracker ran per window (rank 0's), not one per rank; each tracker has its own run_id
+    # (it writes a row at every checkpoint flush and at the end).
+    with open(runs["ddp"] / "emissions.csv", encoding="utf-8") as handle:
+        trackers = {row["run_id"] for row in csv.DictReader(handle)}
+    assert len(trackers) == len(STAGES)
+    assert not list(runs["ddp"].glob("emissions-node*.csv"))
+
+
+def test_flops_summed_over_ranks(runs: dict[str, Any]) -> None:
+    ddp, one = by_stage(runs["ddp"]), by_stage(runs["one"])
+    for stage in STAGES:
+        per_rank = [r["flops"] for r in ddp[stage]["by_rank"]]
+        assert all(f > 0 for f in per_rank) and ddp[stage]["flops"] == sum(per_rank)
+        assert "summed over 2 ranks" in ddp[stage]["flops_source"]
+        # Each rank's batches are padded to their own longest row: a little less padding than one process.
+        assert 0.7 * one[stage]["flops"] < ddp[stage]["flops"] < 1.05 * one[stage]["flops"]
+
+
+def test_interrupted_ddp_run_keeps_every_rank_and_resumes_exactly(runs: dict[str, Any]) -> None:
+    root, config = runs["root"], runs["config"]
+    killed = torchrun("run", str(config), "--no-progress", "--run-id", "ddp-killed", cwd=root,
+                      signal_at="step:distill:5:SIGTERM")  # both ranks, after the step-3 checkpoint
+    assert killed.returncode != 0
+    run_dir = root / "runs" / "ddp-killed"
+    assert [(r["stage"], r["status"]) for r in records(run_dir)] == [("finetune", "ok"), ("distill", "interrupted")]
+    interrupted = records(run_dir)[-1]
+    assert interrupted["ranks_missing"] == [1] and "ranks/rank-<r>.jsonl" in interrupted["measurement_errors"]["distributed"]
+    assert interrupted["energy_kwh"] > 0 and interrupted["num_steps"] == 5
+    (rank1,) = records_of(run_dir / "ranks" / "rank-1.jsonl")
+    assert (rank1["stage"], rank1["status"], rank1["num_steps"]) == ("distill", "interrupted", 5)
+    assert rank1["cpu_energy_kwh"] is None  # rank 1 measures no CPU: rank 0 did, for the node
+    assert (run_dir / "checkpoints" / "distill.state.pt.rng-rank1").is_file()
+
+    resumed = torchrun("run", "--resume", str(run_dir), "--no-progress", cwd=root)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    after = records(run_dir)
+    assert [(r["stage"], r["status"], r["segment"]) for r in after] == [
+        ("finetune", "ok", 1), ("distill", "interrupted", 1), ("distill", "ok", 2), ("evaluate", "ok", 1)]
+    assert after[2]["resumed_from_step"] == 3
+    reference = student_weights(runs["ddp"])
+    weights = student_weights(run_dir)
+    assert all(torch.equal(weights[k], reference[k]) for k in reference)  # bit-identical to the unbroken DDP run
+    assert after[-1]["metrics"] == by_stage(runs["ddp"])["evaluate"]["metrics"]
+    assert not list((run_dir / "checkpoints").glob("*.rng-rank*"))  # cleaned with the state file
+
+
+def records_of(path: Path) -> list[dict[str, Any]]:
+    import json
+
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
