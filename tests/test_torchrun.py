@@ -158,3 +158,23 @@ def records_of(path: Path) -> list[dict[str, Any]]:
     import json
 
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_each_rank_measures_its_own_gpu(tmp_path: Path) -> None:
+    """On a GPU machine: one NVML reading per rank, each of a different GPU, adding up to the record's."""
+    nproc = min(2, torch.cuda.device_count())
+    config = write_tiny_config(tmp_path, write_sst2(tmp_path / "glue", num_train=NUM_TRAIN, num_dev=NUM_DEV),
+                               DDP_CONFIG)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+               "-m", "greendistil", "run", str(config), "--no-progress", "--run-id", "gpu"]
+    done = subprocess.run(command, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    for record in records(tmp_path / "runs" / "gpu"):
+        gpus = record["energy_by_gpu"]
+        assert [g["rank"] for g in gpus] == list(range(nproc))
+        assert len({(g["node_rank"], g["nvml_index"]) for g in gpus}) == nproc  # no GPU measured twice
+        assert all(g["gpu_energy_source"].startswith("measured:nvml") for g in gpus)
+        assert record["gpu_energy_kwh"] == pytest.approx(sum(g["gpu_energy_kwh"] for g in gpus))
+        assert record["ddp_backend"] == ("nccl" if nproc > 1 else None)
