@@ -29,7 +29,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except GreendistilError as err:
-        print(f"greendistil: error: {err}", file=sys.stderr)
+        rank = f"[rank {os.environ['RANK']}] " if "WORLD_SIZE" in os.environ and "RANK" in os.environ else ""
+        print(f"{rank}greendistil: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
 
@@ -302,7 +303,10 @@ def _ignore_further_signals() -> None:
 
 def _quiet_libraries(verbose: bool) -> None:
     """codecarbon and transformers are chatty; their logs are noise unless asked for."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    rank = os.environ.get("RANK") if "WORLD_SIZE" in os.environ else None  # torchrun: say which rank speaks
+    prefix = f"[rank {rank}] " if rank is not None else ""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format=prefix + "%(levelname)s %(name)s: %(message)s")
     if verbose:
         return
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -143,8 +143,8 @@ def train(*, cfg: TrainingStage, model: torch.nn.Module, loader: DataLoader, ste
     step, epoch, skip = position.step, position.epoch, position.batch_in_epoch
     first_step, restore_generator = step, position.epoch_generator_state
     model.train()
-    bar = tqdm(total=total_steps, initial=step, desc=window.stage, unit="step", disable=_progress_disabled(),
-               leave=False)
+    bar = tqdm(total=total_steps, initial=step, desc=window.stage, unit="step", leave=False,
+               disable=_progress_disabled() if dist.is_main else True)  # one bar per run, rank 0's
     start_s = time.perf_counter()
     while step < total_steps:
         if hasattr(loader.batch_sampler, "set_epoch"):
