@@ -47,16 +47,21 @@ class TrainPosition:
     epoch_generator_state: torch.Tensor | None  # the data order's generator at the start of `epoch`
     loss_sums: dict[str, float]
     recent_losses: list[dict[str, float]]
+    world_size: int = 1  # DDP processes that trained it: the batches per step and the data shards follow it
 
 
 def save_state(path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-               scheduler: torch.optim.lr_scheduler.LRScheduler, position: TrainPosition) -> None:
-    """Write the training state atomically (temporary file, fsync, rename, fsync of the folder)."""
+               scheduler: torch.optim.lr_scheduler.LRScheduler, position: TrainPosition,
+               rank_rngs: list[dict[str, Any]] | None = None) -> None:
+    """Write the training state atomically (temporary file, fsync, rename, fsync of the folder).
+
+    `rank_rngs`: under DDP, every rank's RNG states (rank order), so each resumes its own dropout stream.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {
         "format": STATE_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(), "position": position.__dict__,
-        "rng": _rng_states(),
+        "rng": rng_states(), "rank_rngs": rank_rngs,
     }
     temp = path.with_name(path.name + TEMP_SUFFIX)
     with signals_deferred(), open(temp, "wb") as handle:
@@ -69,15 +74,17 @@ def save_state(path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Opt
 
 
 def load_state(path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-               scheduler: torch.optim.lr_scheduler.LRScheduler) -> TrainPosition:
-    """Restore model, optimizer, schedule and RNG states from `path`; returns where training stood."""
+               scheduler: torch.optim.lr_scheduler.LRScheduler, rank: int = 0) -> TrainPosition:
+    """Restore model, optimizer, schedule and RNG states from `path` (DDP: rank `rank`'s own RNG states);
+    returns where training stood."""
     state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
     if state.get("format") != STATE_FORMAT:
         raise ValueError(f"{path}: training-state format {state.get('format')!r}, expected {STATE_FORMAT}")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    _set_rng_states(state["rng"])
+    rank_rngs = state.get("rank_rngs")
+    _set_rng_states(rank_rngs[rank] if rank_rngs and rank < len(rank_rngs) else state["rng"])
     return TrainPosition(**state["position"])
 
 
@@ -103,13 +110,10 @@ def signals_deferred() -> Iterator[None]:
             os.kill(os.getpid(), received[0])  # now, with the run's own handler back in place
 
 
-def rank_rng_path(path: Path, rank: int) -> Path:
-    return path.with_name(f"{path.name}.rng-rank{rank}")
-
-
-def _rng_states() -> dict[str, Any]:
+def rng_states() -> dict[str, Any]:
+    """This process's torch, numpy, python and (current device's) CUDA RNG states."""
     return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
 
 
 def _set_rng_states(rng: dict[str, Any]) -> None:
@@ -117,35 +121,15 @@ def _set_rng_states(rng: dict[str, Any]) -> None:
     np.random.set_state(rng["numpy"])
     random.setstate(rng["python"])
     if rng["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-
-
-def save_rank_rng(path: Path, rank: int, step: int) -> None:
-    """A DDP rank > 0's RNG states at `step`, beside rank 0's training state `path` (atomically)."""
-    target = rank_rng_path(path, rank)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temp = target.with_name(target.name + TEMP_SUFFIX)
-    with signals_deferred():
-        torch.save({"step": step, "rng": _rng_states()}, temp)
-        os.replace(temp, target)
-
-
-def load_rank_rng(path: Path, rank: int, step: int) -> bool:
-    """Restore rank `rank`'s own RNG states saved at `step`; False (with a warning) when there are none."""
-    target = rank_rng_path(path, rank)
-    saved = torch.load(target, map_location="cpu", weights_only=False) if target.is_file() else None
-    if saved is None or saved["step"] != step:
-        logger.warning("rank %d: no RNG state for step %d beside %s; its dropout continues from rank 0's RNG "
-                       "(training continues, not bit-identical to an unbroken run)", rank, step, path)
-        return False
-    _set_rng_states(saved["rng"])
-    return True
+        if isinstance(rng["cuda"], list):  # states written before 2026-11: every device's
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        else:
+            torch.cuda.set_rng_state(rng["cuda"])
 
 
 def discard_state(path: Path) -> None:
-    """Remove a stage's state file, the RNG files of DDP ranks and any temporary file left by a kill (the
-    stage has finished)."""
-    for candidate in (path, path.with_name(path.name + TEMP_SUFFIX), *path.parent.glob(f"{path.name}.rng-rank*")):
+    """Remove a stage's state file and any temporary one left by a kill (the stage has finished)."""
+    for candidate in (path, path.with_name(path.name + TEMP_SUFFIX)):
         candidate.unlink(missing_ok=True)
 
 

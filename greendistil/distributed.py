@@ -16,8 +16,11 @@ timeout, so they work the same under nccl (GPU) and gloo (CPU) and a dead peer g
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any, Mapping, TypeVar
@@ -25,17 +28,19 @@ from typing import Any, Mapping, TypeVar
 import torch
 import torch.distributed as torch_dist
 
-from greendistil.errors import ConfigError
+from greendistil.errors import ConfigError, GreendistilError, StageError
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK")
 BACKENDS = ("auto", "gloo", "nccl")
-# Readings and dev-set predictions are small and arrive within seconds of each other; a peer that has
-# not answered by then is gone, and the record is written with what this rank has.
-GATHER_TIMEOUT_S = 300
-_gather_group: Any = None  # the gloo group for object collectives, made once by `init`
+# Readings and dev-set predictions are small and the ranks reach them together (after the stage's last
+# collective); a peer that has not answered by then is gone, and the record is written with what this rank has.
+GATHER_TIMEOUT_S = 120
+RANK_SEED_STRIDE = 1_000_003  # a prime far from the small offsets (seed + stage index) runs already use
+_gather_group: Any = None  # gloo group for readings and predictions (short timeout), made by `init`
+_control_group: Any = None  # gloo group for rank 0's verdicts (`agree`), with the run's long timeout
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,14 +57,17 @@ class Dist:
 
     @property
     def enabled(self) -> bool:
+        """Several processes: DDP and the collectives below are active."""
         return self.world_size > 1
 
     @property
     def is_main(self) -> bool:
+        """Rank 0: the one writer of the run directory."""
         return self.rank == 0
 
     @property
     def is_node_leader(self) -> bool:
+        """Local rank 0: measures its node's CPU and RAM."""
         return self.local_rank == 0
 
     @property
@@ -67,6 +75,7 @@ class Dist:
         return max(1, self.world_size // max(1, self.local_world_size))
 
     def identity(self) -> dict[str, Any]:
+        """rank, local_rank, node_rank, hostname: how a reading names the process that took it."""
         return {"rank": self.rank, "local_rank": self.local_rank, "node_rank": self.node_rank,
                 "hostname": self.hostname}
 
@@ -115,7 +124,7 @@ def init(backend_choice: str = "auto", timeout_s: float = 3600.0) -> Dist:
     Each rank computes on GPU LOCAL_RANK when CUDA is available. `timeout_s` bounds every collective of
     the training itself (a rank waiting at a barrier while rank 0 runs a benchmark stage alone).
     """
-    global _gather_group
+    global _gather_group, _control_group
     me = from_env(os.environ)
     if not me.enabled:
         return me
@@ -129,6 +138,7 @@ def init(backend_choice: str = "auto", timeout_s: float = 3600.0) -> Dist:
     if not torch_dist.is_initialized():
         torch_dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
     _gather_group = torch_dist.new_group(backend="gloo", timeout=timedelta(seconds=GATHER_TIMEOUT_S))
+    _control_group = torch_dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s))
     logger.info("DDP: rank %d of %d (local %d of %d, node %d), backend %s", me.rank, me.world_size,
                 me.local_rank, me.local_world_size, me.node_rank, backend)
     return replace(me, backend=backend)
@@ -136,13 +146,62 @@ def init(backend_choice: str = "auto", timeout_s: float = 3600.0) -> Dist:
 
 def shutdown(me: Dist) -> None:
     """Leave the process group (at the end of a run, however it ended). Never raises."""
-    global _gather_group
+    global _gather_group, _control_group
     if me.enabled and torch_dist.is_initialized():
         try:
             torch_dist.destroy_process_group()
         except Exception as err:
             logger.warning("destroy_process_group failed: %s", err)
-    _gather_group = None
+    _gather_group = _control_group = None
+
+
+@contextmanager
+def joined(backend_choice: str = "auto") -> Iterator[Dist]:
+    """This process's place in the torchrun job for the length of a run (a single process outside one)."""
+    me = init(backend_choice)
+    try:
+        yield me
+    finally:
+        shutdown(me)
+
+
+def agree(me: Dist, work: Callable[[], T], *, what: str, error_type: type[Exception] = StageError) -> T | None:
+    """Run `work` on rank 0 alone while the other ranks wait for its verdict (over gloo, on the CPU), so
+    that a failure on rank 0 stops every rank instead of leaving them at a barrier. Returns `work`'s result
+    on rank 0, None elsewhere; the other ranks raise `error_type` when rank 0 failed (with rank 0's message
+    when that was a user-facing GreendistilError)."""
+    if not me.enabled:
+        return work()
+    if me.is_main:
+        try:
+            result = work()
+        except BaseException as err:
+            user_facing = isinstance(err, GreendistilError)
+            _verdict(me, str(err) if user_facing else f"{what} failed on rank 0: {type(err).__name__}: {err}")
+            raise
+        _verdict(me, None)
+        return result
+    failure = _verdict(me, None)
+    if failure is not None:
+        raise error_type(failure)
+    return None
+
+
+def _verdict(me: Dist, failure: str | None) -> str | None:
+    box = [failure if me.is_main else None]
+    torch_dist.broadcast_object_list(box, src=0, group=_control_group)
+    return box[0]
+
+
+def all_finite(me: Dist, value: float) -> bool:
+    """Whether `value` is finite on every rank: a NaN loss on one rank must stop all of them at the same
+    step, or the others would wait for it in the next gradient all-reduce."""
+    finite = math.isfinite(value)
+    if not me.enabled:
+        return finite
+    flag = torch.tensor([0.0 if finite else 1.0], device=device(me))
+    torch_dist.all_reduce(flag)
+    return bool(flag.item() == 0.0)
 
 
 def device(me: Dist) -> torch.device:
@@ -150,11 +209,6 @@ def device(me: Dist) -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda", me.local_rank if me.enabled else torch.cuda.current_device())
     return torch.device("cpu")
-
-
-def barrier(me: Dist) -> None:
-    if me.enabled:
-        torch_dist.barrier()
 
 
 def broadcast(me: Dist, obj: T) -> T:
@@ -185,19 +239,26 @@ def all_gather(me: Dist, obj: T) -> list[T]:
     return out
 
 
-def wrap(me: Dist, model: torch.nn.Module) -> torch.nn.Module:
+def wrap(me: Dist, model: torch.nn.Module, *, find_unused_parameters: bool = False) -> torch.nn.Module:
     """`model` in DistributedDataParallel when there are several ranks (gradients averaged over ranks in
     backward), else `model` itself. DDP copies rank 0's weights to every rank when it wraps.
 
     After wrapping, ranks > 0 reseed torch's RNG (seed + rank): the weights are already equal, and each
     rank's dropout must differ from its neighbours'; rank 0 keeps the single-process stream.
+    `find_unused_parameters`: some trainable weights get no gradient in a step (e.g. a distillation loss
+    without the classifier's terms); DDP then has to look for them after every forward.
     """
     if not me.enabled:
         return model
     from torch.nn.parallel import DistributedDataParallel
 
     device_ids = [me.local_rank] if next(model.parameters()).is_cuda else None
-    wrapped = DistributedDataParallel(model, device_ids=device_ids)
+    wrapped = DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=find_unused_parameters)
     if me.rank:
-        torch.manual_seed(torch.initial_seed() + 1_000_003 * me.rank)
+        torch.manual_seed(rank_seed(me, torch.initial_seed()))
     return wrapped
+
+
+def rank_seed(me: Dist, seed: int) -> int:
+    """`seed` on rank 0 (the single-process stream) and a distinct seed on every other rank."""
+    return seed + RANK_SEED_STRIDE * me.rank

@@ -6,7 +6,6 @@ country, teacher source, student layers, GLUE files), so bad input leaves nothin
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import importlib.metadata
@@ -18,7 +17,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -88,8 +87,9 @@ def run_pipeline(config: Config, *, run_id: str | None = None, force: bool = Fal
     Under torchrun every rank calls this: rank 0 creates the run directory and writes the log, and each
     stage trains with DistributedDataParallel over all ranks (see `greendistil.distributed`).
     """
-    with _joined(config) as dist:
+    with distributed.joined(config.run.ddp_backend) as dist:
         prepared = prepare(config)
+        check_shards(config, dist)
         data_sources = _data_sources(prepared)
 
         def create() -> tuple[Path, runlog.RunLock]:
@@ -118,16 +118,19 @@ def resume_pipeline(run_dir: Path, *, command: str | None = None) -> Path:
 
     Raises RunAlreadyComplete when every stage is done, and GreendistilError when `run_dir` is no run.
     """
-    config = load_config(run_dir / "config.toml") if (run_dir / "config.toml").is_file() else None
-    with _joined(config) as dist:
-        _, lock = _on_main(dist, lambda: (run_dir, runlog.open_run_dir(run_dir)))
+    config = load_config(run_dir / "config.toml")
+    with distributed.joined(config.run.ddp_backend) as dist:
+        def open_run() -> tuple[Path, runlog.RunLock]:
+            lock = runlog.open_run_dir(run_dir)
+            check_disk_space(run_dir, config)
+            return run_dir, lock
+
+        _, lock = _on_main(dist, open_run)
         try:
-            config = load_config(run_dir / "config.toml")
             progress = RunProgress.from_records(run_dir, runlog.read_records(run_dir))
             progress.check_not_complete(config, run_dir)
             prepared = prepare(config)
-            if dist.is_main:
-                check_disk_space(run_dir, config)
+            check_shards(config, dist)
             run, meters, device = _start_run(config, prepared, run_dir, command=command,
                                              data_sources=_data_sources(prepared), dist=dist)
             ctx = StageContext(config=config, task=prepared.task, run_dir=run_dir, device=device,
@@ -140,38 +143,12 @@ def resume_pipeline(run_dir: Path, *, command: str | None = None) -> Path:
     return run_dir
 
 
-@contextlib.contextmanager
-def _joined(config: Config | None) -> Iterator[Dist]:
-    """This process's place in the torchrun job (joined for the run, left after it); a single process
-    outside torchrun."""
-    dist = distributed.init(config.run.ddp_backend if config is not None else "auto")
-    try:
-        yield dist
-    finally:
-        distributed.shutdown(dist)
-
-
 def _on_main(dist: Dist, create: Callable[[], tuple[Path, runlog.RunLock]]) -> tuple[Path, runlog.RunLock | None]:
     """Rank 0 creates (or opens) the run directory and holds its lock; the other ranks learn its path, or
-    rank 0's error, which they raise too, so that every rank stops the same way."""
-    outcome: tuple[str, str]
-    lock = None
-    if dist.is_main:
-        try:
-            run_dir, lock = create()
-            outcome = ("ok", str(run_dir))
-        except GreendistilError as err:
-            distributed.broadcast(dist, ("error", str(err)))
-            raise
-        except BaseException:
-            distributed.broadcast(dist, ("error", "rank 0 could not create the run directory (see its traceback)"))
-            raise
-    else:
-        outcome = ("", "")
-    outcome = distributed.broadcast(dist, outcome)
-    if outcome[0] == "error":
-        raise RunDirError(outcome[1])
-    return Path(outcome[1]), lock
+    raise rank 0's error, so that every rank stops the same way."""
+    made = distributed.agree(dist, create, what="the run directory", error_type=RunDirError)
+    run_dir = distributed.broadcast(dist, str(made[0]) if made is not None else "")
+    return Path(run_dir), made[1] if made is not None else None
 
 
 def _data_sources(prepared: Prepared) -> dict[str, str]:
@@ -206,19 +183,27 @@ def _run_stages(ctx: StageContext, run: RunInfo, meters: Meters, progress: RunPr
         meters.gpu.close()
 
 
+def check_shards(config: Config, dist: Dist) -> None:
+    """Under torchrun, each training batch is shared among the ranks: every rank needs at least one row."""
+    for stage in config.stages:
+        if isinstance(stage, (PretrainStage, FinetuneStage, DistillStage)) and stage.batch_size < dist.world_size:
+            raise ConfigError(f"stages.{stage.name}.batch_size: {stage.batch_size} is smaller than the {dist.world_size} "
+                              f"DDP processes it is shared among; use a batch_size of at least {dist.world_size} "
+                              "(a multiple of it keeps every rank's share equal)")
+
+
 def _run_benchmark_stage(ctx: StageContext, stage: BenchmarkStage, run: RunInfo, meters: Meters,
                          progress: RunProgress) -> None:
     """One window per (role, batch size): each record is one model's. Latency is a one-device figure, so
     under torchrun rank 0 benchmarks alone (its records say world_size 1) while the other ranks wait."""
-    if ctx.dist.is_main:
-        alone = dataclasses.replace(meters, dist=SINGLE)
+    alone = dataclasses.replace(meters, dist=SINGLE)
 
-        def open_window(*, stage: str, role: str, kind: str = stage.kind) -> Any:  # `stage`: the window's name
-            return measure(stage=stage, kind=kind, role=role, meters=alone, run=run,
-                           segment=progress.next_segment(stage))
-        skip = [w for w in progress.windows(stage) if progress.window_done(w)]
-        run_benchmark(dataclasses.replace(ctx, dist=SINGLE), stage, open_window, skip=skip)
-    distributed.barrier(ctx.dist)
+    def open_window(*, stage: str, role: str, kind: str = stage.kind) -> Any:  # `stage`: the window's name
+        return measure(stage=stage, kind=kind, role=role, meters=alone, run=run, segment=progress.next_segment(stage))
+    skip = [w for w in progress.windows(stage) if progress.window_done(w)]
+    # The other ranks wait on the CPU (gloo), unmeasured: no record covers their idle draw meanwhile.
+    distributed.agree(ctx.dist, lambda: run_benchmark(dataclasses.replace(ctx, dist=SINGLE), stage, open_window,
+                                                      skip=skip), what=f"benchmark stage {stage.name!r}")
 
 
 def check_disk_space(folder: Path, config: Config) -> None:

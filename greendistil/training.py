@@ -18,10 +18,10 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from greendistil import faults
-from greendistil.checkpoint import StateFile, TrainPosition, load_rank_rng, load_state, save_rank_rng, save_state
+from greendistil.checkpoint import StateFile, TrainPosition, load_state, rng_states, save_state
 from greendistil.config import TrainingStage
-from greendistil.distributed import SINGLE, Dist, barrier
-from greendistil.errors import StageError
+from greendistil.distributed import SINGLE, Dist, agree, all_finite, gather
+from greendistil.errors import ConfigError, StageError
 from greendistil.measure.flops import FlopSampler, count_flops
 from greendistil.measure.window import StageCounters, Window
 
@@ -164,8 +164,9 @@ def train(*, cfg: TrainingStage, model: torch.nn.Module, loader: DataLoader, ste
             scope = FlopScope(sampler, sampler.should_count(step - first_step), padded_tokens,
                               reset=lambda: optimizer.zero_grad(set_to_none=True))
             terms = step_fn(batch, scope)
-            if not math.isfinite(terms["loss"]):
-                raise StageError(f"stage {window.stage!r}: loss is {terms['loss']} at step {step + 1} "
+            if not all_finite(dist, terms["loss"]):  # DDP: every rank stops at this step, not only the one
+                where = f"loss is {terms['loss']}" if not math.isfinite(terms["loss"]) else "loss on another rank is not finite"
+                raise StageError(f"stage {window.stage!r}: {where} at step {step + 1} "
                                  f"(epoch {epoch + 1}); lower the learning rate or check the data")
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             optimizer.step()
@@ -186,11 +187,11 @@ def train(*, cfg: TrainingStage, model: torch.nn.Module, loader: DataLoader, ste
                     and step % cfg.checkpoint_every_steps == 0:
                 _checkpoint(state, model, optimizer, scheduler, window, dist, TrainPosition(
                     step=step, epoch=epoch, batch_in_epoch=batch_in_epoch, epoch_generator_state=epoch_generator_state,
-                    loss_sums=totals, recent_losses=recent))
+                    loss_sums=totals, recent_losses=recent, world_size=dist.world_size))
         epoch, skip = epoch + 1, 0
         if state is not None and step < total_steps and cfg.checkpoint_at_epoch_end:
             _checkpoint(state, model, optimizer, scheduler, window, dist, TrainPosition(
-                step=step, epoch=epoch, batch_in_epoch=0, loss_sums=totals, recent_losses=recent,
+                step=step, epoch=epoch, batch_in_epoch=0, loss_sums=totals, recent_losses=recent, world_size=dist.world_size,
                 epoch_generator_state=generator.get_state() if generator is not None else None))
     bar.close()
     elapsed_s = time.perf_counter() - start_s
@@ -218,9 +219,11 @@ def _start_position(state: StateFile | None, model: torch.nn.Module, optimizer: 
                           recent_losses=[])
     if state is None or not state.resume or not state.path.is_file():
         return fresh
-    position = load_state(state.path, model=model, optimizer=optimizer, scheduler=scheduler)
-    if dist.rank:
-        load_rank_rng(state.path, dist.rank, position.step)
+    position = load_state(state.path, model=model, optimizer=optimizer, scheduler=scheduler, rank=dist.rank)
+    if position.world_size != dist.world_size:
+        raise ConfigError(f"stage {window.stage!r}: its checkpoint was written by {position.world_size} process(es), "
+                          f"this run has {dist.world_size}; resume with the same count (torchrun --nproc-per-node "
+                          f"x --nnodes = {position.world_size}; 1 = plain `greendistil run --resume`)")
     window.counters.resumed_from_step = position.step
     logger.info("%s: resumed from the checkpoint at step %d", window.stage, position.step)
     return position
@@ -229,11 +232,10 @@ def _start_position(state: StateFile | None, model: torch.nn.Module, optimizer: 
 def _checkpoint(state: StateFile, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                 scheduler: torch.optim.lr_scheduler.LRScheduler, window: Window, dist: Dist,
                 position: TrainPosition) -> None:
-    if dist.rank:
-        save_rank_rng(state.path, dist.rank, position.step)  # written before rank 0's state: never older than the state
-    barrier(dist)
-    if dist.is_main:
-        save_state(state.path, model=model, optimizer=optimizer, scheduler=scheduler, position=position)
+    # Every rank's RNG goes into rank 0's one atomic file: a resumed rank draws the dropout it would have drawn.
+    rank_rngs = gather(dist, rng_states()) if dist.enabled else None
+    agree(dist, lambda: save_state(state.path, model=model, optimizer=optimizer, scheduler=scheduler,
+                                   position=position, rank_rngs=rank_rngs), what=f"checkpoint of {window.stage!r}")
     window.counters.num_checkpoints += 1
     window.flush_meters()  # codecarbon's CSV gets a row now, not only when the stage ends
 

@@ -178,10 +178,26 @@ def test_a_rank_without_its_gpu_reading_marks_the_sum_partial() -> None:
     assert "rank 1: GPU is lost" in total.gpu.error
 
 
-def test_a_missing_node_leader_marks_cpu_and_ram_partial() -> None:
+def test_a_missing_node_marks_cpu_ram_and_gpu_partial() -> None:
+    """Node 1 (ranks 2, 3) never answered: its CPU, RAM and GPUs are missing from the sums, and the record says so."""
     readings = [_reading(0, carbon=_carbon(0.01, 0.002)), _reading(1)]
     total = combine(readings, TWO_NODES, missing=[2, 3])
-    assert total.partial == ["cpu", "ram"] and total.breakdown["ranks_missing"] == [2, 3]
+    assert total.partial == ["cpu", "ram", "gpu"] and total.breakdown["ranks_missing"] == [2, 3]
+
+
+def test_a_missing_rank_on_a_cpu_run_leaves_energy_whole() -> None:
+    """CPU only, one node: local rank 0's codecarbon measured the whole machine; rank 1 had no GPU to miss."""
+    readings = [_reading(0, carbon=_carbon(0.01, 0.002), gpu_j=None)]
+    readings = [RankReading(**{**readings[0].__dict__, "gpu": GpuReading.unavailable("no-gpu", "NVML found no GPU")})]
+    total = combine(readings, Dist(rank=0, world_size=2, local_world_size=2, backend="gloo"), missing=[1])
+    assert total.partial == [] and total.carbon.cpu_energy_kwh == 0.01 and total.gpu.energy_j is None
+
+
+def test_evaluation_steps_are_summed_training_steps_are_not() -> None:
+    readings = [_reading(0, carbon=_carbon(0.01, 0.002)), _reading(1)]
+    two = Dist(rank=0, world_size=2, local_world_size=2, backend="gloo")
+    assert combine(readings, two, missing=[]).num_steps == 3
+    assert combine(readings, two, missing=[], sum_steps=True).num_steps == 6
 
 
 def test_a_rank_that_ran_no_step_adds_zero_flops_not_unknown() -> None:

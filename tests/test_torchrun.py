@@ -139,7 +139,9 @@ def test_interrupted_ddp_run_keeps_every_rank_and_resumes_exactly(runs: dict[str
     (rank1,) = records_of(run_dir / "ranks" / "rank-1.jsonl")
     assert (rank1["stage"], rank1["status"], rank1["num_steps"]) == ("distill", "interrupted", 5)
     assert rank1["cpu_energy_kwh"] is None  # rank 1 measures no CPU: rank 0 did, for the node
-    assert (run_dir / "checkpoints" / "distill.state.pt.rng-rank1").is_file()
+    state = torch.load(run_dir / "checkpoints" / "distill.state.pt", weights_only=False)
+    assert state["position"]["world_size"] == 2 and len(state["rank_rngs"]) == 2  # each rank's own RNG
+    assert not torch.equal(state["rank_rngs"][0]["torch"], state["rank_rngs"][1]["torch"])
 
     resumed = torchrun("run", "--resume", str(run_dir), "--no-progress", cwd=root)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
@@ -151,7 +153,21 @@ def test_interrupted_ddp_run_keeps_every_rank_and_resumes_exactly(runs: dict[str
     weights = student_weights(run_dir)
     assert all(torch.equal(weights[k], reference[k]) for k in reference)  # bit-identical to the unbroken DDP run
     assert after[-1]["metrics"] == by_stage(runs["ddp"])["evaluate"]["metrics"]
-    assert not list((run_dir / "checkpoints").glob("*.rng-rank*"))  # cleaned with the state file
+
+
+def test_resume_with_another_process_count_is_refused(runs: dict[str, Any]) -> None:
+    """A DDP checkpoint continued by one process would take other batches: the stage stops and says how to resume."""
+    root, config = runs["root"], runs["config"]
+    killed = torchrun("run", str(config), "--no-progress", "--run-id", "ddp-recount", cwd=root,
+                      signal_at="step:finetune:4:SIGTERM")
+    assert killed.returncode != 0
+    run_dir = root / "runs" / "ddp-recount"
+    alone = single("run", "--resume", str(run_dir), "--no-progress", cwd=root)
+    assert alone.returncode == 1
+    assert "written by 2 process(es), this run has 1; resume with the same count" in alone.stderr
+    again = torchrun("run", "--resume", str(run_dir), "--no-progress", cwd=root)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert [r["status"] for r in records(run_dir) if r["stage"] == "finetune"] == ["interrupted", "failed", "ok"]
 
 
 def records_of(path: Path) -> list[dict[str, Any]]:
@@ -178,3 +194,12 @@ def test_each_rank_measures_its_own_gpu(tmp_path: Path) -> None:
         assert all(g["gpu_energy_source"].startswith("measured:nvml") for g in gpus)
         assert record["gpu_energy_kwh"] == pytest.approx(sum(g["gpu_energy_kwh"] for g in gpus))
         assert record["ddp_backend"] == ("nccl" if nproc > 1 else None)
+
+
+def test_batch_smaller_than_the_process_count_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    config = write_tiny_config(tmp_path, write_sst2(tmp_path / "glue"),
+                               {"stages": [{"kind": "finetune", "role": "teacher", "batch_size": 1}]})
+    done = torchrun("run", str(config), "--no-progress", "--run-id", "tiny-batch", cwd=tmp_path)
+    assert done.returncode != 0
+    assert "stages.finetune.batch_size: 1 is smaller than the 2 DDP processes" in done.stderr
+    assert not (tmp_path / "runs" / "tiny-batch").exists()

@@ -75,18 +75,22 @@ def flop_figures(sampler: FlopSampler | None) -> FlopFigures:
         return FlopFigures(total=None, source=f"unavailable:{type(err).__name__}", error=f"FLOP extrapolation: {err}")
 
 
-def combine(readings: list[RankReading], me: Dist, missing: list[int]) -> Combined:
-    """Sum `readings` (rank order, one per rank that answered) into one window's figures."""
+def combine(readings: list[RankReading], me: Dist, missing: list[int], *, sum_steps: bool = False) -> Combined:
+    """Sum `readings` (rank order, one per rank that answered) into one window's figures. `missing` ranks
+    make the components they would have measured partial: their GPU, and CPU/RAM for a node leader.
+    `sum_steps`: steps were split among the ranks (evaluation), not taken by all of them together."""
     leaders = [r for r in readings if r.carbon is not None]
     carbon, carbon_partial = _combine_carbon([r.carbon for r in leaders], len(leaders) < me.num_nodes)
     gpu, gpu_partial = _combine_gpu(readings, me)
+    if missing and any(r.gpu.devices for r in readings) and "gpu" not in gpu_partial:
+        gpu_partial = ["gpu"]  # the missing ranks' GPUs drew energy no reading here holds
     # A rank that ran no step (a dev set of fewer batches than ranks) has nothing to count, not an unknown.
     flops = _combine_flops([r.flops for r in readings if r.num_steps > 0] or [readings[0].flops])
     return Combined(
         carbon=carbon, gpu=gpu, duration_s=max(r.duration_s for r in readings),
         num_examples=sum(r.num_examples for r in readings), num_tokens=sum(r.num_tokens for r in readings),
         num_padded_tokens=sum(r.num_padded_tokens for r in readings),
-        num_steps=max(r.num_steps for r in readings),  # DDP steps are synchronous: each rank takes every step
+        num_steps=(sum if sum_steps else max)(r.num_steps for r in readings),
         flops_analytic=sum(r.flops_analytic for r in readings), flops=flops,
         partial=carbon_partial + gpu_partial, breakdown=_breakdown(readings, me, missing),
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import signal
 import threading
 import numbers
@@ -125,7 +126,7 @@ def measure(*, stage: str, kind: str, role: str, meters: Meters, run: RunInfo, s
         status, error = "failed", err
         raise
     finally:
-        held = _hold_signals()  # a second Ctrl-C or SIGTERM must not tear the record being written
+        held, received = _hold_signals()  # a signal now must not tear the record being written
         try:
             _synchronize()
             duration_s = time.perf_counter() - start_s
@@ -146,7 +147,9 @@ def measure(*, stage: str, kind: str, role: str, meters: Meters, run: RunInfo, s
                 runlog.append_record(run.run_dir, record, rank=meters.dist.rank)
                 window.record = record
         finally:
-            _restore_signals(held)
+            # A signal that arrived while the readings were gathered and written is delivered now when it is
+            # the first (the stage had ended ok: the run must still stop); a second one is dropped.
+            _restore_signals(held, received if status == "ok" else [])
 
 
 def _gather(me: Dist, mine: RankReading, status: str) -> tuple[list[RankReading] | None, str | None]:
@@ -172,7 +175,8 @@ def compose_record(*, window: Window, run: RunInfo, status: str, error: BaseExce
     c = window.counters
     answered = {r.rank for r in readings}
     missing = [rank for rank in range(dist.world_size) if rank not in answered]
-    total = combine(readings, dist, missing)
+    # Training steps are synchronous (every rank takes each one); evaluation batches are split among the ranks.
+    total = combine(readings, dist, missing, sum_steps=window.kind == "evaluate")
     carbon, gpu = total.carbon, total.gpu
     gpu_energy_kwh = joules_to_kwh(gpu.energy_j) if gpu.energy_j is not None else None
     components = {"cpu": carbon.cpu_energy_kwh, "gpu": gpu_energy_kwh, "ram": carbon.ram_energy_kwh}
@@ -224,9 +228,11 @@ def _expected(component: str, run: RunInfo) -> bool:
 
 
 def _mean_power(gpu: GpuReading) -> float | None:
-    if not gpu.power_samples:
-        return None
-    return sum(s[2] for s in gpu.power_samples) / len(gpu.power_samples)
+    """The GPUs' mean power together (W): each device's sample mean, summed over devices."""
+    by_device: dict[Any, list[float]] = {}
+    for _, device, power_w in gpu.power_samples:
+        by_device.setdefault(device, []).append(power_w)
+    return sum(sum(p) / len(p) for p in by_device.values()) if by_device else None
 
 
 def _write_power_samples(run_dir: Path, stage: str, samples: tuple[tuple[float, Any, float], ...]) -> None:
@@ -257,15 +263,21 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def _hold_signals() -> dict[int, Any]:
+def _hold_signals() -> tuple[dict[int, Any], list[int]]:
+    """Note SIGINT/SIGTERM instead of acting on them; returns the handlers to restore and the signals noted."""
+    received: list[int] = []
     if threading.current_thread() is not threading.main_thread():
-        return {}
-    return {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return {}, received
+    held = {sig: signal.signal(sig, lambda number, frame: received.append(number))
+            for sig in (signal.SIGINT, signal.SIGTERM)}
+    return held, received
 
 
-def _restore_signals(held: dict[int, Any]) -> None:
+def _restore_signals(held: dict[int, Any], deliver: list[int]) -> None:
     for sig, handler in held.items():
         signal.signal(sig, handler)
+    if held and deliver:
+        os.kill(os.getpid(), deliver[0])
 
 
 def _synchronize() -> None:

@@ -18,7 +18,7 @@ from greendistil.config import Config
 from greendistil.data.batching import EncodedSplit, encode
 from greendistil.data.corpus import CorpusText, EncodedCorpus, encode_corpus
 from greendistil.data.glue import GlueExamples, GlueTask
-from greendistil.distributed import SINGLE, Dist, barrier, wrap
+from greendistil.distributed import SINGLE, Dist, agree, wrap
 from greendistil.measure.window import Window
 from greendistil.mlm import HEAD_NOTE_KEY, head_note, load_mlm, load_teacher_mlm
 from greendistil.models import LoadedModel, build_student, load_classifier, load_teacher, load_tokenizer, save_model
@@ -49,10 +49,12 @@ class StageContext:
         """Save the stage's finished model as the latest of each of `roles`, for later stages and for
         `--resume`; the training state is discarded only after the model is safely written."""
         folder = self.checkpoint_dir(stage_name)
-        if self.dist.is_main:  # DDP: one writer; the other ranks read the folder once it is complete
+
+        def write() -> None:
             with signals_deferred():  # an interrupted write would surface as the writer's error, not as a signal
                 save_model(model, tokenizer, folder)
-        barrier(self.dist)
+        # DDP: rank 0 writes; the other ranks go on once the folder is complete (or stop if writing failed).
+        agree(self.dist, write, what=f"saving the model of stage {stage_name!r}")
         for role in (roles,) if isinstance(roles, str) else roles:
             self.artifacts[role] = folder
             window.counters.artifacts[role] = str(folder.relative_to(self.run_dir))
@@ -60,9 +62,9 @@ class StageContext:
             discard_state(self.train_state(stage_name).path)
         return folder
 
-    def parallel(self, model: torch.nn.Module) -> torch.nn.Module:
+    def parallel(self, model: torch.nn.Module, *, find_unused_parameters: bool = False) -> torch.nn.Module:
         """`model` as the step function should call it: in DistributedDataParallel under torchrun."""
-        return wrap(self.dist, model)
+        return wrap(self.dist, model, find_unused_parameters=find_unused_parameters)
 
     @property
     def shard(self) -> dict[str, int]:

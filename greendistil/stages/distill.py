@@ -37,7 +37,9 @@ def run_distill(ctx: StageContext, cfg: DistillStage, window: Window) -> None:
     loader = make_loader(train_split, batch_size=cfg.batch_size, pad_token_id=tokenizer.pad_token_id,
                          shuffle=True, seed=ctx.config.run.seed, group_by_length=cfg.group_by_length, **ctx.shard)
     is_regression = ctx.task.is_regression
-    replica = ctx.parallel(student)  # DDP under torchrun; the frozen teacher is simply replicated per rank
+    # DDP under torchrun; the frozen teacher is simply replicated per rank. Without a logit term (cosine
+    # only) the classifier gets no gradient, which DDP must be told about.
+    replica = ctx.parallel(student, find_unused_parameters=cfg.alpha_ce == 0 and cfg.alpha_task == 0)
 
     def step(batch: Batch, scope: FlopScope) -> dict[str, float]:
         teacher_inputs, student_inputs = model_inputs(batch, teacher), model_inputs(batch, student)

@@ -17,6 +17,7 @@ import torch
 
 from greendistil.config import DistillStage
 from greendistil.data.batching import make_loader
+from greendistil.distributed import rank_seed
 from greendistil.data.masking import build_masker, mask_tokens
 from greendistil.losses import hidden_cosine, mlm_cross_entropy, soft_target_kl, weighted_sum
 from greendistil.measure.flops import count_nonembedding_params
@@ -41,8 +42,10 @@ def run_distill_mlm(ctx: StageContext, cfg: DistillStage, window: Window) -> Non
     before = evaluate_mlm(student, corpus.heldout, masker, **evaluate)
     loader = make_loader(corpus.train, batch_size=cfg.batch_size, pad_token_id=tokenizer.pad_token_id, shuffle=True,
                          seed=ctx.config.run.seed, group_by_length=cfg.group_by_length, **ctx.shard)
-    replica = ctx.parallel(MlmForward(student))  # DDP under torchrun; the frozen teacher is replicated per rank
-    generator = torch.Generator(device=ctx.device).manual_seed(ctx.config.run.seed)
+    # DDP under torchrun; the frozen teacher is replicated per rank. Cosine only: the head gets no gradient.
+    replica = ctx.parallel(MlmForward(student), find_unused_parameters=cfg.alpha_ce == 0 and cfg.alpha_mlm == 0)
+    # Each DDP rank masks its own rows from its own stream (rank 0's is the single-process one).
+    generator = torch.Generator(device=ctx.device).manual_seed(rank_seed(ctx.dist, ctx.config.run.seed))
     weights = {"loss_ce": cfg.alpha_ce, "loss_mlm": cfg.alpha_mlm, "loss_cos": cfg.alpha_cos}
 
     def step(batch: Batch, scope: FlopScope) -> dict[str, float]:

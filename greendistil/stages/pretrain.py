@@ -19,6 +19,7 @@ import torch
 
 from greendistil.config import PretrainStage
 from greendistil.data.batching import make_loader
+from greendistil.distributed import rank_seed
 from greendistil.data.masking import build_masker, mask_tokens
 from greendistil.losses import mlm_cross_entropy
 from greendistil.measure.flops import count_nonembedding_params
@@ -52,7 +53,8 @@ def run_pretrain(ctx: StageContext, cfg: PretrainStage, window: Window) -> None:
     loader = make_loader(corpus.train, batch_size=cfg.batch_size, pad_token_id=tokenizer.pad_token_id, shuffle=True,
                          seed=ctx.config.run.seed, group_by_length=cfg.group_by_length, **ctx.shard)
     replica = ctx.parallel(MlmForward(model))  # DDP under torchrun (the frozen encoder is not synchronised)
-    generator = torch.Generator(device=ctx.device).manual_seed(ctx.config.run.seed)
+    # Each DDP rank masks its own rows from its own stream (rank 0's is the single-process one).
+    generator = torch.Generator(device=ctx.device).manual_seed(rank_seed(ctx.dist, ctx.config.run.seed))
 
     def step(batch: Batch, scope: FlopScope) -> dict[str, float]:
         masked_ids, labels = mask_tokens(masker, batch["input_ids"], batch["attention_mask"], generator)
