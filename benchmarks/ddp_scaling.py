@@ -73,7 +73,8 @@ def main() -> None:
                   else f"| {stage} | {field} | {a} | {b} | - |")
         for name, value in single["metrics"].items():
             other = ddp.get(stage, {}).get("metrics", {}).get(name)
-            print(f"| {stage} | {name} | {value:.4f} | {other:.4f} | {ratio(other, value)} |")
+            shown = f"{other:.4f}" if other is not None else "-"
+            print(f"| {stage} | {name} | {value:.4f} | {shown} | {ratio(other, value)} |")
     print(f"\nruns: {Path(args.output_dir) / one_id}, {Path(args.output_dir) / ddp_id}")
 
 

@@ -20,8 +20,8 @@ from transformers import AutoModelForMaskedLM, BertConfig, BertForMaskedLM, PreT
 
 from greendistil.config import TeacherSection
 from greendistil.data.batching import EncodedSplit, collate
-from greendistil.distributed import SINGLE, Dist, all_gather
 from greendistil.data.masking import Masker, mask_tokens
+from greendistil.distributed import SINGLE, Dist, all_gather
 from greendistil.errors import ModelSourceError
 from greendistil.losses import masked_token_accuracy
 from greendistil.measure.flops import count_flops

@@ -31,16 +31,6 @@ logger = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 RECORDS_FILE = "records.jsonl"
 RANKS_DIR = "ranks"  # DDP: readings of ranks > 0 that never reached rank 0 (a stage that failed or was interrupted)
-
-
-def node_emissions_file(node_rank: int) -> str:
-    """codecarbon's CSV of one node: emissions.csv on node 0, emissions-node<k>.csv on the others (on a
-    shared file system, trackers on several machines must not append to one file)."""
-    return "emissions.csv" if node_rank == 0 else f"emissions-node{node_rank}.csv"
-
-
-def _node_emissions(run_dir: Path) -> list[str]:
-    return [path.name for path in run_dir.glob("emissions-node*.csv")]
 LOCK_FILE = ".lock"
 # Per-segment quantities that add up to the stage's total; every other field is taken from the last segment.
 ADDITIVE_FIELDS = (
@@ -52,6 +42,16 @@ ADDITIVE_PREFIXES = ("flops_by_component.", "codecarbon.")
 
 
 _last_run_dir: Path | None = None  # for the CLI's "continue with --resume ..." hint
+
+
+def node_emissions_file(node_rank: int) -> str:
+    """codecarbon's CSV of one node: emissions.csv on node 0, emissions-node<k>.csv on the others (on a
+    shared file system, trackers on several machines must not append to one file)."""
+    return "emissions.csv" if node_rank == 0 else f"emissions-node{node_rank}.csv"
+
+
+def _node_emissions(run_dir: Path) -> list[str]:
+    return [path.name for path in run_dir.glob("emissions-node*.csv")]
 
 
 def last_run_dir() -> Path | None:
