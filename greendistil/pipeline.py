@@ -197,6 +197,11 @@ def _run_benchmark_stage(ctx: StageContext, stage: BenchmarkStage, run: RunInfo,
     """One window per (role, batch size): each record is one model's. Latency is a one-device figure, so
     under torchrun rank 0 benchmarks alone (its records say world_size 1) while the other ranks wait."""
     alone = dataclasses.replace(meters, dist=SINGLE)
+    if ctx.dist.enabled and ctx.device.type == "cpu" and stage.num_threads == 0:
+        # torchrun gives each process 1 thread (OMP_NUM_THREADS); rank 0 benchmarks while the others wait,
+        # so it gets the cores a single process would have, and its figures compare with one.
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        stage = dataclasses.replace(stage, num_threads=cores)
 
     def open_window(*, stage: str, role: str, kind: str = stage.kind) -> Any:  # `stage`: the window's name
         return measure(stage=stage, kind=kind, role=role, meters=alone, run=run, segment=progress.next_segment(stage))
