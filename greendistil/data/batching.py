@@ -175,6 +175,7 @@ class ShardedBatchSampler(Sampler[list[int]]):
         self._num_merged = 1 if 0 < tail < world_size and len(batches) > 1 else 0  # type: ignore[arg-type]
 
     def set_epoch(self, epoch: int) -> None:
+        """Draw `epoch`'s global batches next (the same on every rank)."""
         if hasattr(self.batches, "set_epoch"):
             self.batches.set_epoch(epoch)
 
