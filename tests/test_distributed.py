@@ -14,7 +14,7 @@ from greendistil.distributed import SINGLE, Dist, choose_backend, from_env
 from greendistil.errors import ConfigError
 from greendistil.measure.carbon import CarbonReading
 from greendistil.measure.nvml import GpuReading
-from greendistil.measure.ranks import FlopFigures, RankReading, combine, combine_sources
+from greendistil.measure.ranks import FlopFigures, RankReading, Work, combine, combine_sources
 from greendistil.measure.window import Window, compose_record
 from test_window import make_run
 
@@ -143,10 +143,11 @@ def _reading(rank: int, *, local_world: int = 2, carbon: CarbonReading | None = 
              examples: int = 10, flops: int | None = 1000) -> RankReading:
     local, node = rank % local_world, rank // local_world
     return RankReading(rank=rank, local_rank=local, node_rank=node, hostname=f"node{node}", duration_s=2.0 + rank,
-                       carbon=carbon, gpu=_gpu(gpu_j, local), num_examples=examples, num_tokens=5 * examples,
-                       num_padded_tokens=6 * examples, num_steps=3, flops_analytic=100.0,
-                       flops=FlopFigures(total=flops, source="counted:torch-flop-counter(all 3 steps)",
-                                         by_component={"student_train": flops or 0}))
+                       carbon=carbon, gpu=_gpu(gpu_j, local), work=Work(
+                           num_examples=examples, num_tokens=5 * examples, num_padded_tokens=6 * examples, num_steps=3,
+                           flops_analytic=100.0,
+                           flops=FlopFigures(total=flops, source="counted:torch-flop-counter(all 3 steps)",
+                                             by_component={"student_train": flops or 0})))
 
 
 TWO_NODES = Dist(rank=0, world_size=4, local_rank=0, local_world_size=2, node_rank=0, backend="nccl")
@@ -159,8 +160,9 @@ def test_two_nodes_two_gpus_each_count_every_component_once() -> None:
     assert total.carbon.cpu_energy_kwh == pytest.approx(0.04)  # two nodes, not four ranks
     assert total.carbon.ram_energy_kwh == pytest.approx(0.006)
     assert total.gpu.energy_j == pytest.approx(4 * 3.6e5)  # four GPUs
-    assert (total.num_examples, total.num_steps, total.flops.total) == (40, 3, 4000)
-    assert total.flops.by_component == {"student_train": 4000} and "summed over 4 ranks" in total.flops.source
+    assert (total.work.num_examples, total.work.num_steps, total.work.flops.total) == (40, 3, 4000)
+    assert total.work.flops.by_component == {"student_train": 4000}
+    assert "summed over 4 ranks" in total.work.flops.source
     assert total.duration_s == 5.0 and total.partial == []
     nodes = total.breakdown["energy_by_node"]
     assert [(n["node_rank"], n["measured_by_rank"], n["num_gpus"]) for n in nodes] == [(0, 0, 2), (1, 2, 2)]
@@ -196,16 +198,17 @@ def test_a_missing_rank_on_a_cpu_run_leaves_energy_whole() -> None:
 def test_evaluation_steps_are_summed_training_steps_are_not() -> None:
     readings = [_reading(0, carbon=_carbon(0.01, 0.002)), _reading(1)]
     two = Dist(rank=0, world_size=2, local_world_size=2, backend="gloo")
-    assert combine(readings, two, missing=[]).num_steps == 3
-    assert combine(readings, two, missing=[], sum_steps=True).num_steps == 6
+    assert combine(readings, two, missing=[]).work.num_steps == 3
+    assert combine(readings, two, missing=[], sum_steps=True).work.num_steps == 6
 
 
 def test_a_rank_that_ran_no_step_adds_zero_flops_not_unknown() -> None:
     readings = [_reading(0, carbon=_carbon(0.01, 0.002)),
-                RankReading(**{**_reading(1).__dict__, "num_steps": 0, "num_examples": 0,
-                               "flops": FlopFigures(total=None, source="unavailable:no-steps")})]
+                RankReading(**{**_reading(1).__dict__, "work": Work(
+                    num_examples=0, num_tokens=0, num_padded_tokens=0, num_steps=0, flops_analytic=0.0,
+                    flops=FlopFigures(total=None, source="unavailable:no-steps"))})]
     total = combine(readings, Dist(rank=0, world_size=2, local_world_size=2, backend="gloo"), missing=[])
-    assert total.flops.total == 1000
+    assert total.work.flops.total == 1000
 
 
 def test_sources_of_a_sum() -> None:

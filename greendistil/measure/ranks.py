@@ -28,6 +28,29 @@ class FlopFigures:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Work:
+    """What was computed in one window: by one rank, or (`total`) by all of them."""
+
+    num_examples: int
+    num_tokens: int
+    num_padded_tokens: int
+    num_steps: int
+    flops_analytic: float
+    flops: FlopFigures
+
+    @classmethod
+    def total(cls, works: list[Work], *, sum_steps: bool) -> Work:
+        """Summed over ranks (each example is on exactly one). Steps: summed when the ranks split them
+        (evaluation), else the steps every rank took together. A rank that ran no step (a dev set of fewer
+        batches than ranks) has no FLOPs to count, which is not an unknown."""
+        return cls(num_examples=sum(w.num_examples for w in works), num_tokens=sum(w.num_tokens for w in works),
+                   num_padded_tokens=sum(w.num_padded_tokens for w in works),
+                   num_steps=(sum if sum_steps else max)(w.num_steps for w in works),
+                   flops_analytic=sum(w.flops_analytic for w in works),
+                   flops=_combine_flops([w.flops for w in works if w.num_steps > 0] or [works[0].flops]))
+
+
+@dataclass(frozen=True, kw_only=True)
 class RankReading:
     """What one rank measured in one window (picklable: it travels to rank 0)."""
 
@@ -38,12 +61,7 @@ class RankReading:
     duration_s: float
     carbon: CarbonReading | None  # None: this rank does not measure its node (local rank > 0)
     gpu: GpuReading
-    num_examples: int
-    num_tokens: int
-    num_padded_tokens: int
-    num_steps: int
-    flops_analytic: float
-    flops: FlopFigures
+    work: Work
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,12 +71,7 @@ class Combined:
     carbon: CarbonReading
     gpu: GpuReading
     duration_s: float
-    num_examples: int
-    num_tokens: int
-    num_padded_tokens: int
-    num_steps: int
-    flops_analytic: float
-    flops: FlopFigures
+    work: Work
     partial: list[str]  # components summed over fewer meters than there should be
     breakdown: dict[str, Any]
 
@@ -84,14 +97,9 @@ def combine(readings: list[RankReading], me: Dist, missing: list[int], *, sum_st
     gpu, gpu_partial = _combine_gpu(readings, me)
     if missing and any(r.gpu.devices for r in readings) and "gpu" not in gpu_partial:
         gpu_partial = ["gpu"]  # the missing ranks' GPUs drew energy no reading here holds
-    # A rank that ran no step (a dev set of fewer batches than ranks) has nothing to count, not an unknown.
-    flops = _combine_flops([r.flops for r in readings if r.num_steps > 0] or [readings[0].flops])
     return Combined(
         carbon=carbon, gpu=gpu, duration_s=max(r.duration_s for r in readings),
-        num_examples=sum(r.num_examples for r in readings), num_tokens=sum(r.num_tokens for r in readings),
-        num_padded_tokens=sum(r.num_padded_tokens for r in readings),
-        num_steps=(sum if sum_steps else max)(r.num_steps for r in readings),
-        flops_analytic=sum(r.flops_analytic for r in readings), flops=flops,
+        work=Work.total([r.work for r in readings], sum_steps=sum_steps),
         partial=carbon_partial + gpu_partial, breakdown=_breakdown(readings, me, missing),
     )
 
@@ -195,8 +203,8 @@ def _breakdown(readings: list[RankReading], me: Dist, missing: list[int]) -> dic
             "gpu_energy_kwh": gpu_kwh, "energy_kwh": _sum_known(parts)[0],
             "num_gpus": len(gpu_kwh_by_node.get(r.node_rank, [])),
         })
-    by_rank = [{**_identity(r), "num_examples": r.num_examples, "num_tokens": r.num_tokens,
-                "num_steps": r.num_steps, "flops": r.flops.total, "flops_source": r.flops.source,
+    by_rank = [{**_identity(r), "num_examples": r.work.num_examples, "num_tokens": r.work.num_tokens,
+                "num_steps": r.work.num_steps, "flops": r.work.flops.total, "flops_source": r.work.flops.source,
                 "duration_s": r.duration_s} for r in readings]
     return {"world_size": me.world_size, "num_nodes": me.num_nodes, "ddp_backend": me.backend,
             "energy_meters": _meters(readings, me), "energy_by_node": by_node, "energy_by_gpu": by_gpu,

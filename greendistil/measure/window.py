@@ -26,7 +26,7 @@ from greendistil.distributed import SINGLE, Dist
 from greendistil.measure.carbon import CarbonMeter
 from greendistil.measure.flops import FlopSampler
 from greendistil.measure.nvml import GpuReading, NvmlMeter, joules_to_kwh
-from greendistil.measure.ranks import RankReading, combine, flop_figures
+from greendistil.measure.ranks import RankReading, Work, combine, flop_figures
 
 logger = logging.getLogger(__name__)
 
@@ -133,10 +133,7 @@ def measure(*, stage: str, kind: str, role: str, meters: Meters, run: RunInfo, s
             gpu = meters.gpu.stop()
             carbon = meters.carbon.stop() if meters.carbon is not None else None
             mine = RankReading(**meters.dist.identity(), duration_s=duration_s, carbon=carbon, gpu=gpu,
-                               num_examples=window.counters.num_examples, num_tokens=window.counters.num_tokens,
-                               num_padded_tokens=window.counters.num_padded_tokens,
-                               num_steps=window.counters.num_steps, flops_analytic=window.counters.flops_analytic,
-                               flops=flop_figures(window.counters.flop_sampler))
+                               work=_work(window.counters))
             readings, gather_error = _gather(meters.dist, mine, status)
             if readings is not None or gather_error is not None:  # rank 0, or a rank whose reading did not reach it
                 record = compose_record(window=window, run=run, status=status, error=error, started_at=started_at,
@@ -150,6 +147,11 @@ def measure(*, stage: str, kind: str, role: str, meters: Meters, run: RunInfo, s
             # A signal that arrived while the readings were gathered and written is delivered now when it is
             # the first (the stage had ended ok: the run must still stop); a second one is dropped.
             _restore_signals(held, received if status == "ok" else [])
+
+
+def _work(c: StageCounters) -> Work:
+    return Work(num_examples=c.num_examples, num_tokens=c.num_tokens, num_padded_tokens=c.num_padded_tokens,
+                num_steps=c.num_steps, flops_analytic=c.flops_analytic, flops=flop_figures(c.flop_sampler))
 
 
 def _gather(me: Dist, mine: RankReading, status: str) -> tuple[list[RankReading] | None, str | None]:
@@ -183,7 +185,7 @@ def compose_record(*, window: Window, run: RunInfo, status: str, error: BaseExce
     known = [v for v in components.values() if v is not None]
     energy_kwh = sum(known) if known else None
     co2_kg = energy_kwh * run.pue * run.intensity_g_per_kwh / 1000.0 if energy_kwh is not None else None
-    flops = total.flops
+    work, flops = total.work, total.work.flops
     errors = {k: v for k, v in {"carbon": carbon.error, "gpu": gpu.error, "flops": flops.error,
                                 "distributed": gather_error}.items() if v}
     incomplete = [k for k, v in components.items() if v is None and _expected(k, run)]
@@ -195,11 +197,11 @@ def compose_record(*, window: Window, run: RunInfo, status: str, error: BaseExce
         "error_type": type(error).__name__ if error is not None else None,
         "error_message": str(error) if error is not None else None,
         "started_at": started_at, "ended_at": runlog.utc_now(), "duration_s": total.duration_s,
-        "model": c.model, "num_params": c.num_params, "num_examples": total.num_examples,
-        "num_tokens": total.num_tokens, "num_padded_tokens": total.num_padded_tokens, "num_steps": total.num_steps,
+        "model": c.model, "num_params": c.num_params, "num_examples": work.num_examples,
+        "num_tokens": work.num_tokens, "num_padded_tokens": work.num_padded_tokens, "num_steps": work.num_steps,
         "flops": flops.total, "flops_source": flops.source, "flops_by_component": flops.by_component,
-        "flops_analytic": total.flops_analytic or None,
-        "flops_analytic_source": "estimated:6N-train-2N-forward-per-token" if total.flops_analytic else None,
+        "flops_analytic": work.flops_analytic or None,
+        "flops_analytic_source": "estimated:6N-train-2N-forward-per-token" if work.flops_analytic else None,
         "energy_kwh": energy_kwh, "energy_components": "+".join(k for k, v in components.items() if v is not None),
         "cpu_energy_kwh": components["cpu"], "cpu_energy_source": carbon.cpu_energy_source,
         "gpu_energy_kwh": components["gpu"], "gpu_energy_source": gpu.source,
