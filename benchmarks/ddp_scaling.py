@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from greendistil import runlog
+from greendistil.runlog import store as runlog
 
 STAGE_FIELDS = ("duration_s", "energy_kwh", "num_examples", "num_steps", "flops")
 

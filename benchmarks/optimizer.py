@@ -16,7 +16,7 @@ import torch
 
 from greendistil.config import TeacherSection
 from greendistil.data.glue import get_task
-from greendistil.models import count_params, load_teacher
+from greendistil.models.sources import count_params, load_teacher
 
 
 def time_steps(model: torch.nn.Module, repeats: int, **options: bool) -> list[float]:

@@ -14,7 +14,10 @@ import sys
 import warnings
 from pathlib import Path
 from types import FrameType
-from typing import Callable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Callable, Sequence, TypeVar
+
+if TYPE_CHECKING:
+    from greendistil.pipeline import RunHandle
 
 T = TypeVar("T")
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 2, 130, 143
@@ -77,31 +80,30 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from greendistil import training
     from greendistil.config import load_config
-    from greendistil.pipeline import resume_pipeline, run_pipeline
-    from greendistil.resume import RunAlreadyComplete
+    from greendistil.pipeline import RunAlreadyComplete, RunHandle, RunRequest, execute
 
-    if args.no_progress:
-        training.SHOW_PROGRESS = False
     command = shlex.join(["greendistil", *sys.argv[1:]])
+    show_progress = False if args.no_progress else None
     if args.resume is not None:
         _check_resume_args(args)
-        try:
-            run_dir, exit_code = _interruptible(lambda: resume_pipeline(args.resume, command=command))
-        except RunAlreadyComplete as done:
-            if _is_main_rank():
-                print(f"greendistil: {done}")
-            return EXIT_OK
         config = load_config(args.resume / "config.toml")
+        request = RunRequest(config=config, resume_dir=args.resume, command=command, show_progress=show_progress)
     else:
         if args.config is None:
             from greendistil.errors import ConfigError
 
             raise ConfigError("run: give a config file (e.g. configs/base.toml), or --resume RUN_DIR")
         config = load_config(args.config, args.overrides)
-        run_dir, exit_code = _interruptible(
-            lambda: run_pipeline(config, run_id=args.run_id, force=args.force, command=command))
+        request = RunRequest(config=config, run_id=args.run_id, force=args.force, command=command,
+                             show_progress=show_progress)
+    handle = RunHandle()
+    try:
+        run_dir, exit_code = _interruptible(lambda: execute(request, handle), handle)
+    except RunAlreadyComplete as done:
+        if _is_main_rank():
+            print(f"greendistil: {done}")
+        return EXIT_OK
     if exit_code is not None:
         return exit_code
     if not _is_main_rank():  # under torchrun, rank 0 alone reports (the others ran the same stages)
@@ -145,9 +147,10 @@ def _check_resume_args(args: argparse.Namespace) -> None:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from greendistil.config import apply_override, build_config
+    from greendistil.config import BenchmarkStage, apply_override, build_config
     from greendistil.errors import ConfigError
-    from greendistil.pipeline import run_bench
+    from greendistil.pipeline import RunHandle, RunRequest, execute
+    from greendistil.runlog.store import read_records
 
     roles = args.roles or ["teacher", "student"][:len(args.sources)]
     if len(roles) != len(args.sources) or len(set(roles)) != len(roles):
@@ -157,15 +160,18 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     for override in args.overrides:
         apply_override(raw, override)
     config = build_config(raw)
-    command = shlex.join(["greendistil", *sys.argv[1:]])
-    result, exit_code = _interruptible(
-        lambda: run_bench(config, dict(zip(roles, args.sources)), run_id=args.run_id, force=args.force,
-                          command=command))
+    stages = [s for s in config.stages if isinstance(s, BenchmarkStage)]
+    if len(config.stages) != 1 or len(stages) != 1 or set(stages[0].roles) != set(roles):
+        raise ConfigError(f"stages: `bench` runs exactly one benchmark stage, on the roles of the models given "
+                          f"({roles})")
+    request = RunRequest(config=config, run_id=args.run_id, force=args.force, sources=dict(zip(roles, args.sources)),
+                         command=shlex.join(["greendistil", *sys.argv[1:]]))
+    handle = RunHandle()
+    run_dir, exit_code = _interruptible(lambda: execute(request, handle), handle)
     if exit_code is not None:
         return exit_code
-    run_dir, records = result
     print(f"run directory: {run_dir}")
-    print(_bench_table(records))
+    print(_bench_table(read_records(run_dir)))
     return EXIT_OK
 
 
@@ -208,7 +214,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_runs(args: argparse.Namespace) -> int:
     from greendistil.errors import GreendistilError
-    from greendistil.runlog import load_runs
+    from greendistil.runlog.frame import load_runs
 
     frame = load_runs(args.paths)
     if frame.empty:
@@ -219,7 +225,7 @@ def _cmd_runs(args: argparse.Namespace) -> int:
 
 
 def _summary_table(run_dir: Path) -> str:
-    from greendistil.runlog import load_runs
+    from greendistil.runlog.frame import load_runs
 
     return _format_records(load_runs(run_dir))
 
@@ -244,14 +250,14 @@ def _format_records(frame) -> str:
     return table.to_string(index=False)
 
 
-def _interruptible(work: Callable[[], T]) -> tuple[T | None, int | None]:
+def _interruptible(work: Callable[[], T], handle: RunHandle) -> tuple[T | None, int | None]:
     """Run `work` with SIGTERM turned into `RunInterrupted`: (its result, None) or (None, the exit code).
+    `handle` says which run directory the work made, for the hint on how to continue it.
 
     After an interruption, further signals stay ignored until the process exits: the exit code is the
     first signal's, whatever else arrives while the run shuts down.
     """
-    from greendistil.errors import StageError
-    from greendistil.measure.window import RunInterrupted
+    from greendistil.errors import RunInterrupted, StageError
 
     previous = signal.signal(signal.SIGTERM, _raise_interrupted)
     # Explicitly: a process started in the background by a non-interactive shell inherits SIGINT ignored.
@@ -260,13 +266,13 @@ def _interruptible(work: Callable[[], T]) -> tuple[T | None, int | None]:
     try:
         result = work()
     except StageError as err:
-        print(f"greendistil: stage failed: {err}{_resume_hint()}", file=sys.stderr)
+        print(f"greendistil: stage failed: {err}{_resume_hint(handle)}", file=sys.stderr)
         result, code = None, EXIT_FAILED
     except KeyboardInterrupt:
-        print(f"greendistil: interrupted (SIGINT); {kept}{_resume_hint()}", file=sys.stderr)
+        print(f"greendistil: interrupted (SIGINT); {kept}{_resume_hint(handle)}", file=sys.stderr)
         return None, EXIT_SIGINT
     except RunInterrupted:
-        print(f"greendistil: interrupted (SIGTERM); {kept}{_resume_hint()}", file=sys.stderr)
+        print(f"greendistil: interrupted (SIGTERM); {kept}{_resume_hint(handle)}", file=sys.stderr)
         return None, EXIT_SIGTERM
     else:
         code = None
@@ -275,15 +281,13 @@ def _interruptible(work: Callable[[], T]) -> tuple[T | None, int | None]:
     return result, code
 
 
-def _resume_hint() -> str:
-    from greendistil.runlog import last_run_dir
-
-    run_dir = last_run_dir()
+def _resume_hint(handle: RunHandle) -> str:
+    run_dir = handle.run_dir
     return f"; continue with: greendistil run --resume {run_dir}" if run_dir is not None else ""
 
 
 def _raise_interrupted(signal_number: int, frame: FrameType | None) -> None:
-    from greendistil.measure.window import RunInterrupted
+    from greendistil.errors import RunInterrupted
 
     _ignore_further_signals()
     raise RunInterrupted(signal_number)

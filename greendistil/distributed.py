@@ -193,20 +193,23 @@ def _verdict(me: Dist, failure: str | None) -> str | None:
     return box[0]
 
 
-def all_finite(me: Dist, value: float) -> bool:
+def all_finite(me: Dist, value: float, on: torch.device) -> bool:
     """Whether `value` is finite on every rank: a NaN loss on one rank must stop all of them at the same
-    step, or the others would wait for it in the next gradient all-reduce."""
+    step, or the others would wait for it in the next gradient all-reduce. `on`: the training device."""
     finite = math.isfinite(value)
     if not me.enabled:
         return finite
-    flag = torch.tensor([0.0 if finite else 1.0], device=device(me))
+    flag = torch.tensor([0.0 if finite else 1.0], device=on)
     torch_dist.all_reduce(flag)
     return bool(flag.item() == 0.0)
 
 
-def device(me: Dist) -> torch.device:
-    """The device this process computes on: its own GPU, or the CPU."""
-    if torch.cuda.is_available():
+def device(me: Dist, choice: str = "auto") -> torch.device:
+    """The device this process computes on (`run.device`): "auto" its own GPU when torch sees one, else the
+    CPU; "cpu" the CPU even on a GPU host; "cuda" its own GPU, refused by name where there is none."""
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("run.device: 'cuda' but torch sees no GPU here; use 'auto' or 'cpu'")
+    if choice != "cpu" and torch.cuda.is_available():
         return torch.device("cuda", me.local_rank if me.enabled else torch.cuda.current_device())
     return torch.device("cpu")
 

@@ -25,3 +25,12 @@ class RunDirError(GreendistilError):
 
 class StageError(Exception):
     """A stage failed while running (e.g. a NaN loss). Not a user-input error: exit code 1."""
+
+
+class RunInterrupted(BaseException):
+    """Raised in the main thread by the CLI's SIGTERM handler; like KeyboardInterrupt, not an Exception, so
+    that no `except Exception` in a stage swallows it. The window that is open records 'interrupted'."""
+
+    def __init__(self, signal_number: int) -> None:
+        super().__init__(f"interrupted by signal {signal_number}")
+        self.signal_number = signal_number

@@ -32,16 +32,6 @@ def _offline_env() -> Any:
         yield
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _restore_progress_setting() -> Any:
-    """`--no-progress` sets a module global; each test module leaves it as it found it."""
-    from greendistil import training
-
-    saved = training.SHOW_PROGRESS
-    yield
-    training.SHOW_PROGRESS = saved
-
-
 def sst2_rows(count: int, offset: int = 0) -> list[tuple[str, int]]:
     """`count` simple sentences, labels alternating 1/0 (balanced for even counts)."""
     rows = []

@@ -22,7 +22,7 @@ from greendistil.errors import ConfigError
 from greendistil.measure.carbon import CarbonReading
 from greendistil.measure.nvml import GpuReading
 from greendistil.measure.window import Meters, RunInfo, measure
-from greendistil.models import LoadedModel, load_tokenizer, save_model, tokenizer_source
+from greendistil.models.sources import LoadedModel, load_tokenizer, save_model, tokenizer_source
 from greendistil.report import write_report
 from greendistil.report.compare import teacher_student
 from greendistil.report.frame import load_report_frame

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from greendistil.checkpoint import TEMP_SUFFIX, TrainPosition, discard_state, load_state, save_state
-from greendistil.training import linear_schedule, make_optimizer
+from greendistil.train.checkpoint import TEMP_SUFFIX, TrainPosition, discard_state, load_state, save_state
+from greendistil.train.loop import linear_schedule, make_optimizer
 
 
 def setup(seed: int) -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
@@ -89,7 +89,7 @@ def test_a_signal_during_the_write_is_delivered_after_it(tmp_path: Path, monkeyp
         path = tmp_path / "s.pt"
         bad_position = TrainPosition(step=1, epoch=0, batch_in_epoch=1, epoch_generator_state=None,
                                      loss_sums={}, recent_losses=[{"loss": SignalsWhilePickled()}])  # type: ignore[dict-item]
-        monkeypatch.setattr("greendistil.checkpoint.faults.point", lambda name: None)
+        monkeypatch.setattr("greendistil.train.checkpoint.faults.point", lambda name: None)
         with pytest.raises(Interrupted):
             save_state(path, model=model, optimizer=optimizer, scheduler=scheduler, position=bad_position)
         # The write completed (the file loads) before the signal was delivered; the rename did not happen,

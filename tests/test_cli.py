@@ -245,7 +245,7 @@ def _teacher_for_another_task(raw: dict[str, Any], tmp_path: Path) -> None:
     """A saved regression (STS-B) model offered as the teacher of a classification task."""
     from transformers import BertConfig, BertForSequenceClassification
 
-    from greendistil.models import load_tokenizer, save_model, tokenizer_source
+    from greendistil.models.sources import load_tokenizer, save_model, tokenizer_source
 
     model = BertForSequenceClassification(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2,
                                                      num_attention_heads=2, intermediate_size=64, num_labels=1,
@@ -329,8 +329,8 @@ def test_evaluate_metrics_match_an_in_order_recomputation(e2e: dict[str, Any], g
     import torch
 
     from greendistil.data.glue import get_task, load_glue
-    from greendistil.metrics import compute_metrics
-    from greendistil.models import load_classifier, load_tokenizer
+    from greendistil.data.metrics import compute_metrics
+    from greendistil.models.sources import load_classifier, load_tokenizer
 
     task = get_task("sst2")
     dev = load_glue(task, "dev", glue_dir=glue_dir)

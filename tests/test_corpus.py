@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from conftest import real_glue_dir, write_sst2
-from greendistil.configcorpus import CorpusSection
+from greendistil.config.corpus import CorpusSection
 from greendistil.data import corpus as corpus_module
 from greendistil.data.corpus import encode_corpus, load_corpus_text
 from greendistil.errors import ConfigError, DataError
-from greendistil.models import load_tokenizer, tokenizer_source
+from greendistil.models.sources import load_tokenizer, tokenizer_source
 
 LINES = [f"sentence number {i} about a film" for i in range(30)]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from greendistil import runlog
+from greendistil.runlog import store as runlog
 from greendistil.data.batching import EncodedSplit, LengthGroupedBatchSampler, ShardedBatchSampler, make_loader
 from greendistil.distributed import SINGLE, Dist, choose_backend, from_env
 from greendistil.errors import ConfigError

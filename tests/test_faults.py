@@ -6,15 +6,17 @@ a made-up 0), and `measurement_errors` says why. Also: a full disk is refused be
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
-import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pytest
 
-from greendistil import pipeline, training
+from greendistil import pipeline, preflight
+from greendistil.measure import flops as flops_module
+from greendistil.measure import nvml as nvml_module
 from greendistil.cli import main
 from greendistil.measure.carbon import CarbonMeter
 from greendistil.measure.nvml import NvmlMeter
@@ -40,21 +42,26 @@ def assert_trained_completely(code: int, records: list[dict[str, Any]]) -> None:
 
 def wrap_stage(monkeypatch: pytest.MonkeyPatch, kind: str, before: Callable[[Any], None]) -> None:
     """Run `before(ctx)` inside `kind`'s window, just before the stage itself."""
-    original = pipeline.STAGE_RUNNERS[kind]
+    original = pipeline.RUNNERS[kind]
 
-    def runner(ctx: Any, cfg: Any, window: Any) -> None:
-        before(ctx)
-        original(ctx, cfg, window)
+    def runner(ctx: Any, cfg: Any, open_window: Any) -> None:
+        @contextlib.contextmanager
+        def opening(spec: Any) -> Iterator[Any]:
+            with open_window(spec) as window:
+                before(ctx)
+                yield window
+        opening.is_done = open_window.is_done  # type: ignore[attr-defined]
+        original(ctx, cfg, opening)
 
-    monkeypatch.setitem(pipeline.STAGE_RUNNERS, kind, runner)
+    monkeypatch.setitem(pipeline.RUNNERS, kind, runner)
 
 
 def test_nvml_library_missing(tmp_path: Path, glue_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "pynvml", None)  # `import pynvml` raises ImportError
+    monkeypatch.setattr(nvml_module, "_pynvml", None)  # the module object every meter holds: nvidia-ml-py gone
     code, records = run_tiny(tmp_path, glue_dir)
     assert_trained_completely(code, records)
     for record in records:
-        assert record["gpu_energy_kwh"] is None and record["gpu_energy_source"] == "unavailable:no-nvml-library"
+        assert record["gpu_energy_kwh"] is None and record["gpu_energy_source"] == "unavailable:no-pynvml"
         assert record["energy_kwh"] == pytest.approx(record["cpu_energy_kwh"] + record["ram_energy_kwh"])
 
 
@@ -138,7 +145,7 @@ def test_flop_counter_fails_on_an_op(tmp_path: Path, glue_dir: Path, monkeypatch
         calls["n"] += 1
         raise RuntimeError("no FLOP formula for aten::unsupported_op")
 
-    monkeypatch.setattr(training, "count_flops", failing_count)
+    monkeypatch.setattr(flops_module, "count_flops", failing_count)
     code, records = run_tiny(tmp_path, glue_dir)
     assert_trained_completely(code, records)
     for record in records:
@@ -158,7 +165,7 @@ def test_flop_counter_failure_leaves_the_same_model(tmp_path: Path, glue_dir: Pa
         fn()  # fails after the step ran forward and backward: the gradients must not count twice
         raise RuntimeError("counter failed after the step")
 
-    monkeypatch.setattr(training, "count_flops", failing_count)
+    monkeypatch.setattr(flops_module, "count_flops", failing_count)
     _, faulty = run_tiny(tmp_path / "b", glue_dir)
     assert faulty[2]["metrics"] == healthy[2]["metrics"]
     assert faulty[0]["details"]["mean_loss"] == pytest.approx(healthy[0]["details"]["mean_loss"])
@@ -168,7 +175,7 @@ def test_full_disk_is_refused_before_anything_is_written(tmp_path: Path, glue_di
                                                          monkeypatch: pytest.MonkeyPatch,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     usage = shutil.disk_usage(tmp_path)
-    monkeypatch.setattr(pipeline.shutil, "disk_usage", lambda path: usage._replace(free=10 << 20))
+    monkeypatch.setattr(preflight.shutil, "disk_usage", lambda path: usage._replace(free=10 << 20))
     config = write_tiny_config(tmp_path, glue_dir)
     assert main(["run", str(config), "--no-progress"]) == 2
     err = capsys.readouterr().err

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -37,7 +36,7 @@ GOLDEN_FLOPS = {"finetune": 237818311, "distill": 198994299, "evaluate": 1892761
 def golden_records(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
     root = tmp_path_factory.mktemp("golden")
     config = write_tiny_config(root, write_sst2(root / "glue"), {
-        # "run": {"device": "cpu"},
+        "run": {"device": "cpu"},
         "stages": [
             {"kind": "finetune", "role": "teacher", "batch_size": 8, "epochs": 4, "log_every_steps": 4,
              "learning_rate": 3e-3},

@@ -7,8 +7,7 @@ import math
 import pytest
 import torch
 
-from greendistil.losses import (hidden_cosine, masked_token_accuracy, mlm_cross_entropy, soft_target_kl, soft_target_mse,
-                               task_loss)
+from greendistil.train.losses import (hidden_cosine, masked_token_accuracy, mlm_cross_entropy, soft_target_kl, soft_target_mse, task_loss)
 
 
 def softmax(row: list[float], temperature: float = 1.0) -> list[float]:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from greendistil.configcorpus import MaskingSection
+from greendistil.config.corpus import MaskingSection
 from greendistil.data.masking import build_masker, mask_tokens, word_continuation_table
 from greendistil.errors import ConfigError
-from greendistil.models import load_tokenizer, tokenizer_source
+from greendistil.models.sources import load_tokenizer, tokenizer_source
 
 
 @pytest.fixture(scope="module")

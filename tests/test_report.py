@@ -10,13 +10,13 @@ import pytest
 from PIL import Image
 
 from greendistil.errors import GreendistilError
-from greendistil.measure.carbon import grid_intensity
+from greendistil.data.grid import grid_intensity
 from greendistil.report import plots, tables, write_report
 from greendistil.report.compare import teacher_student
 from greendistil.report.costs import cost_totals, model_points, pareto_optimal
 from greendistil.report.frame import iter_runs, load_report_frame
 from greendistil.report.markdown import fmt_number, fmt_si
-from greendistil.runlog import append_record
+from greendistil.runlog.store import append_record
 
 PUE, INTENSITY = 1.5, 400.0
 

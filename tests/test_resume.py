@@ -21,7 +21,8 @@ import torch
 from safetensors.torch import load_file
 
 import greendistil
-from greendistil import faults, load_runs
+from greendistil.testing import faults
+from greendistil import load_runs
 from conftest import OFFLINE_ENV, write_sst2, write_tiny_config
 
 pytestmark = pytest.mark.slow

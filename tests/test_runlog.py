@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from greendistil import load_runs, runlog
+from greendistil import load_runs
+from greendistil.runlog import store as runlog
 from greendistil.errors import GreendistilError, RunDirError
 
 

@@ -17,10 +17,11 @@ import torch
 from greendistil import load_runs
 from greendistil.config import load_config
 from greendistil.measure.window import Window
-from greendistil.pipeline import prepare
+from greendistil.preflight import preflight
 from greendistil.stages.context import StageContext
 from greendistil.stages.evaluate import run_evaluate
 from conftest import write_sst2, write_tiny_config
+from fakes import PlainWindows
 from test_resume import _env, records, student_weights
 
 pytestmark = pytest.mark.slow
@@ -87,13 +88,15 @@ def test_examples_counted_once(runs: dict[str, Any]) -> None:
 
 def test_dev_metric_equals_a_single_process_on_the_same_weights(runs: dict[str, Any]) -> None:
     config = load_config(runs["config"])
-    prepared = prepare(config)
+    checked = preflight(config)
     ddp_dir = runs["ddp"]
-    ctx = StageContext(config=config, task=prepared.task, run_dir=ddp_dir, device=torch.device("cpu"),
-                       splits=prepared.splits, artifacts={"teacher": ddp_dir / "checkpoints" / "finetune",
-                                                          "student": ddp_dir / "checkpoints" / "distill"})
-    window = Window("evaluate", "evaluate", "teacher+student")
-    run_evaluate(ctx, config.stages[2], window)
+    ctx = StageContext(config=config, task=checked.task, run_dir=ddp_dir, device=torch.device("cpu"),
+                       splits=checked.splits, teacher=checked.teacher,
+                       artifacts={"teacher": ddp_dir / "checkpoints" / "finetune",
+                                  "student": ddp_dir / "checkpoints" / "distill"})
+    windows = PlainWindows("evaluate")
+    run_evaluate(ctx, config.stages[2], windows)
+    window = windows.window
     ddp_metrics = by_stage(ddp_dir)["evaluate"]["metrics"]
     assert window.counters.metrics == pytest.approx(ddp_metrics, abs=1e-12)
     assert window.counters.num_examples == 2 * NUM_DEV == by_stage(ddp_dir)["evaluate"]["num_examples"]

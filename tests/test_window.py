@@ -12,7 +12,8 @@ import pytest
 from greendistil import runlog
 from greendistil.measure.carbon import CarbonMeter, CarbonReading
 from greendistil.measure.nvml import GpuReading
-from greendistil.measure.window import Meters, RunInfo, RunInterrupted, measure
+from greendistil.measure.window import Meters, RunInfo, measure
+from greendistil.errors import RunInterrupted
 
 PUE, INTENSITY = 1.5, 400.0
 

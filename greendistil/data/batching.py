@@ -27,6 +27,8 @@ logger = logging.getLogger(__name__)
 # narrow enough that batches still mix examples from across the split (the Hugging Face Trainer uses 50).
 MEGA_BATCH_FACTOR = 50
 
+Batch = dict[str, torch.Tensor]  # input_ids, attention_mask, token_type_ids (B, T); labels (B,)
+
 
 @dataclass(frozen=True, kw_only=True, eq=False)  # eq=False: comparing tensors field-wise is ambiguous
 class EncodedSplit:
@@ -85,7 +87,7 @@ def encode(examples: GlueExamples, tokenizer: Any, max_seq_length: int) -> Encod
     return split
 
 
-def collate(features: Sequence[Mapping[str, Any]], pad_token_id: int) -> dict[str, torch.Tensor]:
+def collate(features: Sequence[Mapping[str, Any]], pad_token_id: int) -> Batch:
     """Pad a list of features (`input_ids`, `token_type_ids`, `labels`) to the batch's longest sequence.
 
     Returns input_ids, attention_mask and token_type_ids as (B, T) long tensors, and labels (B,).
@@ -204,6 +206,7 @@ def make_loader(
     sampler: Sampler[int] | None = None,
     rank: int = 0,
     world_size: int = 1,
+    pin_memory: bool = False,
 ) -> DataLoader:
     """A DataLoader of padded batches (see `collate`), in the main process.
 
@@ -216,31 +219,34 @@ def make_loader(
       `group_by_length` is ignored.
     - `world_size > 1` (training under DDP, `shuffle=True`): each global batch of the above is shared
       among the ranks by a `ShardedBatchSampler`; this process gets rank `rank`'s rows.
+    - `pin_memory=True` (training on a GPU): batches in page-locked memory, so that the loop's
+      `.to(device, non_blocking=True)` really overlaps the copy with compute.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size: {batch_size!r} is not valid; use a positive integer")
     if not isinstance(pad_token_id, int):
         raise ConfigError(f"pad_token_id: {pad_token_id!r} is not an integer; the tokenizer needs a pad token")
     collate_fn = functools.partial(collate, pad_token_id=pad_token_id)
+    pinned = {"pin_memory": pin_memory, "num_workers": 0}
     if sampler is not None:
         if group_by_length:
             logger.warning("group_by_length is ignored: an explicit sampler decides the order")
-        return DataLoader(split, batch_size=batch_size, sampler=sampler, collate_fn=collate_fn, num_workers=0)
+        return DataLoader(split, batch_size=batch_size, sampler=sampler, collate_fn=collate_fn, **pinned)
     if shuffle and world_size > 1:
         return _sharded_loader(split, batch_size=batch_size, seed=seed, group_by_length=group_by_length,
-                               rank=rank, world_size=world_size, collate_fn=collate_fn)
+                               rank=rank, world_size=world_size, collate_fn=collate_fn, pinned=pinned)
     if shuffle and group_by_length:
         batch_sampler = LengthGroupedBatchSampler(split.lengths, batch_size=batch_size, seed=seed)
-        return DataLoader(split, batch_sampler=batch_sampler, collate_fn=collate_fn, num_workers=0)
+        return DataLoader(split, batch_sampler=batch_sampler, collate_fn=collate_fn, **pinned)
     if group_by_length:
         logger.debug("group_by_length is ignored for an unshuffled loader: evaluation keeps the split order")
     generator = torch.Generator().manual_seed(seed) if shuffle else None
     return DataLoader(split, batch_size=batch_size, shuffle=shuffle, generator=generator,
-                      collate_fn=collate_fn, num_workers=0)
+                      collate_fn=collate_fn, **pinned)
 
 
 def _sharded_loader(split: EncodedSplit, *, batch_size: int, seed: int, group_by_length: bool, rank: int,
-                    world_size: int, collate_fn: Any) -> DataLoader:
+                    world_size: int, collate_fn: Any, pinned: dict[str, Any]) -> DataLoader:
     """The single-process loader's global batches, this rank's rows of each (see ShardedBatchSampler)."""
     generator: torch.Generator | None = None
     if group_by_length:
@@ -251,4 +257,4 @@ def _sharded_loader(split: EncodedSplit, *, batch_size: int, seed: int, group_by
         batches = BatchSampler(RandomSampler(split, generator=generator), batch_size, drop_last=False)
     sharded = ShardedBatchSampler(batches, num_examples=len(split), batch_size=batch_size, rank=rank,
                                   world_size=world_size)
-    return DataLoader(split, batch_sampler=sharded, collate_fn=collate_fn, num_workers=0, generator=generator)
+    return DataLoader(split, batch_sampler=sharded, collate_fn=collate_fn, generator=generator, **pinned)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from greendistil.configcorpus import CorpusSection
+from greendistil.config.corpus import CorpusSection
 from greendistil.data.batching import EncodedSplit
 from greendistil.data.glue import get_task, load_glue
 from greendistil.errors import DataError

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from greendistil.configcorpus import MaskingSection
+from greendistil.config.corpus import MaskingSection
 from greendistil.errors import ModelSourceError
 
 IGNORE_INDEX = -100

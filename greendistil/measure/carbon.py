@@ -1,4 +1,4 @@
-"""CPU and RAM energy from codecarbon, and the grid's carbon intensity.
+"""CPU and RAM energy from codecarbon (the grid's intensity is data: `greendistil.data.grid`).
 
 One `OfflineEmissionsTracker` per measurement window (it writes one row of emissions.csv when the window
 closes). codecarbon is given pue = 1 so that its energies are what the hardware drew; greendistil applies
@@ -42,22 +42,6 @@ class CarbonReading:
     ram_total_gb: float | None = None
     error: str | None = None
 
-
-def grid_intensity(country_iso_code: str, fixed_g_per_kwh: float | None) -> tuple[float, str]:
-    """The carbon intensity (gCO2eq/kWh) to use and where it came from. Raises ConfigError for an unknown country."""
-    from greendistil.errors import ConfigError
-
-    if fixed_g_per_kwh is not None:
-        return fixed_g_per_kwh, "configured:carbon.intensity_g_per_kwh"
-    from codecarbon.core.emissions import Emissions
-    from codecarbon.input import DataSource
-
-    mix = DataSource().get_global_energy_mix_data()
-    if country_iso_code not in mix:
-        raise ConfigError(f"carbon.country_iso_code: {country_iso_code!r} is not in codecarbon's energy-mix data; "
-                          "use an ISO 3166-1 alpha-3 code such as 'USA', 'FRA', 'DEU', or set carbon.intensity_g_per_kwh")
-    rate = Emissions._global_energy_mix_to_emissions_rate(mix[country_iso_code])
-    return rate.kgs_per_kWh * 1000.0, f"codecarbon:energy-mix:{country_iso_code}"
 
 
 class CarbonMeter:

@@ -1,6 +1,6 @@
 """FLOPs: counted with torch's FlopCounterMode on a sample of steps and extrapolated, or the analytic 6*N*T.
 
-Counting a step costs ~1.1x a plain step (see NOTES.md), so a stage counts a few steps
+Counting a step costs ~1.1x a plain step (measured on a 2-core CPU), so a stage counts a few steps
 (``FlopSampler.should_count``) and extrapolates the rest by padded tokens, per component: the teacher's
 forward passes and the student's training steps are separate components, because a distillation step
 spends FLOPs on both (counting only the student undercounts distillation by about 2/3).
@@ -16,6 +16,8 @@ from typing import TypeVar
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+
+from greendistil.runtime.rng import rng_states, set_rng_states
 
 logger = logging.getLogger(__name__)
 
@@ -177,6 +179,38 @@ class FlopSampler:
             f"counted:{COUNTER_NAME}({self.num_counted_steps}/{self.num_steps} steps sampled{failed}, "
             "extrapolated by padded tokens)"
         )
+
+
+class FlopScope:
+    """Counts the FLOPs of the parts of one step when the sampler picked this step; else only their tokens.
+
+    A counter that raises inside a counted part must never stop training: `reset` undoes the half-run step
+    (zeroes gradients), the RNG is put back, and the part runs again uncounted, so the model ends exactly
+    as it would have; the window then reports no FLOP figure and says why.
+    """
+
+    def __init__(self, sampler: FlopSampler, counted: bool, padded_tokens: int,
+                 reset: Callable[[], None] | None = None) -> None:
+        self.sampler, self.counted, self.padded_tokens = sampler, counted, padded_tokens
+        self.reset = reset
+
+    def run(self, component: str, fn: Callable[[], T]) -> T:
+        if not self.counted or self.sampler.error is not None:
+            self.sampler.add_uncounted(component, self.padded_tokens)
+            return fn()
+        rng = rng_states()
+        try:
+            result, flops = count_flops(fn)
+        except Exception as err:
+            if self.reset is None:
+                raise
+            self.sampler.fail(f"{component}: {type(err).__name__}: {err}")
+            self.reset()
+            set_rng_states(rng)  # the same dropout masks as the failed attempt: as if it had never run
+            self.sampler.add_uncounted(component, self.padded_tokens)
+            return fn()  # a genuine error of the step raises again here, uncounted
+        self.sampler.add_counted(component, flops, self.padded_tokens)
+        return result
 
 
 def analytic_flops(*, num_nonembedding_params: int, num_tokens: int, training: bool) -> int:

@@ -21,7 +21,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, overload
+from typing import Any
+
 
 try:
     import pynvml as _pynvml
@@ -35,7 +36,6 @@ SOURCE_POWER_SAMPLES = "measured:nvml-power-samples"
 # The counter updates every ~100 ms on recent GPUs, slower on some. A 0 J delta over a window shorter
 # than this is "not updated yet", not "no energy used": fall back to samples and flag it.
 SHORT_WINDOW_S = 1.0
-_JOULES_PER_KWH = 3.6e6
 # Flags that mean something failed mid-window: they go into GpuReading.error even when energy was measured.
 _FAILURE_FLAGS = ("counter-read-failed", "power-sample-errors", "sampler-thread-did-not-stop")
 # (reason, attribute of the nvml module) for nvmlInit failures; checked in order, default nvml-init-failed.
@@ -44,15 +44,6 @@ _INIT_FAILURE_REASONS = (
     ("no-gpu-driver", "NVMLError_DriverNotLoaded"),
     ("nvml-no-permission", "NVMLError_NoPermission"),
 )
-
-
-@overload
-def joules_to_kwh(energy_j: float) -> float: ...
-@overload
-def joules_to_kwh(energy_j: None) -> None: ...
-def joules_to_kwh(energy_j: float | None) -> float | None:
-    """Convert joules to kilowatt-hours (1 kWh = 3.6e6 J). ``None`` (unavailable) stays ``None``."""
-    return None if energy_j is None else energy_j / _JOULES_PER_KWH
 
 
 @dataclass(frozen=True, kw_only=True)

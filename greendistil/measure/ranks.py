@@ -15,8 +15,9 @@ from typing import Any
 
 from greendistil.distributed import Dist
 from greendistil.measure.carbon import CarbonReading
-from greendistil.measure.flops import FlopSampler
-from greendistil.measure.nvml import GpuReading, joules_to_kwh
+from greendistil.measure.counters import FlopFigureSource
+from greendistil.measure.nvml import GpuReading
+from greendistil.runtime.units import joules_to_kwh
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,7 +77,7 @@ class Combined:
     breakdown: dict[str, Any]
 
 
-def flop_figures(sampler: FlopSampler | None) -> FlopFigures:
+def flop_figures(sampler: FlopFigureSource | None) -> FlopFigures:
     """The sampler's extrapolated FLOPs; never raises (FLOP bookkeeping must not lose the record)."""
     if sampler is None:
         return FlopFigures(total=None, source="unavailable:not-counted")

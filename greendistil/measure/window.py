@@ -9,34 +9,31 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import signal
-import threading
 import numbers
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-import torch
-
-from greendistil import distributed, runlog
+from greendistil import distributed
 from greendistil.distributed import SINGLE, Dist
+from greendistil.errors import RunInterrupted
 from greendistil.measure.carbon import CarbonMeter
-from greendistil.measure.flops import FlopSampler
-from greendistil.measure.nvml import GpuReading, NvmlMeter, joules_to_kwh
+from greendistil.measure.counters import StageCounters
+from greendistil.measure.nvml import GpuReading, NvmlMeter
 from greendistil.measure.ranks import RankReading, Work, combine, flop_figures
+from greendistil.runlog.schema import SCHEMA_VERSION, new_record
+from greendistil.runlog.store import append_record, utc_now
+from greendistil.runtime.device import synchronize
+from greendistil.runtime.signals import signals_deferred
+from greendistil.runtime.units import joules_to_kwh
+
+Clock = Callable[[], float]  # seconds, monotonic: time.perf_counter, or a test's fake clock
+PowerSamples = tuple[tuple[float, Any, float], ...]  # (elapsed_s, device, power_w), written to power.csv
 
 logger = logging.getLogger(__name__)
-
-
-class RunInterrupted(BaseException):
-    """Raised in the main thread by the SIGTERM handler; like KeyboardInterrupt, not an Exception."""
-
-    def __init__(self, signal_number: int) -> None:
-        super().__init__(f"interrupted by signal {signal_number}")
-        self.signal_number = signal_number
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,25 +65,6 @@ class Meters:
     dist: Dist = SINGLE
 
 
-@dataclass
-class StageCounters:
-    """Filled in by the stage while it runs; read by the window when it closes, whatever happened."""
-
-    model: str | None = None
-    num_params: int | None = None
-    num_examples: int = 0
-    num_tokens: int = 0  # real (unpadded) tokens
-    num_padded_tokens: int = 0  # what the model actually computed on
-    num_steps: int = 0
-    flops_analytic: float = 0.0
-    flop_sampler: FlopSampler | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
-    details: dict[str, Any] = field(default_factory=dict)  # stage-specific: losses, layers, sources, ...
-    artifacts: dict[str, str] = field(default_factory=dict)  # role -> model folder written (relative to the run)
-    resumed_from_step: int | None = None  # this segment continued a checkpoint taken at that step
-    num_checkpoints: int = 0  # training-state checkpoints written in this segment
-
-
 class Window:
     """Handed to the stage: `window.counters` is the stage's to fill."""
 
@@ -103,19 +81,21 @@ class Window:
 
 
 @contextmanager
-def measure(*, stage: str, kind: str, role: str, meters: Meters, run: RunInfo, segment: int = 1) -> Iterator[Window]:
-    """Measure one stage. Yields a `Window`; appends one record when the block ends, however it ends.
+def measure(*, stage: str, kind: str, role: str, meters: Meters, run: RunInfo, segment: int = 1,
+            clock: Clock = time.perf_counter) -> Iterator[Window]:
+    """Measure one window. Yields a `Window`; appends one record when the block ends, however it ends.
 
     `segment` numbers the attempts at one stage: a stage resumed after an interruption writes a second
-    record (segment 2) for the work it did after resuming; readers sum a stage's segments.
+    record (segment 2) for the work it did after resuming; readers sum a stage's segments. `clock` times
+    the window (tests give a fake one).
     """
     window = Window(stage, kind, role, segment, meters)
-    _synchronize()
-    started_at = runlog.utc_now()
+    synchronize()
+    started_at = utc_now()
     if meters.carbon is not None:
         meters.carbon.start(stage)
     meters.gpu.start()
-    start_s = time.perf_counter()
+    start_s = clock()
     status, error = "ok", None
     try:
         yield window
@@ -126,27 +106,27 @@ def measure(*, stage: str, kind: str, role: str, meters: Meters, run: RunInfo, s
         status, error = "failed", err
         raise
     finally:
-        held, received = _hold_signals()  # a signal now must not tear the record being written
-        try:
-            _synchronize()
-            duration_s = time.perf_counter() - start_s
+        # A signal now must not tear the record being written. One that arrives while the readings are
+        # gathered and written is delivered afterwards if the stage had ended ok (the run must still stop);
+        # after a failure or an interruption, the run is stopping anyway and it is dropped.
+        with signals_deferred() as held:
+            if status != "ok":
+                held.drop()
+            synchronize()
+            duration_s = clock() - start_s
             gpu = meters.gpu.stop()
             carbon = meters.carbon.stop() if meters.carbon is not None else None
             mine = RankReading(**meters.dist.identity(), duration_s=duration_s, carbon=carbon, gpu=gpu,
                                work=_work(window.counters))
             readings, gather_error = _gather(meters.dist, mine, status)
             if readings is not None or gather_error is not None:  # rank 0, or a rank whose reading did not reach it
-                record = compose_record(window=window, run=run, status=status, error=error, started_at=started_at,
-                                        readings=readings or [mine], dist=meters.dist, gather_error=gather_error)
+                record, power_samples = compose_record(
+                    window=window, run=run, status=status, error=error, started_at=started_at,
+                    readings=readings or [mine], dist=meters.dist, gather_error=gather_error)
                 if meters.dist.is_main:
-                    _write_power_samples(run.run_dir, stage, record["_power_samples"])
-                record.pop("_power_samples")
-                runlog.append_record(run.run_dir, record, rank=meters.dist.rank)
+                    _write_power_samples(run.run_dir, stage, power_samples)
+                append_record(run.run_dir, record, rank=meters.dist.rank)
                 window.record = record
-        finally:
-            # A signal that arrived while the readings were gathered and written is delivered now when it is
-            # the first (the stage had ended ok: the run must still stop); a second one is dropped.
-            _restore_signals(held, received if status == "ok" else [])
 
 
 def _work(c: StageCounters) -> Work:
@@ -171,9 +151,11 @@ def _gather(me: Dist, mine: RankReading, status: str) -> tuple[list[RankReading]
 
 
 def compose_record(*, window: Window, run: RunInfo, status: str, error: BaseException | None, started_at: str,
-                   readings: list[RankReading], dist: Dist = SINGLE, gather_error: str | None = None) -> dict[str, Any]:
-    """Assemble the record from every rank's reading: energy by component with provenance (CPU and RAM
-    once per node, GPU per rank), CO2 = kWh x intensity x PUE, FLOPs summed over ranks, counts, breakdown."""
+                   readings: list[RankReading], dist: Dist = SINGLE,
+                   gather_error: str | None = None) -> tuple[dict[str, Any], PowerSamples]:
+    """Assemble the record (the fields of `runlog.schema`) from every rank's reading: energy by component
+    with provenance (CPU and RAM once per node, GPU per rank), CO2 = kWh x intensity x PUE, FLOPs summed
+    over ranks, counts, breakdown. Returns it with the GPU power samples, which go to power.csv."""
     c = window.counters
     answered = {r.rank for r in readings}
     missing = [rank for rank in range(dist.world_size) if rank not in answered]
@@ -190,13 +172,13 @@ def compose_record(*, window: Window, run: RunInfo, status: str, error: BaseExce
                                 "distributed": gather_error}.items() if v}
     incomplete = [k for k, v in components.items() if v is None and _expected(k, run)]
     incomplete += [k for k in total.partial if k not in incomplete]
-    record: dict[str, Any] = {
-        "schema_version": runlog.SCHEMA_VERSION, "run_id": run.run_id, "task": run.task, "stage": window.stage,
+    record = new_record({
+        "schema_version": SCHEMA_VERSION, "run_id": run.run_id, "task": run.task, "stage": window.stage,
         "kind": window.kind, "role": window.role, "status": status, "segment": window.segment,
         "resumed_from_step": c.resumed_from_step, "num_checkpoints": c.num_checkpoints,
         "error_type": type(error).__name__ if error is not None else None,
         "error_message": str(error) if error is not None else None,
-        "started_at": started_at, "ended_at": runlog.utc_now(), "duration_s": total.duration_s,
+        "started_at": started_at, "ended_at": utc_now(), "duration_s": total.duration_s,
         "model": c.model, "num_params": c.num_params, "num_examples": work.num_examples,
         "num_tokens": work.num_tokens, "num_padded_tokens": work.num_padded_tokens, "num_steps": work.num_steps,
         "flops": flops.total, "flops_source": flops.source, "flops_by_component": flops.by_component,
@@ -218,10 +200,8 @@ def compose_record(*, window: Window, run: RunInfo, status: str, error: BaseExce
         "config_hash": run.config_hash, "git_sha": run.git_sha, "versions": run.versions,
         "data_sources": run.data_sources,
         "command": run.command,
-    }
-    record = _finite(record)
-    record["_power_samples"] = gpu.power_samples  # written to power.csv by rank 0, not into the record
-    return record
+    })
+    return _finite(record), gpu.power_samples
 
 
 def _expected(component: str, run: RunInfo) -> bool:
@@ -237,7 +217,7 @@ def _mean_power(gpu: GpuReading) -> float | None:
     return sum(sum(p) / len(p) for p in by_device.values()) if by_device else None
 
 
-def _write_power_samples(run_dir: Path, stage: str, samples: tuple[tuple[float, Any, float], ...]) -> None:
+def _write_power_samples(run_dir: Path, stage: str, samples: PowerSamples) -> None:
     if not samples:
         return
     path = run_dir / "power.csv"
@@ -263,29 +243,3 @@ def _finite(value: Any) -> Any:
     if isinstance(value, list):
         return [_finite(v) for v in value]
     return value
-
-
-def _hold_signals() -> tuple[dict[int, Any], list[int]]:
-    """Note SIGINT/SIGTERM instead of acting on them; returns the handlers to restore and the signals noted."""
-    received: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        return {}, received
-    held = {sig: signal.signal(sig, lambda number, frame: received.append(number))
-            for sig in (signal.SIGINT, signal.SIGTERM)}
-    return held, received
-
-
-def _restore_signals(held: dict[int, Any], deliver: list[int]) -> None:
-    for sig, handler in held.items():
-        signal.signal(sig, handler)
-    if held and deliver:
-        os.kill(os.getpid(), deliver[0])
-
-
-def _synchronize() -> None:
-    """Queued GPU work belongs to the window that queued it."""
-    try:
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-    except Exception as err:
-        logger.warning("device synchronize failed: %s", err)

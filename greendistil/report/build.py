@@ -22,7 +22,7 @@ from greendistil.report.markdown import fmt_number, fmt_percent, table
 from greendistil.report.provenance import energy_kinds
 from greendistil.report.routes import routes_section
 from greendistil.report.serving import BENCHMARK_KIND, benchmark_summary, plot_serving, serving_section
-from greendistil.runlog import read_records
+from greendistil.runlog.store import read_records
 
 REPORT_FILE = "report.md"
 

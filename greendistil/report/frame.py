@@ -16,7 +16,8 @@ import pandas as pd
 
 from greendistil.errors import GreendistilError
 from greendistil.report.markdown import is_missing
-from greendistil.runlog import RECORDS_FILE, find_run_dirs, load_runs
+from greendistil.runlog.store import RECORDS_FILE, find_run_dirs
+from greendistil.runlog.frame import load_runs
 
 logger = logging.getLogger(__name__)
 

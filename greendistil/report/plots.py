@@ -21,6 +21,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from greendistil.report.compare import TeacherStudent
+from greendistil.runtime.units import J_PER_KWH
 from greendistil.report.costs import ModelPoint, pareto_optimal
 from greendistil.report.frame import first_value, number, value
 from greendistil.report.markdown import fmt_number
@@ -34,7 +35,7 @@ COMPONENT_COLORS = {"cpu": "#4C72B0", "gpu": "#DD8452", "ram": "#55A868"}
 ROLE_MARKERS = {"teacher": "o", "student": "^"}
 ROLE_COLORS = {"teacher": "#4C72B0", "student": "#DD8452"}
 POWER_FILE = "power.csv"
-_KWH_TO_J = 3.6e6
+
 
 
 def energy_unit(max_kwh: float) -> tuple[float, str]:
@@ -221,7 +222,7 @@ def _mean_power_w(row: pd.Series, component: str, field: str, duration_s: float)
     kwh = number(row, f"{component}_energy_kwh")
     if kwh is None or not duration_s:
         return None, ""
-    return kwh * _KWH_TO_J / duration_s, f"energy ÷ duration, {kind}"
+    return kwh * J_PER_KWH / duration_s, f"energy ÷ duration, {kind}"
 
 
 def _draw_samples(ax: Axes, samples: pd.DataFrame, records: pd.DataFrame, starts: list[float]) -> float:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Sequence
 
 from greendistil.errors import GreendistilError
-from greendistil.measure.carbon import grid_intensity
+from greendistil.data.grid import country_names, grid_intensity
 
 logger = logging.getLogger(__name__)
 
@@ -43,19 +42,7 @@ def region_costs(facility_energy_kwh: float, codes: Sequence[str] = DEFAULT_REGI
         except GreendistilError as err:
             logger.warning("what-if table: skipping %s: %s", code, err)
             continue
-        costs.append(RegionCost(country_iso_code=code, country_name=_country_names().get(code, code),
+        costs.append(RegionCost(country_iso_code=code, country_name=country_names().get(code, code),
                                 intensity_g_per_kwh=intensity_g_per_kwh, intensity_source=source,
                                 co2_g=facility_energy_kwh * intensity_g_per_kwh))
     return sorted(costs, key=lambda cost: cost.intensity_g_per_kwh)
-
-
-@lru_cache(maxsize=1)
-def _country_names() -> dict[str, str]:
-    try:
-        from codecarbon.input import DataSource
-
-        mix = DataSource().get_global_energy_mix_data()
-        return {code: str(entry.get("country_name", code)) for code, entry in mix.items()}
-    except Exception as err:  # names are cosmetic: never fail the report for them
-        logger.warning("codecarbon country names unavailable: %s", err)
-        return {}

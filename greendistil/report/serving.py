@@ -19,9 +19,10 @@ from greendistil.errors import GreendistilError
 from greendistil.report.provenance import KIND_MARKS
 from greendistil.report.markdown import NOT_AVAILABLE, fmt_number, fmt_ratio, table
 from greendistil.report.reference import DISTILBERT
+from greendistil.runtime.units import J_PER_KWH
 
 BENCHMARK_KIND = "benchmark"
-J_PER_KWH = 3.6e6
+
 ROLE_COLORS = {"teacher": "#4C72B0", "student": "#DD8452"}
 
 _METRICS = ("latency_ms_p50", "latency_ms_p95", "latency_ms_mean", "latency_ms_std", "examples_per_s",

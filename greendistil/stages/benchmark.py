@@ -23,35 +23,28 @@ records by `greendistil.report.serving.benchmark_summary`.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import logging
+import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Collection, ContextManager
 
 import numpy as np
 import torch
 
 from greendistil.config import BenchmarkStage
-from greendistil.data.batching import EncodedSplit, collate, encode
-from greendistil.data.glue import GlueExamples, GlueTask, load_glue
+from greendistil.data.batching import Batch, EncodedSplit, collate, encode
 from greendistil.measure.flops import COUNTER_NAME, count_flops
-from greendistil.measure.window import Window
-from greendistil.models import LoadedModel, count_params
-from greendistil.stages.context import StageContext
-from greendistil.training import model_inputs
+from greendistil.measure.window import Clock, Window
+from greendistil.models.inputs import model_inputs
+from greendistil.models.sources import LoadedModel, count_params
+from greendistil.runtime.device import synchronize
+from greendistil.stages.context import OpenWindow, StageContext
 
 logger = logging.getLogger(__name__)
 
-Batch = dict[str, torch.Tensor]
-OpenWindow = Callable[..., ContextManager[Window]]  # open_window(stage=..., role=...) -> a measure() window
-LoadModel = Callable[[str], LoadedModel]  # role -> its model and tokenizer
-
-CLOCK: Callable[[], float] = time.perf_counter  # tests substitute a fake clock
 MAX_PASSES = 100_000  # a safety stop for min_window_s; reaching it flags the record
 
 
@@ -80,9 +73,8 @@ class TimedPasses:
 
 
 class ScaledFlops:
-    """FLOPs of the timed passes: one batch counted outside the window, scaled by padded tokens.
-
-    Quacks like `FlopSampler` for the window's record (`total_flops`, `source`, `by_component`).
+    """FLOPs of the timed passes: one batch counted outside the window, scaled by padded tokens. The
+    window reads it as its `FlopFigureSource` (`total_flops`, `source`, `by_component`).
     """
 
     def __init__(self, component: str, counted_flops: int, counted_padded_tokens: int, error: str | None = None) -> None:
@@ -105,71 +97,58 @@ class ScaledFlops:
         return {} if total is None else {self.component: total}
 
 
-def run_benchmark(ctx: StageContext, cfg: BenchmarkStage, open_window: OpenWindow, *,
-                  load: LoadModel | None = None, skip: Collection[str] = ()) -> list[dict[str, Any]]:
-    """Benchmark each role at each batch size, one window each; returns the records the windows wrote.
-
-    `load(role)` gives a role's model (default: `ctx.load`, the run's latest teacher / student); windows
-    named in `skip` (see `window_name`) were measured already and are not repeated.
-    """
-    load = load or ctx.load
-    examples = benchmark_examples(ctx.task, ctx.config.task.glue_dir, cfg.num_examples)
-    models = {role: load(role) for role in cfg.roles}
+def run_benchmark(ctx: StageContext, cfg: BenchmarkStage, open_window: OpenWindow) -> None:
+    """Benchmark each role at each batch size, one window each (`cfg.windows()`); windows measured before
+    an interruption (`--resume`) are not repeated. Models are the run's latest (`ctx.load`)."""
+    pending = [spec for spec in cfg.windows() if not open_window.is_done(spec)]
+    examples = ctx.benchmark_examples
+    if examples is None:
+        raise ValueError("no benchmark examples: the preflight reads them for a benchmark stage (a bug)")
+    models = {role: ctx.load(role) for role in dict.fromkeys(spec.role for spec in pending)}
     encoded: dict[str, EncodedSplit] = {}
     for role, loaded in models.items():
         loaded.model.to(ctx.device).eval()
         encoded[role] = encode(examples, loaded.tokenizer, ctx.config.task.max_seq_length)
-    fast_path_name = fast_path(ctx.device)
-    records = []
-    with _threads(cfg.num_threads):
-        for batch_size in cfg.batch_sizes:
-            for role in cfg.roles:  # interleaved: teacher then student at each batch size
-                stage = window_name(cfg, role, batch_size)
-                if stage in skip:  # measured before the run was interrupted (--resume)
-                    continue
-                loaded = models[role]
-                inputs = make_inputs(encoded[role], batch_size=batch_size, model=loaded.model,
-                                     pad_token_id=loaded.tokenizer.pad_token_id, device=ctx.device)
-                with fast_path_context(ctx.device):
-                    warm_up(loaded.model, inputs.batches, cfg.warmup_batches, ctx.device)
-                    flops = _count_one_batch(loaded.model, inputs.batches[0], f"{role}_forward")
-                with open_window(stage=stage, role=role) as window:
-                    counters = window.counters
-                    counters.model, counters.num_params = loaded.source, count_params(loaded.model)
-                    counters.flop_sampler = flops
-                    counters.details.update({
-                        "batch_size": batch_size, "fast_path": fast_path_name, "device": str(ctx.device),
-                        "torch_threads": torch.get_num_threads(), "warmup_batches": cfg.warmup_batches,
-                        "min_window_s": cfg.min_window_s, "inputs_hash": inputs.inputs_hash,
-                        "split": examples.split, "data_source": examples.source,
-                        "timing": "model forward only; inputs tokenized, padded and on the device before the window",
-                    })
-                    with fast_path_context(ctx.device):
-                        timed = time_passes(loaded.model, inputs.batches, repeats=cfg.repeats,
-                                            min_window_s=cfg.min_window_s, device=ctx.device)
-                    _fill_counters(window, cfg, batch_size, inputs, timed, flops)
-                records.append(window.record)
-                logger.info("%s: %.1f examples/s over %d passes", stage,
-                            counters.metrics.get("examples_per_s", float("nan")), timed.num_passes)
-    return [r for r in records if r is not None]
+    with _threads(_num_threads(ctx, cfg)):
+        for spec in pending:  # interleaved: teacher then student at each batch size
+            loaded, batch_size = models[spec.role], int(spec.batch_size or 1)
+            inputs = make_inputs(encoded[spec.role], batch_size=batch_size, model=loaded.model,
+                                 pad_token_id=loaded.tokenizer.pad_token_id, device=ctx.device)
+            with fast_path_context(ctx.device):
+                warm_up(loaded.model, inputs.batches, cfg.warmup_batches, ctx.device)
+                flops = _count_one_batch(loaded.model, inputs.batches[0], f"{spec.role}_forward")
+            with open_window(spec) as window:
+                _measure_window(ctx, cfg, window, loaded, inputs, flops, batch_size)
 
 
-def window_name(cfg: BenchmarkStage, role: str, batch_size: int) -> str:
-    """The `stage` of one benchmark window's record: one per (model, batch size)."""
-    return f"{cfg.name}.{role}.bs{batch_size}"
+def _measure_window(ctx: StageContext, cfg: BenchmarkStage, window: Window, loaded: LoadedModel,
+                    inputs: BenchInputs, flops: ScaledFlops, batch_size: int) -> None:
+    examples = ctx.benchmark_examples
+    assert examples is not None
+    counters = window.counters
+    counters.model, counters.num_params = loaded.source, count_params(loaded.model)
+    counters.flop_sampler = flops
+    counters.details.update({
+        "batch_size": batch_size, "fast_path": fast_path(ctx.device), "device": str(ctx.device),
+        "torch_threads": torch.get_num_threads(), "warmup_batches": cfg.warmup_batches,
+        "min_window_s": cfg.min_window_s, "inputs_hash": inputs.inputs_hash,
+        "split": examples.split, "data_source": examples.source,
+        "timing": "model forward only; inputs tokenized, padded and on the device before the window",
+    })
+    with fast_path_context(ctx.device):
+        timed = time_passes(loaded.model, inputs.batches, repeats=cfg.repeats, min_window_s=cfg.min_window_s,
+                            device=ctx.device, clock=ctx.clock)
+    _fill_counters(window, cfg, batch_size, inputs, timed, flops)
+    logger.info("%s: %.1f examples/s over %d passes", window.stage,
+                counters.metrics.get("examples_per_s", float("nan")), timed.num_passes)
 
 
-def benchmark_examples(task: GlueTask, glue_dir: str | Path | None, num_examples: int) -> GlueExamples:
-    """The first `num_examples` examples of the task's first dev split, in file order (all if fewer)."""
-    split = task.dev_splits[0]
-    examples = load_glue(task, split, glue_dir=Path(glue_dir) if glue_dir else None)
-    keep = min(num_examples, len(examples))
-    if keep < num_examples:
-        logger.warning("%s/%s has only %d examples; benchmarking all of them, not %d", task.name, split, keep,
-                       num_examples)
-    return dataclasses.replace(
-        examples, text_a=examples.text_a[:keep], labels=examples.labels[:keep],
-        text_b=None if examples.text_b is None else examples.text_b[:keep])
+def _num_threads(ctx: StageContext, cfg: BenchmarkStage) -> int:
+    """The stage's threads. Under torchrun each process has 1 thread (OMP_NUM_THREADS) and rank 0 benchmarks
+    while the others wait: on a CPU it gets the cores a single process would have, so its figures compare."""
+    if ctx.job_world_size > 1 and ctx.device.type == "cpu" and cfg.num_threads == 0:
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return cfg.num_threads
 
 
 def inputs_hash(encoded: EncodedSplit) -> str:
@@ -217,21 +196,21 @@ def warm_up(model: torch.nn.Module, batches: list[Batch], num_batches: int, devi
 
 
 def time_passes(model: torch.nn.Module, batches: list[Batch], *, repeats: int, min_window_s: float,
-                device: torch.device) -> TimedPasses:
-    """At least `repeats` timed passes over `batches`, more until they last `min_window_s` in all."""
+                device: torch.device, clock: Clock = time.perf_counter) -> TimedPasses:
+    """At least `repeats` timed passes over `batches`, more until they last `min_window_s` in all, on `clock`."""
     batch_s: list[float] = []
     pass_s: list[float] = []
     synchronize(device)
-    first = CLOCK()
-    while len(pass_s) < MAX_PASSES and (len(pass_s) < repeats or CLOCK() - first < min_window_s):
-        pass_start = CLOCK()
+    first = clock()
+    while len(pass_s) < MAX_PASSES and (len(pass_s) < repeats or clock() - first < min_window_s):
+        pass_start = clock()
         for batch in batches:
-            start = CLOCK()
+            start = clock()
             model(**batch)
             synchronize(device)  # queued GPU work belongs to this batch's time
-            batch_s.append(CLOCK() - start)
-        pass_s.append(CLOCK() - pass_start)
-    return TimedPasses(batch_s=batch_s, pass_s=pass_s, window_s=CLOCK() - first)
+            batch_s.append(clock() - start)
+        pass_s.append(clock() - pass_start)
+    return TimedPasses(batch_s=batch_s, pass_s=pass_s, window_s=clock() - first)
 
 
 def latency_stats(batch_s: list[float]) -> dict[str, float]:
@@ -254,11 +233,6 @@ def throughput_stats(timed: TimedPasses, inputs: BenchInputs, flops_per_pass: fl
         stats["flops_per_example"] = flops_per_pass / inputs.num_examples
         stats["gflops_per_s"] = float((flops_per_pass / seconds).mean()) / 1e9
     return stats
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 @contextlib.contextmanager

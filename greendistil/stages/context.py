@@ -1,4 +1,10 @@
-"""What stages share within one run: the config, the task's data, the device, and the models so far.
+"""What stages share within one run, and the contract every stage follows.
+
+The contract: a stage is a `Runner`, `run(ctx, cfg, open_window)`. It measures its work in the windows its
+config names (`cfg.windows()`), each opened through `open_window`, the pipeline's one window opener; it
+puts what it did into the window's counters as it goes (examples, tokens, FLOPs, metrics, details), never
+into a record: the window writes exactly one record when it closes, however it closes, so a stage that
+fails or is interrupted keeps its partial counts. Most stages measure one window (`single_window`).
 
 Models pass between stages as `save_pretrained` folders (`artifacts`), never as live objects, so a later
 stage (or a resumed run) loads exactly what an earlier stage wrote. `artifacts["teacher"]` and
@@ -8,20 +14,53 @@ has none); `artifacts["teacher_mlm"]` and `artifacts["student_mlm"]` are their l
 
 from __future__ import annotations
 
+import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable, Protocol, TypeVar
 
 import torch
 
-from greendistil.checkpoint import StateFile, discard_state, signals_deferred
-from greendistil.config import Config
+from greendistil.config import Config, StageConfig, WindowSpec
 from greendistil.data.batching import EncodedSplit, encode
 from greendistil.data.corpus import CorpusText, EncodedCorpus, encode_corpus
 from greendistil.data.glue import GlueExamples, GlueTask
 from greendistil.distributed import SINGLE, Dist, agree, wrap
-from greendistil.measure.window import Window
-from greendistil.mlm import HEAD_NOTE_KEY, head_note, load_mlm, load_teacher_mlm
-from greendistil.models import LoadedModel, build_student, load_classifier, load_teacher, load_tokenizer, save_model
+from greendistil.measure.counters import StageCounters
+from greendistil.measure.window import Clock, Window
+from greendistil.models.mlm import HEAD_NOTE_KEY, head_note, load_mlm, load_teacher_mlm
+from greendistil.models.sources import (LoadedModel, ResolvedTeacher, load_classifier, load_teacher, load_tokenizer,
+                                        save_model)
+from greendistil.models.student import build_student
+from greendistil.runtime.signals import signals_deferred
+from greendistil.train.checkpoint import StateFile, discard_state
+
+S = TypeVar("S", bound=StageConfig)
+
+
+class OpenWindow(Protocol):
+    """The pipeline's window opener: `with open_window(spec) as window:` measures one window of a stage."""
+
+    def __call__(self, spec: WindowSpec) -> AbstractContextManager[Window]: ...
+
+    def is_done(self, spec: WindowSpec) -> bool:
+        """Measured ok in an earlier segment of this run (`--resume`): not to be measured again."""
+        ...
+
+
+Runner = Callable[["StageContext", Any, OpenWindow], None]
+
+
+def single_window(body: Callable[[StageContext, S, Window], None]) -> Callable[[StageContext, S, OpenWindow], None]:
+    """A `Runner` for a stage measured in one window: opens it, then runs `body(ctx, cfg, window)` in it."""
+    def run(ctx: StageContext, cfg: S, open_window: OpenWindow) -> None:
+        (spec,) = cfg.windows()
+        with open_window(spec) as window:
+            body(ctx, cfg, window)
+    run.__name__ = run.__qualname__ = body.__name__
+    run.__doc__ = body.__doc__
+    return run
 
 
 @dataclass
@@ -30,11 +69,17 @@ class StageContext:
     task: GlueTask
     run_dir: Path
     device: torch.device
-    splits: dict[str, GlueExamples]  # "train", "dev" (or "dev_matched", "dev_mismatched")
+    splits: dict[str, GlueExamples]  # "train", "dev" (or "dev_matched", "dev_mismatched"), as far as needed
+    teacher: ResolvedTeacher | None = None  # resolved by the preflight; None when `sources` name every model
+    sources: dict[str, tuple[str, str]] = field(default_factory=dict)  # role -> (path or id, label): `bench`
+    benchmark_examples: GlueExamples | None = None
     artifacts: dict[str, Path] = field(default_factory=dict)  # role (or role_mlm) -> latest save_pretrained folder
     corpus: CorpusText | None = None  # the MLM stages' corpus, read and split before the run started
     resuming: bool = False  # `--resume`: a stage's saved training state is continued
     dist: Dist = SINGLE  # this process's place in a torchrun job
+    job_world_size: int = 1  # processes in the job, also where a stage runs on rank 0 alone (dist = SINGLE)
+    show_progress: bool | None = None  # progress bars: None = only on a terminal
+    clock: Clock = time.perf_counter  # the benchmark's timer
     _encoded: dict[str, EncodedSplit] = field(default_factory=dict)
     _encoded_corpus: EncodedCorpus | None = None
 
@@ -45,7 +90,8 @@ class StageContext:
         """Where the stage's training state is checkpointed while it runs (removed once it has finished)."""
         return StateFile(path=self.run_dir / "checkpoints" / f"{stage_name}.state.pt", resume=self.resuming)
 
-    def publish(self, roles: str | tuple[str, ...], model, tokenizer, stage_name: str, window: Window) -> Path:
+    def publish(self, roles: str | tuple[str, ...], model: Any, tokenizer: Any, stage_name: str,
+                counters: StageCounters) -> Path:
         """Save the stage's finished model as the latest of each of `roles`, for later stages and for
         `--resume`; the training state is discarded only after the model is safely written."""
         folder = self.checkpoint_dir(stage_name)
@@ -57,7 +103,7 @@ class StageContext:
         agree(self.dist, write, what=f"saving the model of stage {stage_name!r}")
         for role in (roles,) if isinstance(roles, str) else roles:
             self.artifacts[role] = folder
-            window.counters.artifacts[role] = str(folder.relative_to(self.run_dir))
+            counters.artifacts[role] = str(folder.relative_to(self.run_dir))
         if self.dist.is_main:
             discard_state(self.train_state(stage_name).path)
         return folder
@@ -67,24 +113,28 @@ class StageContext:
         return wrap(self.dist, model, find_unused_parameters=find_unused_parameters)
 
     @property
-    def shard(self) -> dict[str, int]:
-        """make_loader's rank and world_size for a training loader."""
-        return {"rank": self.dist.rank, "world_size": self.dist.world_size}
+    def shard(self) -> dict[str, Any]:
+        """make_loader's rank, world_size and pinning for a training loader."""
+        return {"rank": self.dist.rank, "world_size": self.dist.world_size, "pin_memory": self.device.type == "cuda"}
 
     def load(self, role: str) -> LoadedModel:
         """The latest version of `role`'s model. A student not yet made is built from the current teacher."""
+        if role in self.sources:
+            path_or_id, label = self.sources[role]
+            return LoadedModel(model=load_classifier(path_or_id, self.task), tokenizer=load_tokenizer(path_or_id),
+                               source=label)
         if role in self.artifacts:
             path = str(self.artifacts[role])
             return LoadedModel(model=load_classifier(path, self.task), tokenizer=load_tokenizer(path),
                                source=f"checkpoint:{self.artifacts[role].relative_to(self.run_dir)}")
-        teacher = self.load("teacher") if "teacher" in self.artifacts else load_teacher(self.config.teacher, self.task)
+        teacher = self.load("teacher") if "teacher" in self.artifacts else load_teacher(self._teacher(), self.task)
         if role == "teacher":
             return teacher
         student, layers = build_student(teacher.model, self.config.student)
         return LoadedModel(model=student, tokenizer=teacher.tokenizer,
                            source=f"student(layers {list(layers)} of {teacher.source}, init={self.config.student.init})")
 
-    def encoded(self, split: str, tokenizer) -> EncodedSplit:
+    def encoded(self, split: str, tokenizer: Any) -> EncodedSplit:
         """Tokenized `split`; cached, since teacher and student share the teacher's tokenizer."""
         if split not in self._encoded:
             self._encoded[split] = encode(self.splits[split], tokenizer, self.config.task.max_seq_length)
@@ -96,7 +146,7 @@ class StageContext:
         key = f"{role}_mlm"
         if key in self.artifacts:
             return load_mlm(str(self.artifacts[key]), f"checkpoint:{self.artifacts[key].relative_to(self.run_dir)}")
-        teacher = load_teacher_mlm(self.config.teacher) if role == "teacher" else self.load_mlm("teacher")
+        teacher = load_teacher_mlm(self._teacher()) if role == "teacher" else self.load_mlm("teacher")
         if role == "teacher":
             return teacher
         student, layers = build_student(teacher.model, self.config.student)
@@ -106,10 +156,16 @@ class StageContext:
         return LoadedModel(model=student, tokenizer=teacher.tokenizer,
                            source=f"student(layers {list(layers)} of {teacher.source}, init={self.config.student.init})")
 
-    def encoded_corpus(self, tokenizer) -> EncodedCorpus:
+    def encoded_corpus(self, tokenizer: Any) -> EncodedCorpus:
         """The corpus tokenized (once: teacher and student share the teacher's tokenizer)."""
         if self.corpus is None:
             raise ValueError("this run has no corpus: only MLM stages use one (a bug in the preflight)")
         if self._encoded_corpus is None:
             self._encoded_corpus = encode_corpus(self.corpus, tokenizer, self.config.corpus)
         return self._encoded_corpus
+
+    def _teacher(self) -> ResolvedTeacher:
+        if self.teacher is None:
+            raise ValueError("this run resolved no teacher (a bug: the preflight skips it only when sources "
+                             "name every model)")
+        return self.teacher

@@ -11,42 +11,41 @@ from __future__ import annotations
 import torch
 
 from greendistil.config import DistillStage
-from greendistil.data.batching import make_loader
-from greendistil.losses import hidden_cosine, soft_target_kl, soft_target_mse, task_loss, weighted_sum
-from greendistil.measure.flops import count_nonembedding_params
+from greendistil.data.batching import Batch
+from greendistil.measure.flops import FlopScope, count_nonembedding_params
 from greendistil.measure.window import Window
-from greendistil.models import count_params
-from greendistil.stages.context import StageContext
-from greendistil.stages.distill_mlm import run_distill_mlm
-from greendistil.training import Batch, FlopScope, model_inputs, train
+from greendistil.models.inputs import model_inputs
+from greendistil.models.sources import count_params
+from greendistil.stages.context import StageContext, single_window
+from greendistil.stages.distill_mlm import distill_mlm
+from greendistil.stages.training import TrainingPlan, publish_plan, train_loader, train_plan
+from greendistil.train.loop import LossTerms
+from greendistil.train.losses import hidden_cosine, soft_target_kl, soft_target_mse, task_loss, weighted_sum
 
 
+@single_window
 def run_distill(ctx: StageContext, cfg: DistillStage, window: Window) -> None:
     if cfg.objective == "mlm":
-        run_distill_mlm(ctx, cfg, window)
+        distill_mlm(ctx, cfg, window)
         return
-    teacher_loaded = ctx.load("teacher")
-    student_loaded = ctx.load("student")
+    teacher_loaded, student_loaded = ctx.load("teacher"), ctx.load("student")
     teacher = teacher_loaded.model.to(ctx.device).eval()
     teacher.requires_grad_(False)
     student = student_loaded.model.to(ctx.device)
-    counters = window.counters
-    counters.model, counters.num_params = student_loaded.source, count_params(student)
     tokenizer = teacher_loaded.tokenizer
     train_split = ctx.encoded("train", tokenizer)
-    loader = make_loader(train_split, batch_size=cfg.batch_size, pad_token_id=tokenizer.pad_token_id,
-                         shuffle=True, seed=ctx.config.run.seed, group_by_length=cfg.group_by_length, **ctx.shard)
     is_regression = ctx.task.is_regression
     # DDP under torchrun; the frozen teacher is simply replicated per rank. Without a logit term (cosine
     # only) the classifier gets no gradient, which DDP must be told about.
     replica = ctx.parallel(student, find_unused_parameters=cfg.alpha_ce == 0 and cfg.alpha_task == 0)
+    weights = {"loss_ce": cfg.alpha_ce, "loss_task": cfg.alpha_task, "loss_cos": cfg.alpha_cos}
 
-    def step(batch: Batch, scope: FlopScope) -> dict[str, float]:
+    def step(batch: Batch, scope: FlopScope) -> LossTerms:
         teacher_inputs, student_inputs = model_inputs(batch, teacher), model_inputs(batch, student)
         with torch.no_grad():
             teacher_out = scope.run("teacher_forward", lambda: teacher(**teacher_inputs, output_hidden_states=True))
 
-        def forward_backward() -> dict[str, float]:
+        def forward_backward() -> LossTerms:
             student_out = replica(**student_inputs, output_hidden_states=True)
             terms: dict[str, torch.Tensor] = {}
             if cfg.alpha_ce > 0:
@@ -57,23 +56,21 @@ def run_distill(ctx: StageContext, cfg: DistillStage, window: Window) -> None:
             if cfg.alpha_cos > 0:
                 terms["loss_cos"] = hidden_cosine(student_out.hidden_states[-1], teacher_out.hidden_states[-1],
                                                   batch["attention_mask"])  # (B, T, H) each
-            weights = {"loss_ce": cfg.alpha_ce, "loss_task": cfg.alpha_task, "loss_cos": cfg.alpha_cos}
             loss = weighted_sum(terms, weights)
             loss.backward()
-            return {"loss": loss.item(), **{name: value.item() for name, value in terms.items()}}
+            return {"loss": loss.detach(), **{name: value.detach() for name, value in terms.items()}}
 
         return scope.run("student_train", forward_backward)
 
-    flops_per_token = 6.0 * count_nonembedding_params(student) + 2.0 * count_nonembedding_params(teacher)
-    summary = train(cfg=cfg, model=student, loader=loader, step_fn=step, window=window,
-                    analytic_flops_per_token=flops_per_token, state=ctx.train_state(cfg.name), dist=ctx.dist)
-    folder = ctx.publish("student", student, tokenizer, cfg.name, window)
-    counters.details.update({
-        "checkpoint": str(folder.relative_to(ctx.run_dir)), "objective": cfg.objective,
-        "teacher_model": teacher_loaded.source,
+    plan = TrainingPlan(model=student, source=student_loaded.source, tokenizer=tokenizer,
+                        loader=train_loader(ctx, cfg, train_split, tokenizer), step=step,
+                        analytic_flops_per_token=6.0 * count_nonembedding_params(student)
+                        + 2.0 * count_nonembedding_params(teacher), num_train_examples=len(train_split))
+    summary = train_plan(ctx, cfg, window, plan)
+    publish_plan(ctx, cfg, window, plan, summary, "student", {
+        "objective": cfg.objective, "teacher_model": teacher_loaded.source,
         "teacher_num_params": count_params(teacher), "student_num_params": count_params(student),
         "student_num_layers": student.config.num_hidden_layers, "teacher_num_layers": teacher.config.num_hidden_layers,
         "temperature": cfg.temperature, "alpha_ce": cfg.alpha_ce, "alpha_task": cfg.alpha_task,
-        "alpha_cos": cfg.alpha_cos, "train_examples": len(train_split), "final_loss": summary.final_loss,
-        "mean_loss": summary.mean_loss, "examples_per_s": summary.examples_per_s, "device": str(ctx.device),
+        "alpha_cos": cfg.alpha_cos,
     })

@@ -16,39 +16,38 @@ import dataclasses
 import torch
 
 from greendistil.config import DistillStage
-from greendistil.data.batching import make_loader
-from greendistil.distributed import rank_seed
+from greendistil.data.batching import Batch
 from greendistil.data.masking import build_masker, mask_tokens
-from greendistil.losses import hidden_cosine, mlm_cross_entropy, soft_target_kl, weighted_sum
-from greendistil.measure.flops import count_nonembedding_params
+from greendistil.distributed import rank_seed
+from greendistil.measure.flops import FlopScope, count_nonembedding_params
 from greendistil.measure.window import Window
-from greendistil.mlm import HEAD_NOTE_KEY, MlmForward, evaluate_mlm, head_note, mlm_forward, record_heldout_flops
-from greendistil.models import count_params
+from greendistil.models.mlm import HEAD_NOTE_KEY, MlmForward, evaluate_mlm, head_note, mlm_forward
+from greendistil.models.sources import count_params
 from greendistil.stages.context import StageContext
-from greendistil.training import Batch, FlopScope, train
+from greendistil.stages.training import TrainingPlan, publish_plan, record_heldout_flops, train_loader, train_plan
+from greendistil.train.loop import LossTerms
+from greendistil.train.losses import hidden_cosine, mlm_cross_entropy, soft_target_kl, weighted_sum
 
 
-def run_distill_mlm(ctx: StageContext, cfg: DistillStage, window: Window) -> None:
+def distill_mlm(ctx: StageContext, cfg: DistillStage, window: Window) -> None:
+    """The body of `run_distill` for objective = "mlm", in the stage's window."""
     teacher_loaded, student_loaded = ctx.load_mlm("teacher"), ctx.load_mlm("student")
     teacher = teacher_loaded.model.to(ctx.device).eval()
     teacher.requires_grad_(False)
     student, tokenizer = student_loaded.model.to(ctx.device), teacher_loaded.tokenizer
     counters = window.counters
-    counters.model, counters.num_params = student_loaded.source, count_params(student)
     corpus = ctx.encoded_corpus(tokenizer)
     masker = build_masker(tokenizer, ctx.config.masking).to(ctx.device)
     evaluate = dict(batch_size=cfg.batch_size, pad_token_id=tokenizer.pad_token_id, device=ctx.device, dist=ctx.dist)
     teacher_scores = evaluate_mlm(teacher, corpus.heldout, masker, **evaluate)
     before = evaluate_mlm(student, corpus.heldout, masker, **evaluate)
-    loader = make_loader(corpus.train, batch_size=cfg.batch_size, pad_token_id=tokenizer.pad_token_id, shuffle=True,
-                         seed=ctx.config.run.seed, group_by_length=cfg.group_by_length, **ctx.shard)
     # DDP under torchrun; the frozen teacher is replicated per rank. Cosine only: the head gets no gradient.
     replica = ctx.parallel(MlmForward(student), find_unused_parameters=cfg.alpha_ce == 0 and cfg.alpha_mlm == 0)
     # Each DDP rank masks its own rows from its own stream (rank 0's is the single-process one).
     generator = torch.Generator(device=ctx.device).manual_seed(rank_seed(ctx.dist, ctx.config.run.seed))
     weights = {"loss_ce": cfg.alpha_ce, "loss_mlm": cfg.alpha_mlm, "loss_cos": cfg.alpha_cos}
 
-    def step(batch: Batch, scope: FlopScope) -> dict[str, float]:
+    def step(batch: Batch, scope: FlopScope) -> LossTerms:
         masked_ids, labels = mask_tokens(masker, batch["input_ids"], batch["attention_mask"], generator)
         masked = labels != -100  # (B, T)
         # Logits only where a term needs them; the masked tokens are real tokens, so they are always included.
@@ -57,7 +56,7 @@ def run_distill_mlm(ctx: StageContext, cfg: DistillStage, window: Window) -> Non
             teacher_logits, teacher_hidden = scope.run(
                 "teacher_forward", lambda: mlm_forward(teacher, batch, masked_ids, rows))  # (N, V), (B, T, H)
 
-        def forward_backward() -> dict[str, float]:
+        def forward_backward() -> LossTerms:
             student_logits, student_hidden = replica(batch, masked_ids, rows)  # (N, V), (B, T, H)
             terms: dict[str, torch.Tensor] = {}
             if cfg.alpha_ce > 0:
@@ -68,32 +67,31 @@ def run_distill_mlm(ctx: StageContext, cfg: DistillStage, window: Window) -> Non
                 terms["loss_cos"] = hidden_cosine(student_hidden, teacher_hidden, batch["attention_mask"])
             loss = weighted_sum(terms, weights)
             loss.backward()
-            return {"loss": loss.item(), **{name: value.item() for name, value in terms.items()}}
+            return {"loss": loss.detach(), **{name: value.detach() for name, value in terms.items()}}
 
         return scope.run("student_train", forward_backward)
 
-    flops_per_token = 6.0 * count_nonembedding_params(student) + 2.0 * count_nonembedding_params(teacher)
-    summary = train(cfg=cfg, model=student, loader=loader, step_fn=step, window=window,
-                    analytic_flops_per_token=flops_per_token, state=ctx.train_state(cfg.name), dist=ctx.dist)
+    plan = TrainingPlan(model=student, source=student_loaded.source, tokenizer=tokenizer,
+                        loader=train_loader(ctx, cfg, corpus.train, tokenizer), step=step,
+                        analytic_flops_per_token=6.0 * count_nonembedding_params(student)
+                        + 2.0 * count_nonembedding_params(teacher), num_train_examples=len(corpus.train))
+    summary = train_plan(ctx, cfg, window, plan)
     after = evaluate_mlm(student, corpus.heldout, masker, **evaluate)
     record_heldout_flops(counters, "teacher_heldout_forward", [teacher_scores], count_nonembedding_params(teacher))
     record_heldout_flops(counters, "student_heldout_forward", [before, after], count_nonembedding_params(student))
     student_head = (f"trained in stage {cfg.name!r} by MLM distillation, {summary.num_steps} steps, "
                     f"{counters.num_tokens} tokens of {corpus.details['source']}; before: {head_note(student)}")
     student.config.update({HEAD_NOTE_KEY: student_head})
-    folder = ctx.publish(("student_mlm", "student"), student, tokenizer, cfg.name, window)  # a later finetune starts from this encoder
     counters.metrics.update({**teacher_scores.as_metrics("teacher"), **before.as_metrics("student", "_before"),
                              **after.as_metrics("student", "_after")})
     if teacher_scores.accuracy:
         counters.metrics["retention.mlm_accuracy"] = after.accuracy / teacher_scores.accuracy
-    counters.details.update({
-        "checkpoint": str(folder.relative_to(ctx.run_dir)), "objective": cfg.objective,
-        "teacher_model": teacher_loaded.source, "teacher_mlm_head": head_note(teacher), "mlm_head": student_head,
-        "teacher_num_params": count_params(teacher), "student_num_params": count_params(student),
+    # A later finetune starts from this encoder.
+    publish_plan(ctx, cfg, window, plan, summary, ("student_mlm", "student"), {
+        "objective": cfg.objective, "teacher_model": teacher_loaded.source, "teacher_mlm_head": head_note(teacher),
+        "mlm_head": student_head, "teacher_num_params": count_params(teacher), "student_num_params": count_params(student),
         "student_num_layers": student.config.num_hidden_layers, "teacher_num_layers": teacher.config.num_hidden_layers,
         "temperature": cfg.temperature, **cfg.active_alphas(), "ce_on_masked_only": cfg.ce_on_masked_only,
         "corpus": corpus.details, "masking": dataclasses.asdict(ctx.config.masking),
         "heldout": {"num_sequences": after.num_sequences, "num_masked_tokens": after.num_masked_tokens},
-        "final_loss": summary.final_loss, "mean_loss": summary.mean_loss, "examples_per_s": summary.examples_per_s,
-        "device": str(ctx.device),
     })

@@ -12,14 +12,15 @@ import torch
 from greendistil.config import EvaluateStage
 from greendistil.data.batching import make_loader
 from greendistil.distributed import all_gather
-from greendistil.measure.flops import FlopSampler, count_nonembedding_params
+from greendistil.data.metrics import compute_metrics, task_score
+from greendistil.measure.flops import FlopSampler, FlopScope, count_nonembedding_params
 from greendistil.measure.window import Window
-from greendistil.metrics import compute_metrics, task_score
-from greendistil.models import LoadedModel, count_params
-from greendistil.stages.context import StageContext
-from greendistil.training import FlopScope, model_inputs
+from greendistil.models.inputs import model_inputs
+from greendistil.models.sources import LoadedModel, count_params
+from greendistil.stages.context import StageContext, single_window
 
 
+@single_window
 def run_evaluate(ctx: StageContext, cfg: EvaluateStage, window: Window) -> None:
     counters = window.counters
     # Count every batch: evaluation is short, and batches sorted by length would bias a sample.
@@ -57,18 +58,16 @@ def _evaluate_split(ctx: StageContext, cfg: EvaluateStage, window: Window, loade
     counters, sampler = window.counters, window.counters.flop_sampler
     predictions = []
     with torch.inference_mode():
-        for index, batch in enumerate(loader):
-            batch = {k: v.to(ctx.device) for k, v in batch.items()}
+        for index, cpu_batch in enumerate(loader):
+            num_examples, num_tokens = cpu_batch["input_ids"].shape[0], int(cpu_batch["attention_mask"].numpy().sum())
+            batch = {k: v.to(ctx.device) for k, v in cpu_batch.items()}
             padded_tokens = batch["input_ids"].numel()
             scope = FlopScope(sampler, sampler.should_count(index), padded_tokens,
                               reset=lambda: None)  # inference: a half-run forward leaves nothing to undo
             logits = scope.run(f"{role}_forward", lambda: loaded.model(**model_inputs(batch, loaded.model)).logits)  # (B, C)
             predictions.append(logits.float().cpu())
-            counters.num_examples += batch["input_ids"].shape[0]
-            counters.num_tokens += int(batch["attention_mask"].sum())
-            counters.num_padded_tokens += padded_tokens
-            counters.num_steps += 1
-            counters.flops_analytic += flops_per_token * padded_tokens
+            counters.add_batch(num_examples=num_examples, num_tokens=num_tokens, num_padded_tokens=padded_tokens,
+                               analytic_flops_per_token=flops_per_token)
     mine_logits = torch.cat(predictions).numpy() if predictions else None
     shards = all_gather(ctx.dist, (indices, mine_logits))
     seen = np.concatenate([i for i, _ in shards])

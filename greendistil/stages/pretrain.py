@@ -18,24 +18,23 @@ import dataclasses
 import torch
 
 from greendistil.config import PretrainStage
-from greendistil.data.batching import make_loader
-from greendistil.distributed import rank_seed
+from greendistil.data.batching import Batch
 from greendistil.data.masking import build_masker, mask_tokens
-from greendistil.losses import mlm_cross_entropy
-from greendistil.measure.flops import count_nonembedding_params
+from greendistil.distributed import rank_seed
+from greendistil.measure.flops import FlopScope, count_nonembedding_params
 from greendistil.measure.window import Window
-from greendistil.mlm import (HEAD_NOTE_KEY, MlmForward, evaluate_mlm, freeze_all_but_head, head_note, mlm_head,
-                             record_heldout_flops)
-from greendistil.models import count_params
-from greendistil.stages.context import StageContext
-from greendistil.training import Batch, FlopScope, train
+from greendistil.models.mlm import HEAD_NOTE_KEY, MlmForward, evaluate_mlm, freeze_all_but_head, head_note, mlm_head
+from greendistil.stages.context import StageContext, single_window
+from greendistil.stages.training import TrainingPlan, publish_plan, record_heldout_flops, train_loader, train_plan
+from greendistil.train.loop import LossTerms
+from greendistil.train.losses import mlm_cross_entropy
 
 
+@single_window
 def run_pretrain(ctx: StageContext, cfg: PretrainStage, window: Window) -> None:
     loaded = ctx.load_mlm(cfg.role)
     model, tokenizer = loaded.model.to(ctx.device), loaded.tokenizer
     counters = window.counters
-    counters.model, counters.num_params = loaded.source, count_params(model)
     corpus = ctx.encoded_corpus(tokenizer)
     masker = build_masker(tokenizer, ctx.config.masking).to(ctx.device)
     head_before = head_note(model)
@@ -50,41 +49,38 @@ def run_pretrain(ctx: StageContext, cfg: PretrainStage, window: Window) -> None:
     num_frozen_nonembedding = num_nonembedding - count_nonembedding_params(model, trainable_only=True)
     evaluate = dict(batch_size=cfg.batch_size, pad_token_id=tokenizer.pad_token_id, device=ctx.device, dist=ctx.dist)
     before = evaluate_mlm(model, corpus.heldout, masker, **evaluate)
-    loader = make_loader(corpus.train, batch_size=cfg.batch_size, pad_token_id=tokenizer.pad_token_id, shuffle=True,
-                         seed=ctx.config.run.seed, group_by_length=cfg.group_by_length, **ctx.shard)
     replica = ctx.parallel(MlmForward(model))  # DDP under torchrun (the frozen encoder is not synchronised)
     # Each DDP rank masks its own rows from its own stream (rank 0's is the single-process one).
     generator = torch.Generator(device=ctx.device).manual_seed(rank_seed(ctx.dist, ctx.config.run.seed))
 
-    def step(batch: Batch, scope: FlopScope) -> dict[str, float]:
+    def step(batch: Batch, scope: FlopScope) -> LossTerms:
         masked_ids, labels = mask_tokens(masker, batch["input_ids"], batch["attention_mask"], generator)
         positions = labels != -100  # (B, T): the head runs only where there is something to predict
 
-        def forward_backward() -> dict[str, float]:
+        def forward_backward() -> LossTerms:
             logits, _ = replica(batch, masked_ids, positions, encoder_grad=not head_only)  # (N, V)
             loss = mlm_cross_entropy(logits, labels[positions])
             loss.backward()
-            return {"loss": loss.item()}
+            return {"loss": loss.detach()}
         return scope.run(f"{cfg.role}_train", forward_backward)
 
-    summary = train(cfg=cfg, model=trained, loader=loader, step_fn=step, window=window,
-                    analytic_flops_per_token=6.0 * num_nonembedding - 4.0 * num_frozen_nonembedding,
-                    state=ctx.train_state(cfg.name), dist=ctx.dist)  # head only: the state holds the head, the part trained
+    # Head only: the training state holds the head, the part trained.
+    plan = TrainingPlan(model=model, trained=trained, source=loaded.source, tokenizer=tokenizer,
+                        loader=train_loader(ctx, cfg, corpus.train, tokenizer), step=step,
+                        analytic_flops_per_token=6.0 * num_nonembedding - 4.0 * num_frozen_nonembedding,
+                        num_train_examples=len(corpus.train))
+    summary = train_plan(ctx, cfg, window, plan)
     after = evaluate_mlm(model, corpus.heldout, masker, **evaluate)
     record_heldout_flops(counters, f"{cfg.role}_heldout_forward", [before, after], num_nonembedding)
     what = ("head only (encoder and tied decoder frozen)" if head_only else "all weights")
     note = (f"trained in stage {cfg.name!r}: {what}, {summary.num_steps} steps, {counters.num_tokens} tokens of "
             f"{corpus.details['source']}, learning rate {cfg.learning_rate:g}; before: {head_before}")
     model.config.update({HEAD_NOTE_KEY: note})
+    counters.metrics.update({**before.as_metrics(cfg.role, "_before"), **after.as_metrics(cfg.role, "_after")})
     # Head only: the encoder is unchanged, so later task stages keep starting from the teacher they had.
     roles = (f"{cfg.role}_mlm",) if head_only else (f"{cfg.role}_mlm", cfg.role)
-    folder = ctx.publish(roles, model, tokenizer, cfg.name, window)
-    counters.metrics.update({**before.as_metrics(cfg.role, "_before"), **after.as_metrics(cfg.role, "_after")})
-    counters.details.update({
-        "checkpoint": str(folder.relative_to(ctx.run_dir)), "train": cfg.train, "mlm_head": note,
-        "mlm_head_before": head_before, "trainable_params": num_trainable, "corpus": corpus.details,
-        "masking": dataclasses.asdict(ctx.config.masking),
+    publish_plan(ctx, cfg, window, plan, summary, roles, {
+        "train": cfg.train, "mlm_head": note, "mlm_head_before": head_before, "trainable_params": num_trainable,
+        "corpus": corpus.details, "masking": dataclasses.asdict(ctx.config.masking),
         "heldout": {"num_sequences": after.num_sequences, "num_masked_tokens": after.num_masked_tokens},
-        "final_loss": summary.final_loss, "mean_loss": summary.mean_loss, "examples_per_s": summary.examples_per_s,
-        "device": str(ctx.device), "torch_threads": torch.get_num_threads(),
     })

@@ -1,12 +1,12 @@
-"""Run directories and the append-only run log (`records.jsonl`), and `load_runs()` -> pandas.
+"""Run directories and the append-only run log (`records.jsonl`): create, lock, append, read.
 
 A run directory holds: records.jsonl (one JSON object per stage, appended as each stage ends), config.toml
 (the resolved config), emissions.csv (codecarbon's rows), power.csv (GPU power samples, when any),
 checkpoints/<stage>/ (save_pretrained folders), checkpoints/<stage>.state.pt (training state while a stage
 runs, for --resume) and .lock (held by the process writing the run).
 
-A stage resumed after an interruption has one record per segment (`segment` 1, 2, ...). `load_runs()`
-sums a stage's segments into one row unless asked for the segments themselves.
+A stage resumed after an interruption has one record per segment (`segment` 1, 2, ...);
+`runlog.frame.load_runs()` sums them.
 """
 
 from __future__ import annotations
@@ -22,26 +22,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
-import pandas as pd
-
 from greendistil.errors import GreendistilError, RunDirError
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
 RECORDS_FILE = "records.jsonl"
 RANKS_DIR = "ranks"  # DDP: readings of ranks > 0 that never reached rank 0 (a stage that failed or was interrupted)
 LOCK_FILE = ".lock"
-# Per-segment quantities that add up to the stage's total; every other field is taken from the last segment.
-ADDITIVE_FIELDS = (
-    "duration_s", "energy_kwh", "cpu_energy_kwh", "gpu_energy_kwh", "ram_energy_kwh", "facility_energy_kwh",
-    "co2_kg", "flops", "flops_analytic", "num_examples", "num_tokens", "num_padded_tokens", "num_steps",
-    "num_checkpoints",
-)
-ADDITIVE_PREFIXES = ("flops_by_component.", "codecarbon.")
-
-
-_last_run_dir: Path | None = None  # for the CLI's "continue with --resume ..." hint
 
 
 def node_emissions_file(node_rank: int) -> str:
@@ -52,11 +39,6 @@ def node_emissions_file(node_rank: int) -> str:
 
 def _node_emissions(run_dir: Path) -> list[str]:
     return [path.name for path in run_dir.glob("emissions-node*.csv")]
-
-
-def last_run_dir() -> Path | None:
-    """The run directory this process last created or opened, if any."""
-    return _last_run_dir
 
 
 class RunLock:
@@ -76,8 +58,6 @@ class RunLock:
         self._handle.truncate(0)
         self._handle.write(f"{os.getpid()}\n")
         self._handle.flush()
-        global _last_run_dir
-        _last_run_dir = run_dir
 
     def release(self) -> None:
         if not self._handle.closed:
@@ -185,70 +165,6 @@ def find_run_dirs(paths: str | Path | Iterable[str | Path]) -> list[Path]:
         for run_dir in candidates:
             found.setdefault(run_dir.resolve(), run_dir)
     return list(found.values())
-
-
-def load_runs(paths: str | Path | Iterable[str | Path], *, by_segment: bool = False) -> pd.DataFrame:
-    """One tidy DataFrame, one row per stage, from run dirs, runs roots, or a list of them.
-
-    Nested fields are flattened with dots (`metrics.accuracy` -> `metric.accuracy`, `hardware.cpu_count`);
-    timestamps become datetimes; a `run_dir` column says where each row came from. A stage that was
-    interrupted and resumed is one row whose energy, CO2, FLOPs, time and counts are the sums over its
-    segments (`num_segments`, `resumed`, `segment_statuses` say so); `by_segment=True` gives one row per record.
-    """
-    rows = []
-    for run_dir in find_run_dirs(paths):
-        flat = [_flatten(record) for record in read_records(run_dir)]
-        for row in (flat if by_segment else combine_segments(flat)):
-            row["run_dir"] = str(run_dir)
-            rows.append(row)
-    frame = pd.DataFrame(rows)
-    for column in ("started_at", "ended_at"):
-        if column in frame:
-            frame[column] = pd.to_datetime(frame[column], utc=True, format="ISO8601")
-    return frame
-
-
-def combine_segments(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per stage of one run: additive fields summed over its segments, the rest from the last.
-
-    A sum over segments where some lack a figure (e.g. codecarbon failed in one) is the sum of the known
-    parts, and `segments_incomplete` names the fields affected.
-    """
-    by_stage: dict[str, list[dict[str, Any]]] = {}
-    for row in rows:
-        by_stage.setdefault(str(row.get("stage")), []).append(row)
-    combined = []
-    for segments in by_stage.values():
-        row = dict(segments[-1])
-        row["num_segments"] = len(segments)
-        row["resumed"] = len(segments) > 1
-        row["segment_statuses"] = ",".join(str(s.get("status")) for s in segments)
-        row["started_at"] = segments[0].get("started_at")
-        incomplete = []
-        keys = {k for s in segments for k in s if k in ADDITIVE_FIELDS or k.startswith(ADDITIVE_PREFIXES)}
-        for key in sorted(keys):
-            # A segment that processed nothing (killed while loading) did no FLOPs: its missing count is 0.
-            values = [0 if key.startswith("flops") and s.get(key) is None and not s.get("num_examples") else s.get(key)
-                      for s in segments]
-            known = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
-            row[key] = sum(known) if known else None
-            if known and len(known) < len(values):
-                incomplete.append(key)
-        row["segments_incomplete"] = incomplete
-        combined.append(row)
-    return combined
-
-
-def _flatten(record: dict[str, Any]) -> dict[str, Any]:
-    row: dict[str, Any] = {}
-    for key, value in record.items():
-        if key == "metrics" and isinstance(value, dict):
-            row.update({f"metric.{name}": metric for name, metric in value.items()})
-        elif isinstance(value, dict):
-            row.update({f"{key}.{name}": inner for name, inner in _flatten(value).items()})
-        else:
-            row[key] = value
-    return row
 
 
 def _json_default(value: Any) -> Any:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from greendistil.configtypes import require
+from greendistil.config.types import require
 from greendistil.data.glue import get_task
 from greendistil.errors import ConfigError
 

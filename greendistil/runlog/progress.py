@@ -11,8 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from greendistil.config import BenchmarkStage, Config, StageConfig
-from greendistil.stages.benchmark import window_name
+from greendistil.config import Config, StageConfig
 
 
 class RunAlreadyComplete(Exception):
@@ -33,21 +32,15 @@ class RunProgress:
             name = str(record.get("stage"))
             progress.statuses.setdefault(name, []).append(str(record.get("status")))
             if record.get("status") == "ok":
-                for role, folder in _artifacts(record).items():
+                for role, folder in (record.get("artifacts") or {}).items():
                     progress.artifacts[role] = run_dir / folder
         return progress
-
-    def windows(self, stage: StageConfig) -> list[str]:
-        """The record names a stage writes: its own name, or one per benchmark window."""
-        if isinstance(stage, BenchmarkStage):
-            return [window_name(stage, role, size) for size in stage.batch_sizes for role in stage.roles]
-        return [stage.name]
 
     def window_done(self, window: str) -> bool:
         return self.statuses.get(window, [""])[-1] == "ok"
 
     def is_done(self, stage: StageConfig) -> bool:
-        return all(self.window_done(window) for window in self.windows(stage))
+        return all(self.window_done(window.name) for window in stage.windows())
 
     def next_segment(self, window: str) -> int:
         return len(self.statuses.get(window, [])) + 1
@@ -58,12 +51,3 @@ class RunProgress:
             raise RunAlreadyComplete(f"run {str(run_dir)!r} is already complete ({len(config.stages)} stages ok); "
                                      "nothing to resume")
 
-
-def _artifacts(record: dict[str, Any]) -> dict[str, str]:
-    """Role -> model folder (relative to the run) a record's stage wrote; older records name one checkpoint."""
-    if record.get("artifacts"):
-        return dict(record["artifacts"])
-    checkpoint = (record.get("details") or {}).get("checkpoint")
-    if checkpoint and record.get("kind") in ("finetune", "distill"):
-        return {str(record.get("role")): str(checkpoint)}
-    return {}

@@ -1,8 +1,4 @@
-"""Model sources (packaged weights, hub id, local folder, from scratch) and the DistilBERT-style student.
-
-The student is the teacher with fewer layers: same embeddings, pooler and head, and a chosen subset of the
-teacher's transformer layers copied in (DistilBERT took every other layer of BERT-base).
-"""
+"""Model sources: packaged weights, a hub id, a local folder, or a new model from scratch; and saving."""
 
 from __future__ import annotations
 
@@ -14,9 +10,9 @@ from pathlib import Path
 
 import torch
 from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, BertConfig,
-                          BertForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase)
+                          BertForSequenceClassification, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase)
 
-from greendistil.config import StudentSection, TeacherSection
+from greendistil.config import TeacherSection
 from greendistil.data.glue import GlueTask
 from greendistil.errors import ConfigError, ModelSourceError
 
@@ -28,8 +24,6 @@ PACKAGED_MODELS: dict[str, tuple[str, str]] = {
 }
 
 
-# Encoders whose layers live at `<base>.encoder.layer.N`, so a student can take a subset of them.
-STUDENT_MODEL_TYPES = frozenset({"bert", "roberta", "xlm-roberta", "electra", "camembert", "ernie"})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,20 +70,52 @@ def load_tokenizer(path_or_id: str) -> PreTrainedTokenizerBase:
         raise ModelSourceError(f"cannot load a tokenizer from {path_or_id!r}: {_first_line(err)}") from None
 
 
-def load_teacher(cfg: TeacherSection, task: GlueTask) -> LoadedModel:
-    """Load the configured teacher with a fresh sequence-classification head sized for `task`."""
+@dataclass(frozen=True, kw_only=True)
+class ResolvedTeacher:
+    """The configured teacher, resolved once before the run: where its weights are (None for a scratch
+    teacher), its provenance label, its config (layers, sizes, model type) and its tokenizer."""
+
+    section: TeacherSection
+    path_or_id: str | None
+    label: str
+    model_config: PretrainedConfig
+    tokenizer: PreTrainedTokenizerBase
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.model_config.num_hidden_layers)
+
+
+def resolve_teacher(cfg: TeacherSection) -> ResolvedTeacher:
+    """Resolve the teacher's source and load its config and tokenizer (not its weights). Raises
+    ConfigError / ModelSourceError naming the teacher key on bad input."""
     if cfg.source == "scratch":
         tokenizer_path, tokenizer_label = tokenizer_source(cfg.tokenizer)
         tokenizer = load_tokenizer(tokenizer_path)
-        bert_config = BertConfig(
-            vocab_size=tokenizer.vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
-            num_attention_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size,
-            num_labels=task.num_labels, problem_type=_problem_type(task),
-        )
+        model_config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=cfg.hidden_size,
+                                  num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+                                  intermediate_size=cfg.intermediate_size)
+        return ResolvedTeacher(section=cfg, path_or_id=None, label=f"scratch(tokenizer {tokenizer_label})",
+                               model_config=model_config, tokenizer=tokenizer)
+    path_or_id, label = resolve_source(cfg.source, cfg.name)
+    try:
+        model_config = AutoConfig.from_pretrained(path_or_id)
+    except (OSError, ValueError) as err:
+        raise ModelSourceError(f"teacher.name: cannot load {cfg.name!r} ({cfg.source}): {_first_line(err)}") from None
+    tokenizer = load_tokenizer(path_or_id)  # a folder without tokenizer files fails here, before anything is written
+    return ResolvedTeacher(section=cfg, path_or_id=path_or_id, label=label, model_config=model_config,
+                           tokenizer=tokenizer)
+
+
+def load_teacher(teacher: ResolvedTeacher, task: GlueTask) -> LoadedModel:
+    """The resolved teacher with a fresh sequence-classification head sized for `task` (scratch: a new one)."""
+    if teacher.path_or_id is None:
+        bert_config = copy.deepcopy(teacher.model_config)
+        bert_config.num_labels, bert_config.problem_type = task.num_labels, _problem_type(task)
         model = BertForSequenceClassification(bert_config)
-        return LoadedModel(model=model, tokenizer=tokenizer, source=f"scratch(tokenizer {tokenizer_label})")
-    path_or_id, source = resolve_source(cfg.source, cfg.name)
-    return LoadedModel(model=load_classifier(path_or_id, task), tokenizer=load_tokenizer(path_or_id), source=source)
+        return LoadedModel(model=model, tokenizer=teacher.tokenizer, source=teacher.label)
+    return LoadedModel(model=load_classifier(teacher.path_or_id, task), tokenizer=teacher.tokenizer,
+                       source=teacher.label)
 
 
 def load_classifier(path_or_id: str, task: GlueTask) -> PreTrainedModel:
@@ -111,43 +137,6 @@ def load_classifier(path_or_id: str, task: GlueTask) -> PreTrainedModel:
         raise ModelSourceError(f"cannot load model {path_or_id!r} for {task.name}: {_first_line(err)}") from None
     model.config.greendistil_task = task.name
     return model
-
-
-def build_student(teacher: PreTrainedModel, cfg: StudentSection) -> tuple[PreTrainedModel, tuple[int, ...]]:
-    """A student with `cfg.layers` of the teacher's layers (default every other one), weights copied.
-
-    Works for BERT-like encoders whose base model has `encoder.layer` (BERT, RoBERTa, ELECTRA, ...).
-    Returns the student and the teacher layer indices it was built from.
-    """
-    num_teacher_layers = teacher.config.num_hidden_layers
-    layers = cfg.layers if cfg.layers is not None else tuple(range(0, num_teacher_layers, 2))
-    if max(layers) >= num_teacher_layers:
-        raise ConfigError(f"student.layers: {list(layers)} is out of range; the teacher has {num_teacher_layers} "
-                          f"layers, valid indices 0..{num_teacher_layers - 1}")
-    student_config = copy.deepcopy(teacher.config)
-    student_config.num_hidden_layers = len(layers)
-    student = type(teacher)(student_config)
-    if cfg.init == "teacher":
-        student.load_state_dict(_student_state_dict(teacher, layers))
-    return student, tuple(layers)
-
-
-def _student_state_dict(teacher: PreTrainedModel, layers: tuple[int, ...]) -> dict[str, torch.Tensor]:
-    """Teacher weights renamed for the student: student layer i <- teacher layer layers[i]."""
-    teacher_state = teacher.state_dict()
-    if not any(".encoder.layer." in key for key in teacher_state):
-        raise ModelSourceError(f"cannot build a student from a {type(teacher).__name__}: the layer copy needs a "
-                               "BERT-like encoder (encoder.layer.N: BERT, RoBERTa, ELECTRA, MiniLM)")
-    state: dict[str, torch.Tensor] = {}
-    for key, tensor in teacher_state.items():
-        if ".encoder.layer." not in key:
-            state[key] = tensor.clone()
-    for student_index, teacher_index in enumerate(layers):
-        prefix = f".encoder.layer.{teacher_index}."
-        for key, tensor in teacher_state.items():
-            if prefix in key:
-                state[key.replace(prefix, f".encoder.layer.{student_index}.")] = tensor.clone()
-    return state
 
 
 def count_params(model: torch.nn.Module) -> int:

@@ -8,24 +8,21 @@ over the previous one, so a kill at any moment leaves either the old state or th
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import random
-import signal
-import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-import numpy as np
 import torch
 
-from greendistil import faults
+from greendistil.runtime.rng import rng_states, set_rng_states
+from greendistil.runtime.signals import signals_deferred
+from greendistil.testing import faults
 
 logger = logging.getLogger(__name__)
 
-STATE_FORMAT = 1
+STATE_FORMAT = 2  # 2: one CUDA RNG state per rank (the current device's), never a list of every device's
 TEMP_SUFFIX = ".partial"
 
 
@@ -84,47 +81,9 @@ def load_state(path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Opt
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     rank_rngs = state.get("rank_rngs")
-    _set_rng_states(rank_rngs[rank] if rank_rngs and rank < len(rank_rngs) else state["rng"])
+    set_rng_states(rank_rngs[rank] if rank_rngs and rank < len(rank_rngs) else state["rng"])
     return TrainPosition(**state["position"])
 
-
-@contextlib.contextmanager
-def signals_deferred() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM until the block ends, then deliver the first one to the handler that was there.
-
-    A signal's exception raised inside torch.save or save_pretrained is replaced by the writer's own error
-    when it unwinds (torch: "unexpected pos ..."), which would turn an interruption into a failure.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received: list[int] = []
-    previous = {sig: signal.signal(sig, lambda number, frame: received.append(number))
-                for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        if received:
-            os.kill(os.getpid(), received[0])  # now, with the run's own handler back in place
-
-
-def rng_states() -> dict[str, Any]:
-    """This process's torch, numpy, python and (current device's) CUDA RNG states."""
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
-
-
-def _set_rng_states(rng: dict[str, Any]) -> None:
-    torch.set_rng_state(rng["torch"])
-    np.random.set_state(rng["numpy"])
-    random.setstate(rng["python"])
-    if rng["cuda"] is not None and torch.cuda.is_available():
-        if isinstance(rng["cuda"], list):  # states written before 2026-11: every device's
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        else:
-            torch.cuda.set_rng_state(rng["cuda"])
 
 
 def discard_state(path: Path) -> None:

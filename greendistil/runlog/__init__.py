@@ -1,0 +1,1 @@
+"""The run log: run directories (`store`), the record schema (`schema`), pandas (`frame`), resume (`progress`)."""

@@ -1,0 +1,75 @@
+"""`load_runs()`: run logs -> one tidy pandas DataFrame, a resumed stage's segments summed into one row."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+from greendistil.runlog.schema import is_additive
+from greendistil.runlog.store import find_run_dirs, read_records
+
+
+def load_runs(paths: str | Path | Iterable[str | Path], *, by_segment: bool = False) -> pd.DataFrame:
+    """One tidy DataFrame, one row per stage, from run dirs, runs roots, or a list of them.
+
+    Nested fields are flattened with dots (`metrics.accuracy` -> `metric.accuracy`, `hardware.cpu_count`);
+    timestamps become datetimes; a `run_dir` column says where each row came from. A stage that was
+    interrupted and resumed is one row whose energy, CO2, FLOPs, time and counts are the sums over its
+    segments (`num_segments`, `resumed`, `segment_statuses` say so); `by_segment=True` gives one row per record.
+    """
+    rows = []
+    for run_dir in find_run_dirs(paths):
+        flat = [_flatten(record) for record in read_records(run_dir)]
+        for row in (flat if by_segment else combine_segments(flat)):
+            row["run_dir"] = str(run_dir)
+            rows.append(row)
+    frame = pd.DataFrame(rows)
+    for column in ("started_at", "ended_at"):
+        if column in frame:
+            frame[column] = pd.to_datetime(frame[column], utc=True, format="ISO8601")
+    return frame
+
+
+def combine_segments(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per stage of one run: additive fields summed over its segments, the rest from the last.
+
+    A sum over segments where some lack a figure (e.g. codecarbon failed in one) is the sum of the known
+    parts, and `segments_incomplete` names the fields affected.
+    """
+    by_stage: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_stage.setdefault(str(row.get("stage")), []).append(row)
+    combined = []
+    for segments in by_stage.values():
+        row = dict(segments[-1])
+        row["num_segments"] = len(segments)
+        row["resumed"] = len(segments) > 1
+        row["segment_statuses"] = ",".join(str(s.get("status")) for s in segments)
+        row["started_at"] = segments[0].get("started_at")
+        incomplete = []
+        keys = {k for s in segments for k in s if is_additive(k)}
+        for key in sorted(keys):
+            # A segment that processed nothing (killed while loading) did no FLOPs: its missing count is 0.
+            values = [0 if key.startswith("flops") and s.get(key) is None and not s.get("num_examples") else s.get(key)
+                      for s in segments]
+            known = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+            row[key] = sum(known) if known else None
+            if known and len(known) < len(values):
+                incomplete.append(key)
+        row["segments_incomplete"] = incomplete
+        combined.append(row)
+    return combined
+
+
+def _flatten(record: dict[str, Any]) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    for key, value in record.items():
+        if key == "metrics" and isinstance(value, dict):
+            row.update({f"metric.{name}": metric for name, metric in value.items()})
+        elif isinstance(value, dict):
+            row.update({f"{key}.{name}": inner for name, inner in _flatten(value).items()})
+        else:
+            row[key] = value
+    return row

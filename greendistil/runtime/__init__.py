@@ -1,0 +1,1 @@
+"""Mechanisms every layer shares, one copy each: signal deferral, RNG capture, device sync, unit constants."""

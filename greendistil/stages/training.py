@@ -1,0 +1,79 @@
+"""The skeleton every training stage shares (finetune, distill, distill-mlm, pretrain).
+
+A stage builds a `TrainingPlan` (its models on the device, its loader, its step function, its analytic
+FLOPs per token), then `train_plan` fills the window's counters and runs the shared loop, and
+`publish_plan` saves the model and writes the details every training record carries. What differs between
+the stages is only what they build and the details of their own they add.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from greendistil.config import TrainingStage
+from greendistil.data.batching import EncodedSplit, make_loader
+from greendistil.measure.counters import StageCounters
+from greendistil.measure.flops import FlopSampler
+from greendistil.measure.window import Window
+from greendistil.models.mlm import MlmScores
+from greendistil.models.sources import count_params
+from greendistil.stages.context import StageContext
+from greendistil.train.loop import StepFn, TrainSummary, train
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingPlan:
+    """What a training stage trains, and how."""
+
+    model: torch.nn.Module  # the model the stage measures and saves, on the device
+    source: str  # where it came from, for the record
+    tokenizer: Any
+    loader: DataLoader
+    step: StepFn
+    analytic_flops_per_token: float
+    num_train_examples: int
+    trained: torch.nn.Module | None = None  # the part the optimizer and the checkpoint see (default: model)
+
+
+def train_loader(ctx: StageContext, cfg: TrainingStage, split: EncodedSplit, tokenizer: Any) -> DataLoader:
+    """The stage's shuffled (length-grouped) training batches: this rank's share under torchrun."""
+    return make_loader(split, batch_size=cfg.batch_size, pad_token_id=tokenizer.pad_token_id, shuffle=True,
+                       seed=ctx.config.run.seed, group_by_length=cfg.group_by_length, **ctx.shard)
+
+
+def train_plan(ctx: StageContext, cfg: TrainingStage, window: Window, plan: TrainingPlan) -> TrainSummary:
+    """Name the measured model in the window's counters and run the shared loop over the plan."""
+    counters = window.counters
+    counters.model, counters.num_params = plan.source, count_params(plan.model)
+    return train(cfg=cfg, model=plan.trained or plan.model, loader=plan.loader, step_fn=plan.step, window=window,
+                 analytic_flops_per_token=plan.analytic_flops_per_token, state=ctx.train_state(cfg.name),
+                 dist=ctx.dist, show_progress=ctx.show_progress)
+
+
+def publish_plan(ctx: StageContext, cfg: TrainingStage, window: Window, plan: TrainingPlan, summary: TrainSummary,
+                 roles: str | tuple[str, ...], details: dict[str, Any]) -> Path:
+    """Save the trained model as the latest of `roles` and record the details every training stage has,
+    then the stage's own `details`."""
+    folder = ctx.publish(roles, plan.model, plan.tokenizer, cfg.name, window.counters)
+    window.counters.details.update({
+        "checkpoint": str(folder.relative_to(ctx.run_dir)), "train_examples": plan.num_train_examples,
+        "final_loss": summary.final_loss, "mean_loss": summary.mean_loss, "examples_per_s": summary.examples_per_s,
+        "device": str(ctx.device), "torch_threads": torch.get_num_threads(), **details,
+    })
+    return folder
+
+
+def record_heldout_flops(counters: StageCounters, component: str, scores: list[MlmScores],
+                         num_nonembedding_params: int) -> None:
+    """Add held-out MLM evaluations to the stage's FLOPs (counted on every batch) and its analytic estimate
+    (2N per padded token, forward only). They are compute the stage spent, though not training tokens."""
+    sampler = counters.flop_sampler
+    for flops, padded_tokens in (count for score in scores for count in score.flop_counts):
+        if isinstance(sampler, FlopSampler):
+            sampler.add_counted(component, flops, padded_tokens)
+        counters.flops_analytic += 2.0 * num_nonembedding_params * padded_tokens
