@@ -16,7 +16,6 @@ import torch
 
 from greendistil import load_runs
 from greendistil.config import load_config
-from greendistil.measure.window import Window
 from greendistil.preflight import preflight
 from greendistil.stages.context import StageContext
 from greendistil.stages.evaluate import run_evaluate
