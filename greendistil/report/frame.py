@@ -16,22 +16,17 @@ import pandas as pd
 
 from greendistil.errors import GreendistilError
 from greendistil.report.markdown import is_missing
+from greendistil.runlog.frame import FRAME_COLUMNS, load_runs
+from greendistil.runlog.schema import SCALAR_FIELDS
 from greendistil.runlog.store import RECORDS_FILE, find_run_dirs
-from greendistil.runlog.frame import load_runs
 
 logger = logging.getLogger(__name__)
 
 UNKNOWN_TASK = "unknown"
 CONFIG_FILE = "config.toml"
 
-_COLUMNS = (
-    "run_id", "run_dir", "stage", "kind", "role", "status", "error_type", "error_message", "started_at",
-    "duration_s", "model", "num_params", "num_examples", "flops", "flops_source", "energy_kwh",
-    "cpu_energy_kwh", "cpu_energy_source", "gpu_energy_kwh", "gpu_energy_source", "ram_energy_kwh",
-    "ram_energy_source", "facility_energy_kwh", "co2_kg", "intensity_g_per_kwh", "intensity_source", "pue",
-    "country_iso_code", "cpu_power_w", "ram_power_w", "gpu_power_mean_w", "config_hash", "git_sha", "command",
-    "num_segments", "segment_statuses", "segments_incomplete",
-)
+# Every column the report reads: the record's own fields (runlog.schema), then what load_runs adds.
+_COLUMNS = (*SCALAR_FIELDS, *FRAME_COLUMNS)
 
 
 def load_report_frame(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
@@ -52,9 +47,8 @@ def load_report_frame(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
     for column in _COLUMNS:
         if column not in frame:
             frame[column] = None
-    from_config = frame["run_dir"].map(lambda run_dir: run_task(Path(run_dir)))
-    # Records carry their task since schema 1's `task` field; older records fall back to config.toml.
-    frame["task"] = frame["task"].fillna(from_config) if "task" in frame else from_config
+    # A record without its task (a Trainer run outside a GLUE task) is shown under its config's, if any.
+    frame["task"] = frame["task"].fillna(frame["run_dir"].map(lambda run_dir: run_task(Path(run_dir))))
     return frame
 
 

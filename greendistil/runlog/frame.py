@@ -10,6 +10,8 @@ import pandas as pd
 from greendistil.runlog.schema import is_additive
 from greendistil.runlog.store import find_run_dirs, read_records
 
+# Columns `load_runs` adds to the records' own: where each row came from, and how its segments combined.
+FRAME_COLUMNS = ("run_dir", "num_segments", "resumed", "segment_statuses", "segments_incomplete")
 
 def load_runs(paths: str | Path | Iterable[str | Path], *, by_segment: bool = False) -> pd.DataFrame:
     """One tidy DataFrame, one row per stage, from run dirs, runs roots, or a list of them.

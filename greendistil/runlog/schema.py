@@ -20,18 +20,19 @@ SCHEMA_VERSION = 2  # 2: the field table below (power samples in power.csv only,
 
 @dataclass(frozen=True)
 class Field:
-    """One record field: its unit ('' for none), whether it adds up across resumed segments (`nested`: a
-    table whose every entry does), and what it is."""
+    """One record field: its unit ('' for none), whether it adds up across resumed segments, whether its
+    value is a table (flattened to `<name>.<key>` columns by `load_runs`; an additive table adds entry by
+    entry), and what it is."""
 
     name: str
     unit: str
     additive: bool
-    nested: bool
+    table: bool
     doc: str
 
 
-def _f(name: str, unit: str = "", doc: str = "", *, additive: bool = False, nested: bool = False) -> Field:
-    return Field(name=name, unit=unit, additive=additive, nested=nested, doc=doc)
+def _f(name: str, unit: str = "", doc: str = "", *, additive: bool = False, table: bool = False) -> Field:
+    return Field(name=name, unit=unit, additive=additive, table=table, doc=doc)
 
 
 FIELDS: tuple[Field, ...] = (
@@ -61,7 +62,7 @@ FIELDS: tuple[Field, ...] = (
     _f("flops", "FLOP", "counted FLOPs, extrapolated from sampled steps by padded tokens", additive=True),
     _f("flops_source", doc="provenance of flops"),
     _f("flops_by_component", "FLOP", "flops by component, e.g. teacher_forward, student_train", additive=True,
-       nested=True),
+       table=True),
     _f("flops_analytic", "FLOP", "6N per training token + 2N per forward token (Kaplan et al.)", additive=True),
     _f("flops_analytic_source", doc="provenance of flops_analytic"),
     # the energy
@@ -90,31 +91,34 @@ FIELDS: tuple[Field, ...] = (
     _f("world_size", "processes", "DDP processes that ran the window"),
     _f("num_nodes", "nodes", "machines that ran the window"),
     _f("ddp_backend", doc="gloo | nccl, or null for one process"),
-    _f("energy_meters", doc="which meter supplied each component, in words"),
+    _f("energy_meters", doc="which meter supplied each component, in words", table=True),
     _f("energy_by_node", doc="per node: CPU, RAM, GPU and total kWh with their sources"),
     _f("energy_by_gpu", doc="per GPU: rank, NVML index, name and kWh"),
     _f("by_rank", doc="per rank: examples, tokens, steps, FLOPs, duration"),
     _f("ranks_missing", doc="ranks whose readings did not reach rank 0"),
     _f("codecarbon", "kWh, kg CO2eq", "codecarbon's own figures, kept as a cross-check", additive=True,
-       nested=True),
-    _f("measurement_errors", doc="meter -> what went wrong (the meter's figures are null)"),
+       table=True),
+    _f("measurement_errors", doc="meter -> what went wrong (the meter's figures are null)", table=True),
     # results and context
-    _f("metrics", doc="dev metrics, benchmark latencies and rates, MLM figures"),
-    _f("details", doc="stage-specific: losses, layers, hyperparameters, checkpoints"),
-    _f("artifacts", doc="role -> model folder the stage wrote, relative to the run directory"),
-    _f("hardware", doc="platform, CPU, device, threads, GPU names"),
+    _f("metrics", doc="dev metrics, benchmark latencies and rates, MLM figures", table=True),
+    _f("details", doc="stage-specific: losses, layers, hyperparameters, checkpoints", table=True),
+    _f("artifacts", doc="role -> model folder the stage wrote, relative to the run directory", table=True),
+    _f("hardware", doc="platform, CPU, device, threads, GPU names", table=True),
     _f("config_hash", doc="hash of the resolved config (not the run's name or folder)"),
     _f("git_sha", doc="greendistil's own commit, '-dirty' when modified"),
-    _f("versions", doc="python and package versions"),
-    _f("data_sources", doc="split -> the TSV file or hub dataset it was read from"),
+    _f("versions", doc="python and package versions", table=True),
+    _f("data_sources", doc="split -> the TSV file or hub dataset it was read from", table=True),
     _f("command", doc="the exact command line, for reproduction"),
 )
 
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in FIELDS)
 BY_NAME: dict[str, Field] = {f.name: f for f in FIELDS}
-# Flattened column names of additive fields (a nested additive field adds each of its entries).
-ADDITIVE_FIELDS: tuple[str, ...] = tuple(f.name for f in FIELDS if f.additive and not f.nested)
-ADDITIVE_PREFIXES: tuple[str, ...] = tuple(f"{f.name}." for f in FIELDS if f.additive and f.nested)
+# Flattened column names of additive fields (a table additive field adds each of its entries).
+ADDITIVE_FIELDS: tuple[str, ...] = tuple(f.name for f in FIELDS if f.additive and not f.table)
+ADDITIVE_PREFIXES: tuple[str, ...] = tuple(f"{f.name}." for f in FIELDS if f.additive and f.table)
+# The fields that are one column each in `load_runs` (tables become `<name>.<key>` columns; `metrics` become
+# `metric.<name>`).
+SCALAR_FIELDS: tuple[str, ...] = tuple(f.name for f in FIELDS if not f.table)
 
 
 def is_additive(column: str) -> bool:
