@@ -17,15 +17,17 @@ import glob
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from greendistil.config.corpus import CorpusSection
 from greendistil.data.batching import EncodedSplit
 from greendistil.data.glue import get_task, load_glue
 from greendistil.errors import DataError
+
+if TYPE_CHECKING:  # the config table is only a type here: data/ sits below config/
+    from greendistil.config.corpus import CorpusSection
 
 logger = logging.getLogger(__name__)
 

@@ -11,11 +11,14 @@ passed in, so a seeded generator gives the same masks every time.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import torch
 
-from greendistil.config.corpus import MaskingSection
 from greendistil.errors import ModelSourceError
+
+if TYPE_CHECKING:  # the config table is only a type here: data/ sits below config/
+    from greendistil.config.corpus import MaskingSection
 
 IGNORE_INDEX = -100
 WORD_START_MARKERS = ("Ġ", "▁")  # byte-level BPE (RoBERTa, GPT-2) and SentencePiece mark the start of a word
