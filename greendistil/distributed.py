@@ -118,17 +118,18 @@ def choose_backend(choice: str, cuda_available: bool) -> str:
     return choice
 
 
-def init(backend_choice: str = "auto", timeout_s: float = 3600.0) -> Dist:
+def init(backend_choice: str = "auto", timeout_s: float = 3600.0, device_choice: str = "auto") -> Dist:
     """Join the torchrun job described by the environment (a no-op for a single process).
 
-    Each rank computes on GPU LOCAL_RANK when CUDA is available. `timeout_s` bounds every collective of
+    Each rank computes on GPU LOCAL_RANK when CUDA is available, unless `device_choice` (`run.device`) is
+    "cpu": then the ranks are CPU processes (gloo) even on a GPU host. `timeout_s` bounds every collective of
     the training itself (a rank waiting at a barrier while rank 0 runs a benchmark stage alone).
     """
     global _gather_group, _control_group
     me = from_env(os.environ)
     if not me.enabled:
         return me
-    cuda = torch.cuda.is_available()
+    cuda = torch.cuda.is_available() and device_choice != "cpu"
     backend = choose_backend(backend_choice, cuda)
     if cuda:
         if me.local_rank >= torch.cuda.device_count():
@@ -156,9 +157,9 @@ def shutdown(me: Dist) -> None:
 
 
 @contextmanager
-def joined(backend_choice: str = "auto") -> Iterator[Dist]:
+def joined(backend_choice: str = "auto", device_choice: str = "auto") -> Iterator[Dist]:
     """This process's place in the torchrun job for the length of a run (a single process outside one)."""
-    me = init(backend_choice)
+    me = init(backend_choice, device_choice=device_choice)
     try:
         yield me
     finally:

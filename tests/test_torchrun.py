@@ -184,7 +184,7 @@ def test_each_rank_measures_its_own_gpu(tmp_path: Path) -> None:
     """On a GPU machine: one NVML reading per rank, each of a different GPU, adding up to the record's."""
     nproc = min(2, torch.cuda.device_count())
     config = write_tiny_config(tmp_path, write_sst2(tmp_path / "glue", num_train=NUM_TRAIN, num_dev=NUM_DEV),
-                               DDP_CONFIG)
+                               {**DDP_CONFIG, "run": {**DDP_CONFIG["run"], "device": "cuda"}})
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
                "-m", "greendistil", "run", str(config), "--no-progress", "--run-id", "gpu"]
     done = subprocess.run(command, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
