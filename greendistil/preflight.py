@@ -142,7 +142,8 @@ def _load_splits(config: Config, task: GlueTask) -> dict[str, GlueExamples]:
 
 
 def _benchmark_examples(config: Config, task: GlueTask) -> GlueExamples | None:
-    """The first `num_examples` examples of the task's first dev split, in file order (all if fewer)."""
+    """The first examples of the task's first dev split, in file order, as many as the largest benchmark
+    stage asks for (all if fewer); each stage takes its own first `num_examples` of them."""
     stages = [s for s in config.stages if isinstance(s, BenchmarkStage)]
     if not stages:
         return None
@@ -153,8 +154,7 @@ def _benchmark_examples(config: Config, task: GlueTask) -> GlueExamples | None:
     if keep < num_examples:
         logger.warning("%s/%s has only %d examples; benchmarking all of them, not %d", task.name, split, keep,
                        num_examples)
-    return dataclasses.replace(examples, text_a=examples.text_a[:keep], labels=examples.labels[:keep],
-                               text_b=None if examples.text_b is None else examples.text_b[:keep])
+    return examples.head(keep)
 
 
 # --- the MLM stages: corpus, mask token, a trained head to distil from --------------------------------

@@ -291,6 +291,26 @@ def test_windows_measured_before_a_resume_are_not_repeated(tmp_path: Path, token
     assert harness.loaded == ["student"] and harness.calls["teacher"] == 0  # the teacher is not even loaded
 
 
+def test_each_benchmark_stage_takes_its_own_number_of_examples(tmp_path: Path, tokenizer: Any) -> None:
+    """The preflight reads as many sentences as the largest benchmark stage needs; a smaller stage takes
+    its own first `num_examples` of them."""
+    glue = write_sst2(tmp_path / "glue", num_train=8, num_dev=12)
+    raw = tiny_config(glue, tmp_path / "runs")
+    common = {"kind": "benchmark", "batch_sizes": [4], "warmup_batches": 0, "repeats": 1, "min_window_s": 0.0,
+              "roles": ["student"]}
+    raw["stages"] = [{**common, "name": "small", "num_examples": 4}, {**common, "name": "big", "num_examples": 10}]
+    config = build_config(raw)
+    checked = preflight(config)
+    assert len(checked.benchmark_examples) == 10
+    for cfg, expected in zip(config.stages, (4, 10)):
+        run_dir = tmp_path / cfg.name
+        run_dir.mkdir()
+        ctx = StageContext(config=config, task=checked.task, run_dir=run_dir, device=torch.device("cpu"),
+                           splits=checked.splits, benchmark_examples=checked.benchmark_examples)
+        (record,) = Harness(ctx, tokenizer).bench(cfg)
+        assert record["metrics"]["num_examples"] == expected and record["num_examples"] == expected
+
+
 @pytest.mark.parametrize(("line", "key", "fragment"), [
     ("batch_sizes = []", "batch_sizes", "non-empty"), ("batch_sizes = [0, 8]", "batch_sizes", ">= 1"),
     ("batch_sizes = [8, 8]", "batch_sizes", "distinct"), ("num_examples = 0", "num_examples", ">= 1"),

@@ -170,6 +170,12 @@ class GlueExamples:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def head(self, num_examples: int) -> GlueExamples:
+        """The first `num_examples` examples, in file order (all of them if there are fewer)."""
+        keep = min(num_examples, len(self))
+        return dataclasses.replace(self, text_a=self.text_a[:keep], labels=self.labels[:keep],
+                                   text_b=None if self.text_b is None else self.text_b[:keep])
+
 
 def check_split(task: GlueTask, split: str) -> None:
     """Raise ConfigError unless `split` is one of the task's labelled splits (train, dev, ...)."""

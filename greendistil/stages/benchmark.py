@@ -36,6 +36,7 @@ import torch
 
 from greendistil.config import BenchmarkStage
 from greendistil.data.batching import Batch, EncodedSplit, collate, encode
+from greendistil.data.glue import GlueExamples
 from greendistil.measure.flops import COUNTER_NAME, count_flops
 from greendistil.measure.window import Clock, Window
 from greendistil.models.inputs import model_inputs
@@ -101,9 +102,9 @@ def run_benchmark(ctx: StageContext, cfg: BenchmarkStage, open_window: OpenWindo
     """Benchmark each role at each batch size, one window each (`cfg.windows()`); windows measured before
     an interruption (`--resume`) are not repeated. Models are the run's latest (`ctx.load`)."""
     pending = [spec for spec in cfg.windows() if not open_window.is_done(spec)]
-    examples = ctx.benchmark_examples
-    if examples is None:
+    if ctx.benchmark_examples is None:
         raise ValueError("no benchmark examples: the preflight reads them for a benchmark stage (a bug)")
+    examples = ctx.benchmark_examples.head(cfg.num_examples)
     models = {role: ctx.load(role) for role in dict.fromkeys(spec.role for spec in pending)}
     encoded: dict[str, EncodedSplit] = {}
     for role, loaded in models.items():
@@ -118,13 +119,11 @@ def run_benchmark(ctx: StageContext, cfg: BenchmarkStage, open_window: OpenWindo
                 warm_up(loaded.model, inputs.batches, cfg.warmup_batches, ctx.device)
                 flops = _count_one_batch(loaded.model, inputs.batches[0], f"{spec.role}_forward")
             with open_window(spec) as window:
-                _measure_window(ctx, cfg, window, loaded, inputs, flops, batch_size)
+                _measure_window(ctx, cfg, window, loaded, inputs, flops, batch_size, examples)
 
 
 def _measure_window(ctx: StageContext, cfg: BenchmarkStage, window: Window, loaded: LoadedModel,
-                    inputs: BenchInputs, flops: ScaledFlops, batch_size: int) -> None:
-    examples = ctx.benchmark_examples
-    assert examples is not None
+                    inputs: BenchInputs, flops: ScaledFlops, batch_size: int, examples: GlueExamples) -> None:
     counters = window.counters
     counters.model, counters.num_params = loaded.source, count_params(loaded.model)
     counters.flop_sampler = flops
