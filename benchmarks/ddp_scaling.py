@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from greendistil.runlog import store as runlog
+from greendistil.runlog.store import read_records
 
 STAGE_FIELDS = ("duration_s", "energy_kwh", "num_examples", "num_steps", "flops")
 
@@ -36,7 +36,7 @@ def run(command: list[str], env: dict[str, str]) -> float:
 
 
 def stage_rows(run_dir: Path) -> dict[str, dict[str, Any]]:
-    return {r["stage"]: r for r in runlog.read_records(run_dir) if r["kind"] != "benchmark"}
+    return {r["stage"]: r for r in read_records(run_dir) if r["kind"] != "benchmark"}
 
 
 def ratio(a: float | None, b: float | None) -> str:

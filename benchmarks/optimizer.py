@@ -16,7 +16,7 @@ import torch
 
 from greendistil.config import TeacherSection
 from greendistil.data.glue import get_task
-from greendistil.models.sources import count_params, load_teacher
+from greendistil.models.sources import count_params, load_teacher, resolve_teacher
 
 
 def time_steps(model: torch.nn.Module, repeats: int, **options: bool) -> list[float]:
@@ -35,7 +35,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
-    model = load_teacher(TeacherSection(), get_task("sst2")).model
+    model = load_teacher(resolve_teacher(TeacherSection()), get_task("sst2")).model
     for parameter in model.parameters():
         parameter.grad = torch.randn_like(parameter) * 1e-3
     print(f"model: {count_params(model) / 1e6:.1f}M parameters, torch {torch.__version__}, "
