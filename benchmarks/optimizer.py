@@ -15,7 +15,7 @@ import time
 import torch
 
 from greendistil.config import TeacherSection
-from greendistil.data.glue import get_task
+from greendistil.data.tasks import get_task
 from greendistil.models.sources import count_params, load_teacher, resolve_teacher
 
 

@@ -18,7 +18,8 @@ from pathlib import Path
 from greendistil.config import (BenchmarkStage, Config, DistillStage, EvaluateStage, FinetuneStage, PretrainStage,
                                 StageConfig, TrainingStage)
 from greendistil.data.corpus import CorpusText, load_corpus_text
-from greendistil.data.glue import GlueExamples, GlueTask, get_task, load_glue
+from greendistil.data.glue import GlueExamples, load_glue
+from greendistil.data.tasks import GlueTask, get_task
 from greendistil.data.grid import grid_intensity
 from greendistil.data.masking import build_masker
 from greendistil.distributed import SINGLE, Dist

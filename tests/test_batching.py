@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from greendistil.data.batching import EncodedSplit, LengthGroupedBatchSampler, collate, encode, make_loader
-from greendistil.data.glue import GlueExamples, get_task
+from greendistil.data.glue import GlueExamples
+from greendistil.data.tasks import get_task
 from greendistil.errors import ConfigError
 
 PAD = 0

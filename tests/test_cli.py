@@ -330,7 +330,8 @@ def test_evaluate_metrics_match_an_in_order_recomputation(e2e: dict[str, Any], g
     import numpy as np
     import torch
 
-    from greendistil.data.glue import get_task, load_glue
+    from greendistil.data.tasks import get_task
+    from greendistil.data.glue import load_glue
     from greendistil.data.metrics import compute_metrics
     from greendistil.models.sources import load_classifier, load_tokenizer
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import datasets
 import pytest
 
-from greendistil.data.glue import GLUE_TASKS, GlueExamples, get_task, load_glue
+from greendistil.data.tasks import GLUE_TASKS, get_task
+from greendistil.data.glue import GlueExamples, load_glue
 from greendistil.errors import ConfigError, DataError
 
 QUOTED = 'he said "it \'s fine and left'  # an unbalanced quote: with quote processing it would eat lines

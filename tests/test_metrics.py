@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from greendistil.data.glue import get_task
+from greendistil.data.tasks import get_task
 from greendistil.data.metrics import compute_metrics, glue_score, task_score
 
 # Confusion matrix of 10 binary examples: TP=3, FN=1, FP=2, TN=4.

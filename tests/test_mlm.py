@@ -13,7 +13,7 @@ from greendistil.config import StudentSection, TeacherSection
 from greendistil.config.corpus import CorpusSection, MaskingSection
 from greendistil.data.batching import make_loader
 from greendistil.data.corpus import encode_corpus, load_corpus_text
-from greendistil.data.glue import get_task
+from greendistil.data.tasks import get_task
 from greendistil.data.masking import build_masker, mask_tokens
 from greendistil.train.losses import mlm_cross_entropy
 from greendistil.measure.flops import count_nonembedding_params

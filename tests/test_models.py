@@ -11,7 +11,7 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification
 
 from greendistil.config import StudentSection, TeacherSection
-from greendistil.data.glue import get_task
+from greendistil.data.tasks import get_task
 from greendistil.errors import ConfigError, ModelSourceError
 from greendistil.models.student import build_student
 from greendistil.models.sources import (count_params, load_classifier, load_teacher, resolve_source, resolve_teacher,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from greendistil.config.types import require
-from greendistil.data.glue import get_task
+from greendistil.data.tasks import get_task
 from greendistil.errors import ConfigError
 
 CorpusSource = Literal["files", "glue", "hub"]

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from greendistil.config.types import require as _require
-from greendistil.data.glue import get_task
+from greendistil.data.tasks import get_task
 
 TeacherSource = Literal["package", "hub", "local", "scratch"]
 StudentInit = Literal["teacher", "random"]

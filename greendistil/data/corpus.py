@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from greendistil.data.batching import EncodedSplit
-from greendistil.data.glue import get_task, load_glue
+from greendistil.data.tasks import get_task
+from greendistil.data.glue import load_glue
 from greendistil.errors import DataError
 
 if TYPE_CHECKING:  # the config table is only a type here: data/ sits below config/

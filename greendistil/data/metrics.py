@@ -12,7 +12,7 @@ import numpy as np
 from scipy import stats
 from sklearn.metrics import matthews_corrcoef
 
-from greendistil.data.glue import GlueTask
+from greendistil.data.tasks import GlueTask
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTo
                           BertForSequenceClassification, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase)
 
 from greendistil.config import TeacherSection
-from greendistil.data.glue import GlueTask
+from greendistil.data.tasks import GlueTask
 from greendistil.errors import ConfigError, ModelSourceError
 
 logger = logging.getLogger(__name__)

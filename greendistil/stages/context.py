@@ -25,7 +25,8 @@ import torch
 from greendistil.config import Config, StageConfig, WindowSpec
 from greendistil.data.batching import EncodedSplit, encode
 from greendistil.data.corpus import CorpusText, EncodedCorpus, encode_corpus
-from greendistil.data.glue import GlueExamples, GlueTask
+from greendistil.data.glue import GlueExamples
+from greendistil.data.tasks import GlueTask
 from greendistil.distributed import SINGLE, Dist, agree, wrap
 from greendistil.measure.counters import StageCounters
 from greendistil.measure.window import Clock, Window
