@@ -16,7 +16,7 @@ from greendistil.measure.carbon import CarbonReading
 from greendistil.measure.nvml import GpuReading
 from greendistil.measure.ranks import FlopFigures, RankReading, Work, combine, combine_sources
 from greendistil.measure.window import Window, compose_record
-from test_window import make_run
+from builders import make_run
 
 # ---- torchrun's environment ------------------------------------------------------------------------
 
@@ -222,8 +222,8 @@ def test_distributed_record_adds_up(tmp_path: Path) -> None:
     readings = [_reading(0, carbon=_carbon(0.01, 0.002)), _reading(1),
                 _reading(2, carbon=_carbon(0.03, 0.004)), _reading(3)]
     run = make_run(tmp_path)
-    record = compose_record(window=Window("distill", "distill", "student"), run=run, status="ok", error=None,
-                            started_at=runlog.utc_now(), readings=readings, dist=TWO_NODES)
+    record, _ = compose_record(window=Window("distill", "distill", "student"), run=run, status="ok", error=None,
+                               started_at=runlog.utc_now(), readings=readings, dist=TWO_NODES)
     assert record["energy_kwh"] == pytest.approx(0.04 + 0.006 + 0.4)
     assert record["energy_kwh"] == pytest.approx(sum(n["energy_kwh"] for n in record["energy_by_node"]))
     assert record["co2_kg"] == pytest.approx(record["energy_kwh"] * run.pue * run.intensity_g_per_kwh / 1000)

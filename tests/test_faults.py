@@ -21,7 +21,7 @@ from greendistil.cli import main
 from greendistil.measure.carbon import CarbonMeter
 from greendistil.measure.nvml import NvmlMeter
 from conftest import write_tiny_config
-from test_nvml import FakeNvml
+from fakes import FakeNvml
 
 pytestmark = pytest.mark.slow
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
 
 import pytest
 from PIL import Image
@@ -16,67 +15,8 @@ from greendistil.report.compare import teacher_student
 from greendistil.report.costs import cost_totals, model_points, pareto_optimal
 from greendistil.report.frame import iter_runs, load_report_frame
 from greendistil.report.markdown import fmt_number, fmt_si
-from greendistil.runlog.store import append_record
 
-PUE, INTENSITY = 1.5, 400.0
-
-
-def stage_record(run_id: str, stage: str, kind: str, role: str, *, cpu: float | None, gpu: float | None,
-                 ram: float | None, flops: float | None, num_examples: int, **extra: Any) -> dict[str, Any]:
-    """A record in compose_record's schema with known numbers; CO2 = kWh × PUE × intensity."""
-    known = [v for v in (cpu, gpu, ram) if v is not None]
-    energy = sum(known) if known else None
-    record = {
-        "schema_version": 1, "run_id": run_id, "stage": stage, "kind": kind, "role": role, "status": "ok",
-        "error_type": None, "error_message": None, "started_at": "2026-11-25T05:00:00.000+00:00",
-        "ended_at": "2026-11-25T05:01:40.000+00:00", "duration_s": 100.0, "model": f"{role}-model",
-        "num_params": None, "num_examples": num_examples, "num_steps": 10, "flops": flops,
-        "flops_source": "counted:torch-flop-counter(3/10 steps sampled, extrapolated by padded tokens)"
-        if flops is not None else "unavailable:not-counted", "flops_by_component": {},
-        "energy_kwh": energy, "cpu_energy_kwh": cpu, "cpu_energy_source": "estimated:tdp-load-model",
-        "gpu_energy_kwh": gpu, "gpu_energy_source": "measured:nvml-counter" if gpu is not None
-        else "unavailable:no-nvml-library", "ram_energy_kwh": ram, "ram_energy_source": "estimated:ram-model",
-        "facility_energy_kwh": energy * PUE if energy is not None else None,
-        "co2_kg": energy * PUE * INTENSITY / 1000 if energy is not None else None,
-        "intensity_g_per_kwh": INTENSITY, "intensity_source": "configured:carbon.intensity_g_per_kwh",
-        "pue": PUE, "country_iso_code": "USA", "cpu_power_w": 10.0, "ram_power_w": 5.0, "gpu_power_mean_w": None,
-        "metrics": {}, "details": {}, "hardware": {"cpu_model": "Test CPU", "cpu_count": 4, "device": "cpu"},
-        "config_hash": "cafe1234", "git_sha": "abc1234", "versions": {"python": "3.11", "torch": "2.13.0"},
-        "command": f"greendistil run configs/{run_id}.toml",
-    }
-    record.update(extra)
-    return record
-
-
-def write_run(root: Path, run_id: str, task: str, records: list[dict[str, Any]]) -> Path:
-    run_dir = root / run_id
-    run_dir.mkdir(parents=True)
-    (run_dir / "config.toml").write_text(f'[run]\nname = "{run_id}"\n\n[task]\nname = "{task}"\n', encoding="utf-8")
-    for record in records:
-        append_record(run_dir, record)
-    return run_dir
-
-
-def full_run(root: Path, run_id: str, task: str = "sst2", *, scale: float = 1.0, teacher_score: float = 0.9,
-             student_score: float = 0.87) -> Path:
-    """Teacher 100M params, student 50M; finetune 1.0 kWh, distill 0.6 kWh, evaluate 0.1 kWh (× scale)."""
-    finetune = stage_record(run_id, "finetune", "finetune", "teacher", cpu=0.3 * scale, gpu=0.5 * scale,
-                            ram=0.2 * scale, flops=6e14 * scale, num_examples=1000, num_params=100_000_000,
-                            flops_by_component={"teacher_train": 6e14 * scale})
-    distill = stage_record(run_id, "distill", "distill", "student", cpu=0.2 * scale, gpu=0.3 * scale,
-                           ram=0.1 * scale, flops=4.5e14 * scale, num_examples=1000, num_params=50_000_000,
-                           flops_by_component={"teacher_forward": 2e14 * scale, "student_train": 2.5e14 * scale},
-                           details={"teacher_num_params": 100_000_000, "student_num_params": 50_000_000},
-                           started_at="2026-11-25T05:01:40.000+00:00")
-    metrics = {"teacher.accuracy": teacher_score, "teacher.score": teacher_score,
-               "student.accuracy": student_score, "student.score": student_score,
-               "retention.accuracy": student_score / teacher_score, "retention.score": student_score / teacher_score}
-    evaluate = stage_record(run_id, "evaluate", "evaluate", "teacher+student", cpu=0.05 * scale, gpu=None,
-                            ram=0.05 * scale, flops=3e12, num_examples=200, metrics=metrics,
-                            flops_by_component={"teacher_forward": 2e12, "student_forward": 1e12},
-                            details={"teacher": {"num_params": 100_000_000}, "student": {"num_params": 50_000_000}},
-                            started_at="2026-11-25T05:03:20.000+00:00", duration_s=10.0)
-    return write_run(root, run_id, task, [finetune, distill, evaluate])
+from builders import INTENSITY, PUE, full_run, section_of, stage_record, table_cells, write_run
 
 
 def failed_run(root: Path, run_id: str = "broken", task: str = "sst2") -> Path:
@@ -92,44 +32,26 @@ def failed_run(root: Path, run_id: str = "broken", task: str = "sst2") -> Path:
     return write_run(root, run_id, task, [finetune, distill, evaluate])
 
 
-def table_row(markdown: str, first_cell: str) -> list[str]:
-    """The cells of the first table row whose first cell starts with `first_cell`."""
-    for line in markdown.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
-        if line.startswith("|") and cells[0].startswith(first_cell):
-            return cells
-    raise AssertionError(f"no row starting with {first_cell!r} in:\n{markdown}")
-
-
-def section_of(markdown: str, heading: str) -> str:
-    """The text from `heading` to the next heading of the same or a higher level."""
-    level = heading.split(" ")[0]
-    start = markdown.index(heading)
-    body = start + len(heading)
-    following = re.search(rf"^#{{1,{len(level)}}} ", markdown[body:], re.M)
-    return markdown[start:body + following.start()] if following else markdown[start:]
-
-
 def test_cost_table_rows_totals_and_markings(tmp_path: Path) -> None:
     full_run(tmp_path, "alpha")
     text = tables.cost_section(load_report_frame([tmp_path]))
-    finetune = table_row(text, "finetune")
-    assert finetune[2] == "ok" and finetune[4] == "100 M" and finetune[5] == "1,000"
-    assert finetune[8] == "0.3 (est.)[^estimated-tdp-load-model]"
-    assert finetune[9] == "0.5 (meas.)[^measured-nvml-counter]"
-    assert finetune[10] == "0.2 (est.)[^estimated-ram-model]"
-    assert finetune[11] == "1 (est.+meas.)" and finetune[12] == fmt_number(0.6)
-    assert finetune[13].startswith("400[^configured-") and finetune[14] == "1.5"
-    evaluate = table_row(text, "evaluate")
-    assert evaluate[9] == "n/a[^unavailable-no-nvml-library]"  # not measured: n/a, never 0
-    assert "teacher 0.9 · student 0.87 · retention 96.7%" == evaluate[15]
+    finetune = table_cells(text, "finetune")
+    assert finetune["status"] == "ok" and finetune["parameters"] == "100 M" and finetune["examples"] == "1,000"
+    assert finetune["CPU kWh"] == "0.3 (est.)[^estimated-tdp-load-model]"
+    assert finetune["GPU kWh"] == "0.5 (meas.)[^measured-nvml-counter]"
+    assert finetune["RAM kWh"] == "0.2 (est.)[^estimated-ram-model]"
+    assert finetune["total kWh"] == "1 (est.+meas.)" and finetune["kg CO2eq"] == fmt_number(0.6)
+    assert finetune["grid g/kWh"].startswith("400[^configured-") and finetune["PUE"] == "1.5"
+    evaluate = table_cells(text, "evaluate")
+    assert evaluate["GPU kWh"] == "n/a[^unavailable-no-nvml-library]"  # not measured: n/a, never 0
+    assert "teacher 0.9 · student 0.87 · retention 96.7%" == evaluate["dev scores"]
     # The student's cost includes the teacher's training; the run total includes evaluation.
-    produce = table_row(text, "**to produce the student** (finetune + distill)")
-    assert produce[11] == "1.6 (est.+meas.)" and produce[12] == fmt_number(1.6 * PUE * INTENSITY / 1000)
-    total = table_row(text, "**run total**")
-    assert total[7].startswith(fmt_number(6e14 + 4.5e14 + 3e12))
-    assert total[9] == "0.8 (meas.), n/a in 1 stage(s)" and total[11].startswith("1.7 ")
-    assert total[12] == fmt_number(1.7 * PUE * INTENSITY / 1000)
+    produce = table_cells(text, "**to produce the student** (finetune + distill)")
+    assert produce["total kWh"] == "1.6 (est.+meas.)" and produce["kg CO2eq"] == fmt_number(1.6 * PUE * INTENSITY / 1000)
+    total = table_cells(text, "**run total**")
+    assert total["FLOPs"].startswith(fmt_number(6e14 + 4.5e14 + 3e12))
+    assert total["GPU kWh"] == "0.8 (meas.), n/a in 1 stage(s)" and total["total kWh"].startswith("1.7 ")
+    assert total["kg CO2eq"] == fmt_number(1.7 * PUE * INTENSITY / 1000)
     for label in ("estimated-tdp-load-model", "measured-nvml-counter", "estimated-ram-model",
                   "unavailable-no-nvml-library", "counted-torch-flop-counter"):
         assert text.count(f"[^{label}]:") == 1, label  # one footnote per distinct source
@@ -140,11 +62,11 @@ def test_failed_and_interrupted_stages_are_marked_not_dropped(tmp_path: Path) ->
     failed_run(tmp_path)
     frame = load_report_frame([tmp_path])
     text = tables.cost_section(frame)
-    assert table_row(text, "distill")[2] == "⚠ failed: StageError"
-    interrupted = table_row(text, "evaluate")
-    assert interrupted[2] == "⚠ interrupted: RunInterrupted" and interrupted[11] == "n/a"
-    total = table_row(text, "**run total**")
-    assert total[2] == "⚠ 2 not ok" and total[11].startswith("0.3 ")  # the failed stage's energy counts
+    assert table_cells(text, "distill")["status"] == "⚠ failed: StageError"
+    interrupted = table_cells(text, "evaluate")
+    assert interrupted["status"] == "⚠ interrupted: RunInterrupted" and interrupted["total kWh"] == "n/a"
+    total = table_cells(text, "**run total**")
+    assert total["status"] == "⚠ 2 not ok" and total["total kWh"].startswith("0.3 ")  # the failed stage's energy counts
     assert "[^unavailable-codecarbon-error]:" in text
     # Nothing to compare without scores, but every section still renders.
     assert "n/a" in tables.teacher_student_section(frame)
@@ -162,15 +84,16 @@ def test_teacher_student_ratios_and_published_reference(tmp_path: Path) -> None:
     assert comparison.score_retention == pytest.approx(0.87 / 0.9)
     assert comparison.train_energy_ratio == pytest.approx(0.6)
     text = tables.teacher_student_section(frame)
-    assert table_row(text, "parameters")[1:4] == ["100 M", "50.0 M", "0.5×"]
-    assert table_row(text, "dev score")[3] == "96.7% retained"
-    assert table_row(text, "… student-only")[2] == fmt_number(2.5e11)
-    assert "incl. teacher forward" in table_row(text, "energy to train")[2]
+    parameters = table_cells(text, "parameters")
+    assert [parameters[k] for k in ("teacher", "student", "student / teacher")] == ["100 M", "50.0 M", "0.5×"]
+    assert table_cells(text, "dev score")["student / teacher"] == "96.7% retained"
+    assert table_cells(text, "… student-only")["student"] == fmt_number(2.5e11)
+    assert "incl. teacher forward" in table_cells(text, "energy to train")["student"]
     reference = section_of(text, "### Published reference")
     assert "Sanh" in reference and "not measured by greendistil" in reference
-    assert table_row(reference, "parameters")[1:] == ["110 M", "66.0 M", "0.6×"]
-    assert table_row(reference, "GLUE dev macro-score")[1:] == ["79.5", "77.0", "96.9% retained"]
-    assert "1.63× faster" in table_row(reference, "inference time")[3] and "60% faster" in reference
+    assert list(table_cells(reference, "parameters").values())[1:] == ["110 M", "66.0 M", "0.6×"]
+    assert list(table_cells(reference, "GLUE dev macro-score").values())[1:] == ["79.5", "77.0", "96.9% retained"]
+    assert "1.63× faster" in list(table_cells(reference, "inference time").values())[3] and "60% faster" in reference
 
 
 def test_what_if_table_is_kwh_times_pue_times_intensity(tmp_path: Path) -> None:
@@ -201,7 +124,8 @@ def test_pareto_front_across_runs_and_tasks_not_mixed(tmp_path: Path) -> None:
     text = tables.across_runs_section(frame)
     sst2 = section_of(text, "### Task `sst2`")
     assert "other-task" not in sst2 and "other-task" in section_of(text, "### Task `rte`")
-    marks = {(row[0], row[1]): row[7:9] for row in (table_row(sst2, run) for run in ("cheap", "dear", "waste"))}
+    marks = {(row["run"], row["model"]): [row["Pareto: FLOPs"], row["Pareto: kWh"]]
+             for row in (table_cells(sst2, run) for run in ("cheap", "dear", "waste"))}
     assert marks[("cheap", "teacher")] == ["★", "★"]  # cheapest model of all
     assert marks[("dear", "teacher")] == ["★", "★"]  # best score
     assert marks[("waste", "teacher")] == ["", ""]
@@ -209,9 +133,10 @@ def test_pareto_front_across_runs_and_tasks_not_mixed(tmp_path: Path) -> None:
     assert points[("cheap", "student")].energy_kwh == pytest.approx(0.8)  # teacher's training included
     assert points[("cheap", "teacher")].energy_kwh == pytest.approx(0.5)
     totals = section_of(text, "### Total cost of all runs")
-    everything = table_row(totals, "**all tasks**")
-    assert everything[1:3] == ["4", "12"] and everything[6] == fmt_number(1.7 * (0.5 + 2 + 3 + 0.1))
-    assert table_row(totals, "`rte`")[6] == fmt_number(0.17)
+    everything = table_cells(totals, "**all tasks**")
+    assert (everything["runs"], everything["stages"]) == ("4", "12")
+    assert everything["kWh"] == fmt_number(1.7 * (0.5 + 2 + 3 + 0.1))
+    assert table_cells(totals, "`rte`")["kWh"] == fmt_number(0.17)
 
 
 def test_single_run_has_no_comparison_but_lists_environment(tmp_path: Path) -> None:
@@ -219,9 +144,9 @@ def test_single_run_has_no_comparison_but_lists_environment(tmp_path: Path) -> N
     frame = load_report_frame([tmp_path])
     assert "One run only" in tables.across_runs_section(frame)
     env = tables.environment_section(frame)
-    assert table_row(env, "command")[1] == "`greendistil run configs/alpha.toml`"
-    assert table_row(env, "git sha")[1] == "`abc1234`" and table_row(env, "config hash")[1] == "`cafe1234`"
-    assert table_row(env, "hardware: cpu_model")[1] == "Test CPU" and "torch 2.13.0" in env
+    assert table_cells(env, "command")["value"] == "`greendistil run configs/alpha.toml`"
+    assert table_cells(env, "git sha")["value"] == "`abc1234`" and table_cells(env, "config hash")["value"] == "`cafe1234`"
+    assert table_cells(env, "hardware: cpu_model")["value"] == "Test CPU" and "torch 2.13.0" in env
 
 
 def test_write_report_writes_markdown_and_readable_pngs(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from test_report import full_run, section_of, stage_record, write_run
+from builders import full_run, section_of, stage_record, write_run
 
 from greendistil.report import write_report
 from greendistil.report.distributed import distributed_section

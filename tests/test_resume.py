@@ -7,8 +7,6 @@ run resumed from a mid-stage checkpoint ends with exactly the weights of a run t
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import subprocess
 import sys
@@ -18,12 +16,10 @@ from typing import Any
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
-import greendistil
-from greendistil.testing import faults
 from greendistil import load_runs
-from conftest import OFFLINE_ENV, write_sst2, write_tiny_config
+from builders import read_records_strict as records, student_weights, subprocess_env as _env
+from conftest import write_sst2, write_tiny_config
 
 pytestmark = pytest.mark.slow
 
@@ -37,28 +33,9 @@ TRIAL_CONFIG = {"stages": [
 STAGES = ["finetune", "distill", "evaluate"]
 
 
-def _env(signal_at: str | None = None) -> dict[str, str]:
-    env = {**os.environ, **OFFLINE_ENV}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(greendistil.__file__).parents[1]),
-                                                      env.get("PYTHONPATH")]))
-    env.pop(faults.ENV_VAR, None)
-    if signal_at:
-        env[faults.ENV_VAR] = signal_at
-    return env
-
-
 def greendistil_cli(*args: str, cwd: Path, signal_at: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "greendistil", *args], cwd=cwd, env=_env(signal_at),
                           capture_output=True, text=True, timeout=300)
-
-
-def records(run_dir: Path) -> list[dict[str, Any]]:
-    """Every line must parse: a kill must never leave a torn record behind."""
-    return [json.loads(line) for line in (run_dir / "records.jsonl").read_text(encoding="utf-8").splitlines()]
-
-
-def student_weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return load_file(run_dir / "checkpoints" / "distill" / "model.safetensors")
 
 
 @pytest.fixture(scope="module")

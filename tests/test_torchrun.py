@@ -21,7 +21,7 @@ from greendistil.stages.context import StageContext
 from greendistil.stages.evaluate import run_evaluate
 from conftest import write_sst2, write_tiny_config
 from fakes import PlainWindows
-from test_resume import _env, records, student_weights
+from builders import read_records_strict as records, student_weights, subprocess_env as _env
 
 pytestmark = pytest.mark.slow
 

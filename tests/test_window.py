@@ -9,37 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from greendistil import runlog
+from greendistil.errors import RunInterrupted
 from greendistil.measure.carbon import CarbonMeter, CarbonReading
 from greendistil.measure.nvml import GpuReading
-from greendistil.measure.window import Meters, RunInfo, measure
-from greendistil.errors import RunInterrupted
+from greendistil.measure.window import Meters, measure
+from greendistil.runlog import store as runlog
+from greendistil.runlog.schema import FIELD_NAMES
 
-PUE, INTENSITY = 1.5, 400.0
-
-
-class FakeCarbon:
-    def __init__(self, reading: CarbonReading) -> None:
-        self.reading, self.started, self.stopped = reading, [], 0
-
-    def start(self, window_name: str) -> None:
-        self.started.append(window_name)
-
-    def stop(self) -> CarbonReading:
-        self.stopped += 1
-        return self.reading
-
-
-class FakeGpu:
-    def __init__(self, reading: GpuReading) -> None:
-        self.reading, self.started, self.stopped = reading, 0, 0
-
-    def start(self) -> None:
-        self.started += 1
-
-    def stop(self) -> GpuReading:
-        self.stopped += 1
-        return self.reading
+from builders import INTENSITY, PUE, make_run
+from fakes import FakeCarbon, FakeClock, FakeGpu
 
 
 CARBON_OK = CarbonReading(cpu_energy_kwh=0.001, cpu_energy_source="estimated:tdp-load-model",
@@ -55,12 +33,6 @@ GPU_NONE = GpuReading.unavailable("no-nvml-library", "nvmlInit failed")
 
 def make_meters(carbon: CarbonReading = CARBON_OK, gpu: GpuReading = GPU_OK) -> Meters:
     return Meters(carbon=FakeCarbon(carbon), gpu=FakeGpu(gpu))  # type: ignore[arg-type]
-
-
-def make_run(run_dir: Path) -> RunInfo:
-    return RunInfo(run_id="r1", run_dir=run_dir, config_hash="abc", git_sha=None, versions={"python": "3"},
-                   hardware={"cpu_count": 2}, country_iso_code="USA", pue=PUE, intensity_g_per_kwh=INTENSITY,
-                   intensity_source="configured:test")
 
 
 def only_record(run_dir: Path) -> dict:
@@ -101,6 +73,32 @@ def test_one_record_with_energy_by_component_and_co2(tmp_path: Path) -> None:
     assert record["duration_s"] >= 0
     power = (tmp_path / "power.csv").read_text(encoding="utf-8").splitlines()
     assert power[0] == "stage,elapsed_s,device,power_w,source" and len(power) == 3
+    assert power[1:] == ["finetune,0.000,0,100.000,measured:nvml-power-samples",
+                         "finetune,1.000,0,300.000,measured:nvml-power-samples"]
+
+
+def test_the_record_has_exactly_the_schemas_fields_in_order(tmp_path: Path) -> None:
+    """The window writes the fields of runlog.schema, no more, no fewer; power samples stay in power.csv."""
+    with measure(stage="finetune", kind="finetune", role="teacher", meters=make_meters(), run=make_run(tmp_path)):
+        pass
+    record = only_record(tmp_path)
+    assert tuple(record) == FIELD_NAMES
+    assert not any("power_samples" in key for key in record)
+
+
+def test_duration_is_exact_on_a_fake_clock(tmp_path: Path) -> None:
+    """measure() times the window on the clock it is given: 2.5 s passed inside it, so duration_s is 2.5."""
+    clock = FakeClock(start_s=1000.0)
+    run = make_run(tmp_path)
+    with measure(stage="finetune", kind="finetune", role="teacher", meters=make_meters(), run=run, clock=clock):
+        clock.advance(2.5)
+    with pytest.raises(ValueError):
+        with measure(stage="distill", kind="distill", role="student", meters=make_meters(), run=run, clock=clock):
+            clock.advance(0.75)
+            raise ValueError("a failed window is timed the same way")
+    finetune, distill = runlog.read_records(tmp_path)
+    assert finetune["duration_s"] == 2.5 and distill["duration_s"] == 0.75
+    assert distill["status"] == "failed"
 
 
 def test_each_window_appends_one_record(tmp_path: Path) -> None:

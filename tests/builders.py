@@ -1,0 +1,138 @@
+"""Shared builders: records through the schema, run directories, run info, report-table readers and the
+environment of subprocess runs. Test modules import these (and `fakes`), never each other."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+
+import greendistil
+from greendistil.measure.window import RunInfo
+from greendistil.runlog.schema import SCHEMA_VERSION, new_record
+from greendistil.runlog.store import append_record
+from greendistil.testing import faults
+
+from conftest import OFFLINE_ENV
+
+PUE, INTENSITY = 1.5, 400.0
+
+
+def make_run(run_dir: Path, **changes: Any) -> RunInfo:
+    """What every record of a test run shares: PUE 1.5, 400 g/kWh."""
+    values: dict[str, Any] = dict(run_id="r1", run_dir=run_dir, config_hash="abc", git_sha=None,
+                                  versions={"python": "3"}, hardware={"cpu_count": 2}, country_iso_code="USA",
+                                  pue=PUE, intensity_g_per_kwh=INTENSITY, intensity_source="configured:test")
+    return RunInfo(**{**values, **changes})
+
+
+def stage_record(run_id: str, stage: str, kind: str, role: str, *, cpu: float | None, gpu: float | None,
+                 ram: float | None, flops: float | None, num_examples: int, **extra: Any) -> dict[str, Any]:
+    """A record of the schema (`runlog.schema.new_record`: every field, unknown keys refused) with known
+    numbers; energy = cpu + gpu + ram, CO2 = kWh x PUE x intensity."""
+    known = [v for v in (cpu, gpu, ram) if v is not None]
+    energy = sum(known) if known else None
+    return new_record({
+        "schema_version": SCHEMA_VERSION, "run_id": run_id, "stage": stage, "kind": kind, "role": role,
+        "status": "ok", "segment": 1, "started_at": "2026-11-25T05:00:00.000+00:00",
+        "ended_at": "2026-11-25T05:01:40.000+00:00", "duration_s": 100.0, "model": f"{role}-model",
+        "num_examples": num_examples, "num_steps": 10, "flops": flops,
+        "flops_source": "counted:torch-flop-counter(3/10 steps sampled, extrapolated by padded tokens)"
+        if flops is not None else "unavailable:not-counted", "flops_by_component": {},
+        "energy_kwh": energy, "cpu_energy_kwh": cpu, "cpu_energy_source": "estimated:tdp-load-model",
+        "gpu_energy_kwh": gpu, "gpu_energy_source": "measured:nvml-counter" if gpu is not None
+        else "unavailable:no-nvml-library", "ram_energy_kwh": ram, "ram_energy_source": "estimated:ram-model",
+        "facility_energy_kwh": energy * PUE if energy is not None else None,
+        "co2_kg": energy * PUE * INTENSITY / 1000 if energy is not None else None,
+        "intensity_g_per_kwh": INTENSITY, "intensity_source": "configured:carbon.intensity_g_per_kwh",
+        "pue": PUE, "country_iso_code": "USA", "cpu_power_w": 10.0, "ram_power_w": 5.0,
+        "metrics": {}, "details": {}, "hardware": {"cpu_model": "Test CPU", "cpu_count": 4, "device": "cpu"},
+        "config_hash": "cafe1234", "git_sha": "abc1234", "versions": {"python": "3.11", "torch": "2.13.0"},
+        "command": f"greendistil run configs/{run_id}.toml", **extra,
+    })
+
+
+def write_run(root: Path, run_id: str, task: str, records: list[dict[str, Any]]) -> Path:
+    """A run directory holding `records` and a config.toml naming its task."""
+    run_dir = root / run_id
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.toml").write_text(f'[run]\nname = "{run_id}"\n\n[task]\nname = "{task}"\n', encoding="utf-8")
+    for record in records:
+        append_record(run_dir, record)
+    return run_dir
+
+
+def full_run(root: Path, run_id: str, task: str = "sst2", *, scale: float = 1.0, teacher_score: float = 0.9,
+             student_score: float = 0.87) -> Path:
+    """Teacher 100M params, student 50M; finetune 1.0 kWh, distill 0.6 kWh, evaluate 0.1 kWh (× scale)."""
+    finetune = stage_record(run_id, "finetune", "finetune", "teacher", cpu=0.3 * scale, gpu=0.5 * scale,
+                            ram=0.2 * scale, flops=6e14 * scale, num_examples=1000, num_params=100_000_000,
+                            flops_by_component={"teacher_train": 6e14 * scale})
+    distill = stage_record(run_id, "distill", "distill", "student", cpu=0.2 * scale, gpu=0.3 * scale,
+                           ram=0.1 * scale, flops=4.5e14 * scale, num_examples=1000, num_params=50_000_000,
+                           flops_by_component={"teacher_forward": 2e14 * scale, "student_train": 2.5e14 * scale},
+                           details={"teacher_num_params": 100_000_000, "student_num_params": 50_000_000},
+                           started_at="2026-11-25T05:01:40.000+00:00")
+    metrics = {"teacher.accuracy": teacher_score, "teacher.score": teacher_score,
+               "student.accuracy": student_score, "student.score": student_score,
+               "retention.accuracy": student_score / teacher_score, "retention.score": student_score / teacher_score}
+    evaluate = stage_record(run_id, "evaluate", "evaluate", "teacher+student", cpu=0.05 * scale, gpu=None,
+                            ram=0.05 * scale, flops=3e12, num_examples=200, metrics=metrics,
+                            flops_by_component={"teacher_forward": 2e12, "student_forward": 1e12},
+                            details={"teacher": {"num_params": 100_000_000}, "student": {"num_params": 50_000_000}},
+                            started_at="2026-11-25T05:03:20.000+00:00", duration_s=10.0)
+    return write_run(root, run_id, task, [finetune, distill, evaluate])
+
+
+def table_cells(markdown: str, first_cell: str) -> dict[str, str]:
+    """The first table row whose first cell starts with `first_cell`, as {header: cell} (headers of the
+    table the row is in), so that a test reads a column by its name, not its position."""
+    header: list[str] | None = None
+    for line in markdown.splitlines():
+        if not line.startswith("|"):
+            header = None
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+        if header is None:
+            header = cells
+            continue
+        if set("".join(cells)) <= set("-: |"):
+            continue
+        if cells[0].startswith(first_cell):
+            return dict(zip(header, cells))
+    raise AssertionError(f"no row starting with {first_cell!r} in:\n{markdown}")
+
+
+def section_of(markdown: str, heading: str) -> str:
+    """The text from `heading` to the next heading of the same or a higher level."""
+    level = heading.split(" ")[0]
+    start = markdown.index(heading)
+    body = start + len(heading)
+    following = re.search(rf"^#{{1,{len(level)}}} ", markdown[body:], re.M)
+    return markdown[start:body + following.start()] if following else markdown[start:]
+
+
+def subprocess_env(signal_at: str | None = None) -> dict[str, str]:
+    """The environment of a `python -m greendistil` subprocess: offline, this checkout's code first, and
+    (`signal_at`) a fault point where the run signals itself."""
+    env = {**os.environ, **OFFLINE_ENV}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(greendistil.__file__).parents[1]),
+                                                      env.get("PYTHONPATH")]))
+    env.pop(faults.ENV_VAR, None)
+    if signal_at:
+        env[faults.ENV_VAR] = signal_at
+    return env
+
+
+def read_records_strict(run_dir: Path) -> list[dict[str, Any]]:
+    """Every line must parse: a kill must never leave a torn record behind."""
+    return [json.loads(line) for line in (run_dir / "records.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+def student_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(run_dir / "checkpoints" / "distill" / "model.safetensors")
