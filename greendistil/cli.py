@@ -283,6 +283,8 @@ def _interruptible(work: Callable[[], T], handle: RunHandle) -> tuple[T | None, 
 
 def _resume_hint(handle: RunHandle) -> str:
     run_dir = handle.run_dir
+    if run_dir is not None and not handle.resumable:
+        return f"; its records so far are in {run_dir}"
     return f"; continue with: greendistil run --resume {run_dir}" if run_dir is not None else ""
 
 

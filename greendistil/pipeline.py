@@ -65,6 +65,7 @@ class RunHandle:
     continue it)."""
 
     run_dir: Path | None = None
+    resumable: bool = True  # False for `bench`: its models are not in its config, so --resume cannot redo it
 
 
 def execute(request: RunRequest, handle: RunHandle | None = None) -> Path:
@@ -75,6 +76,7 @@ def execute(request: RunRequest, handle: RunHandle | None = None) -> Path:
     nothing to do, StageError when a stage fails, and KeyboardInterrupt / RunInterrupted on a signal.
     """
     config, handle = request.config, handle or RunHandle()
+    handle.resumable = request.sources is None
     with distributed.joined(config.run.ddp_backend, config.run.device) as dist:
         if request.resume_dir is not None:  # before the preflight: a finished run needs no data
             RunProgress.from_records(request.resume_dir, read_records(request.resume_dir)).check_not_complete(

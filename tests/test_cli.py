@@ -280,6 +280,9 @@ BAD_INPUT: list[tuple[str, Mutate, str]] = [
     ("output-dir-not-writable", _output_dir_under_a_file, "run.output_dir"),
     ("teacher-trained-for-another-task", _teacher_for_another_task, "trained for GLUE task 'stsb'"),
     ("checkpoint-every-negative", _set("stages.0.checkpoint_every_steps", -1), "checkpoint_every_steps"),
+    ("unknown-device", _set("run.device", "gpu"), "run.device"),
+    *([("cuda-without-a-gpu", _set("run.device", "cuda"), "run.device: 'cuda'")] if not torch.cuda.is_available()
+      else []),
 ]
 
 

@@ -46,7 +46,7 @@ def test_pearson_of_linear_and_spearman_of_monotone() -> None:
 
 
 def test_constant_predictions_give_nan_with_warning(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="greendistil.metrics"):
+    with caplog.at_level(logging.WARNING, logger="greendistil.data.metrics"):
         result = compute_metrics(get_task("stsb"), np.full(4, 2.0), np.array([0.0, 1.0, 2.0, 3.0]))
     assert math.isnan(result["pearson"]) and math.isnan(result["spearman"])
     assert "constant predictions" in caplog.text

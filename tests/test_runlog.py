@@ -221,3 +221,15 @@ def test_create_run_dir_under_a_regular_file_is_a_run_dir_error(tmp_path: Path) 
 def test_new_run_ids_are_distinct() -> None:
     ids = {runlog.new_run_id("quick") for _ in range(50)}
     assert len(ids) == 50 and all(i.startswith("quick-") for i in ids)
+
+
+def test_resume_refuses_a_finished_training_stage_without_its_model(tmp_path: Path) -> None:
+    """A finished training stage whose record names no saved model cannot be the start of later stages."""
+    from greendistil.errors import RunDirError
+    from greendistil.runlog.progress import RunProgress
+
+    records = [{"stage": "finetune", "kind": "finetune", "status": "ok", "artifacts": {}}]
+    with pytest.raises(RunDirError, match="names no saved model"):
+        RunProgress.from_records(tmp_path, records)
+    done = RunProgress.from_records(tmp_path, [{**records[0], "artifacts": {"teacher": "checkpoints/finetune"}}])
+    assert done.artifacts == {"teacher": tmp_path / "checkpoints" / "finetune"}

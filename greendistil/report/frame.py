@@ -47,7 +47,7 @@ def load_report_frame(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
     for column in _COLUMNS:
         if column not in frame:
             frame[column] = None
-    # A record without its task (a Trainer run outside a GLUE task) is shown under its config's, if any.
+    # Records written before the `task` field existed are shown under their config.toml's task.
     frame["task"] = frame["task"].fillna(frame["run_dir"].map(lambda run_dir: run_task(Path(run_dir))))
     return frame
 

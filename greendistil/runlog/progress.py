@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from greendistil.config import Config, StageConfig
+from greendistil.errors import RunDirError
+
+TRAINING_KINDS = ("pretrain", "finetune", "distill")  # stages whose later stages start from the model they saved
 
 
 class RunAlreadyComplete(Exception):
@@ -32,6 +35,11 @@ class RunProgress:
             name = str(record.get("stage"))
             progress.statuses.setdefault(name, []).append(str(record.get("status")))
             if record.get("status") == "ok":
+                if record.get("kind") in TRAINING_KINDS and not record.get("artifacts"):
+                    raise RunDirError(f"--resume: {str(run_dir)!r} holds a finished {record.get('kind')} stage "
+                                      f"{name!r} whose record names no saved model (written before records kept "
+                                      "their artifacts); later stages cannot start from it: start the run over "
+                                      "with --force")
                 for role, folder in (record.get("artifacts") or {}).items():
                     progress.artifacts[role] = run_dir / folder
         return progress

@@ -112,7 +112,6 @@ FIELDS: tuple[Field, ...] = (
 )
 
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in FIELDS)
-BY_NAME: dict[str, Field] = {f.name: f for f in FIELDS}
 # Flattened column names of additive fields (a table additive field adds each of its entries).
 ADDITIVE_FIELDS: tuple[str, ...] = tuple(f.name for f in FIELDS if f.additive and not f.table)
 ADDITIVE_PREFIXES: tuple[str, ...] = tuple(f"{f.name}." for f in FIELDS if f.additive and f.table)
@@ -139,7 +138,7 @@ def new_record(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def describe() -> str:
-    """The table as markdown (field, unit, adds over segments, meaning): for the README and `--help`."""
+    """The table as markdown (field, unit, adds over segments, meaning), for people reading run logs."""
     rows = ["| field | unit | adds over segments | meaning |", "|---|---|---|---|"]
     rows += [f"| `{f.name}` | {f.unit or ''} | {'yes' if f.additive else ''} | {f.doc} |" for f in FIELDS]
     return "\n".join(rows)

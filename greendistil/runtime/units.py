@@ -15,6 +15,3 @@ def joules_to_kwh(energy_j: float | None) -> float | None:
     """Joules to kilowatt-hours. ``None`` (unavailable) stays ``None``."""
     return None if energy_j is None else energy_j / J_PER_KWH
 
-
-def kwh_to_joules(energy_kwh: float) -> float:
-    return energy_kwh * J_PER_KWH

@@ -18,7 +18,7 @@ from greendistil.models.inputs import model_inputs
 from greendistil.models.sources import count_params
 from greendistil.stages.context import StageContext, single_window
 from greendistil.stages.distill_mlm import distill_mlm
-from greendistil.stages.training import TrainingPlan, publish_plan, train_loader, train_plan
+from greendistil.stages.training import TrainingPlan, name_model, publish_plan, train_loader, train_plan
 from greendistil.train.loop import LossTerms
 from greendistil.train.losses import hidden_cosine, soft_target_kl, soft_target_mse, task_loss, weighted_sum
 
@@ -32,6 +32,7 @@ def run_distill(ctx: StageContext, cfg: DistillStage, window: Window) -> None:
     teacher = teacher_loaded.model.to(ctx.device).eval()
     teacher.requires_grad_(False)
     student = student_loaded.model.to(ctx.device)
+    name_model(window, student_loaded.source, student)
     tokenizer = teacher_loaded.tokenizer
     train_split = ctx.encoded("train", tokenizer)
     is_regression = ctx.task.is_regression

@@ -24,7 +24,8 @@ from greendistil.measure.window import Window
 from greendistil.models.mlm import HEAD_NOTE_KEY, MlmForward, evaluate_mlm, head_note, mlm_forward
 from greendistil.models.sources import count_params
 from greendistil.stages.context import StageContext
-from greendistil.stages.training import TrainingPlan, publish_plan, record_heldout_flops, train_loader, train_plan
+from greendistil.stages.training import (TrainingPlan, name_model, publish_plan, record_heldout_flops, train_loader,
+                                         train_plan)
 from greendistil.train.loop import LossTerms
 from greendistil.train.losses import hidden_cosine, mlm_cross_entropy, soft_target_kl, weighted_sum
 
@@ -35,6 +36,7 @@ def distill_mlm(ctx: StageContext, cfg: DistillStage, window: Window) -> None:
     teacher = teacher_loaded.model.to(ctx.device).eval()
     teacher.requires_grad_(False)
     student, tokenizer = student_loaded.model.to(ctx.device), teacher_loaded.tokenizer
+    name_model(window, student_loaded.source, student)
     counters = window.counters
     corpus = ctx.encoded_corpus(tokenizer)
     masker = build_masker(tokenizer, ctx.config.masking).to(ctx.device)

@@ -8,7 +8,7 @@ from greendistil.measure.flops import FlopScope, count_nonembedding_params
 from greendistil.measure.window import Window
 from greendistil.models.inputs import model_inputs
 from greendistil.stages.context import StageContext, single_window
-from greendistil.stages.training import TrainingPlan, publish_plan, train_loader, train_plan
+from greendistil.stages.training import TrainingPlan, name_model, publish_plan, train_loader, train_plan
 from greendistil.train.loop import LossTerms
 from greendistil.train.losses import task_loss
 
@@ -17,6 +17,7 @@ from greendistil.train.losses import task_loss
 def run_finetune(ctx: StageContext, cfg: FinetuneStage, window: Window) -> None:
     loaded = ctx.load(cfg.role)
     model = loaded.model.to(ctx.device)
+    name_model(window, loaded.source, model)
     train_split = ctx.encoded("train", loaded.tokenizer)
     is_regression = ctx.task.is_regression
     replica = ctx.parallel(model)  # DDP under torchrun: gradients averaged over ranks in backward

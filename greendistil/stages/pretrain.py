@@ -25,7 +25,8 @@ from greendistil.measure.flops import FlopScope, count_nonembedding_params
 from greendistil.measure.window import Window
 from greendistil.models.mlm import HEAD_NOTE_KEY, MlmForward, evaluate_mlm, freeze_all_but_head, head_note, mlm_head
 from greendistil.stages.context import StageContext, single_window
-from greendistil.stages.training import TrainingPlan, publish_plan, record_heldout_flops, train_loader, train_plan
+from greendistil.stages.training import (TrainingPlan, name_model, publish_plan, record_heldout_flops, train_loader,
+                                         train_plan)
 from greendistil.train.loop import LossTerms
 from greendistil.train.losses import mlm_cross_entropy
 
@@ -34,6 +35,7 @@ from greendistil.train.losses import mlm_cross_entropy
 def run_pretrain(ctx: StageContext, cfg: PretrainStage, window: Window) -> None:
     loaded = ctx.load_mlm(cfg.role)
     model, tokenizer = loaded.model.to(ctx.device), loaded.tokenizer
+    name_model(window, loaded.source, model)
     counters = window.counters
     corpus = ctx.encoded_corpus(tokenizer)
     masker = build_masker(tokenizer, ctx.config.masking).to(ctx.device)

@@ -46,10 +46,13 @@ def train_loader(ctx: StageContext, cfg: TrainingStage, split: EncodedSplit, tok
                        seed=ctx.config.run.seed, group_by_length=cfg.group_by_length, **ctx.shard)
 
 
+def name_model(window: Window, source: str, model: torch.nn.Module) -> None:
+    """Say in the window which model it measures, as soon as it is loaded (a stage that fails later keeps it)."""
+    window.counters.model, window.counters.num_params = source, count_params(model)
+
+
 def train_plan(ctx: StageContext, cfg: TrainingStage, window: Window, plan: TrainingPlan) -> TrainSummary:
-    """Name the measured model in the window's counters and run the shared loop over the plan."""
-    counters = window.counters
-    counters.model, counters.num_params = plan.source, count_params(plan.model)
+    """Run the shared loop over the plan, into the window's counters."""
     return train(cfg=cfg, model=plan.trained or plan.model, loader=plan.loader, step_fn=plan.step, window=window,
                  analytic_flops_per_token=plan.analytic_flops_per_token, state=ctx.train_state(cfg.name),
                  dist=ctx.dist, show_progress=ctx.show_progress)

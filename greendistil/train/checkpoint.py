@@ -22,7 +22,7 @@ from greendistil.testing import faults
 
 logger = logging.getLogger(__name__)
 
-STATE_FORMAT = 2  # 2: one CUDA RNG state per rank (the current device's), never a list of every device's
+STATE_FORMAT = 1
 TEMP_SUFFIX = ".partial"
 
 
