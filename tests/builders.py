@@ -1,5 +1,9 @@
-"""Shared builders: records through the schema, run directories, run info, report-table readers and the
-environment of subprocess runs. Test modules import these (and `fakes`), never each other."""
+"""Shared builders: runs and records with known numbers, and readers for the report's markdown.
+
+Every record is built through `greendistil.runlog.schema.new_record`, so it has exactly the schema's fields
+in table order, and a builder that names a field the schema lacks fails at once (KeyError) instead of
+writing a record the package would never write. Test modules import these (and `fakes`), never each other.
+"""
 
 from __future__ import annotations
 
@@ -14,56 +18,80 @@ from safetensors.torch import load_file
 
 import greendistil
 from greendistil.measure.window import RunInfo
-from greendistil.runlog.schema import SCHEMA_VERSION, new_record
+from greendistil.runlog.schema import FIELD_NAMES, SCHEMA_VERSION, new_record
 from greendistil.runlog.store import append_record
 from greendistil.testing import faults
 
 from conftest import OFFLINE_ENV
 
-PUE, INTENSITY = 1.5, 400.0
+PUE, INTENSITY = 1.5, 400.0  # every built run's: CO2 = kWh x PUE x INTENSITY / 1000
 
 
-def make_run(run_dir: Path, **changes: Any) -> RunInfo:
-    """What every record of a test run shares: PUE 1.5, 400 g/kWh."""
-    values: dict[str, Any] = dict(run_id="r1", run_dir=run_dir, config_hash="abc", git_sha=None,
-                                  versions={"python": "3"}, hardware={"cpu_count": 2}, country_iso_code="USA",
-                                  pue=PUE, intensity_g_per_kwh=INTENSITY, intensity_source="configured:test")
-    return RunInfo(**{**values, **changes})
+# ---- the run a window belongs to ---------------------------------------------------------------------
+
+
+def make_run(run_dir: Path) -> RunInfo:
+    """A run's shared facts for `measure()` and `compose_record()`: PUE 1.5, 400 g/kWh, a CPU machine."""
+    return RunInfo(run_id="r1", run_dir=run_dir, config_hash="abc", git_sha=None, versions={"python": "3"},
+                   hardware={"cpu_count": 2}, country_iso_code="USA", pue=PUE, intensity_g_per_kwh=INTENSITY,
+                   intensity_source="configured:test")
+
+
+# ---- records ----------------------------------------------------------------------------------------
+
+
+def record(**values: Any) -> dict[str, Any]:
+    """A record of the current schema: `values` where given, null elsewhere (KeyError on a non-field)."""
+    return new_record({"schema_version": SCHEMA_VERSION, **values})
 
 
 def stage_record(run_id: str, stage: str, kind: str, role: str, *, cpu: float | None, gpu: float | None,
                  ram: float | None, flops: float | None, num_examples: int, **extra: Any) -> dict[str, Any]:
-    """A record of the schema (`runlog.schema.new_record`: every field, unknown keys refused) with known
-    numbers; energy = cpu + gpu + ram, CO2 = kWh x PUE x intensity."""
+    """A finished stage's record with known numbers: energy = the known parts of cpu + gpu + ram (null when
+    none is known), CO2 = kWh x PUE x intensity. `extra` sets (or overrides) any other field."""
     known = [v for v in (cpu, gpu, ram) if v is not None]
     energy = sum(known) if known else None
-    return new_record({
-        "schema_version": SCHEMA_VERSION, "run_id": run_id, "stage": stage, "kind": kind, "role": role,
-        "status": "ok", "segment": 1, "started_at": "2026-11-25T05:00:00.000+00:00",
+    components = "+".join(name for name, v in (("cpu", cpu), ("gpu", gpu), ("ram", ram)) if v is not None)
+    values: dict[str, Any] = {
+        "run_id": run_id, "stage": stage, "kind": kind, "role": role, "status": "ok", "segment": 1,
+        "error_type": None, "error_message": None, "started_at": "2026-11-25T05:00:00.000+00:00",
         "ended_at": "2026-11-25T05:01:40.000+00:00", "duration_s": 100.0, "model": f"{role}-model",
-        "num_examples": num_examples, "num_steps": 10, "flops": flops,
+        "num_params": None, "num_examples": num_examples, "num_steps": 10, "flops": flops,
         "flops_source": "counted:torch-flop-counter(3/10 steps sampled, extrapolated by padded tokens)"
         if flops is not None else "unavailable:not-counted", "flops_by_component": {},
-        "energy_kwh": energy, "cpu_energy_kwh": cpu, "cpu_energy_source": "estimated:tdp-load-model",
+        "energy_kwh": energy, "energy_components": components,
+        "cpu_energy_kwh": cpu, "cpu_energy_source": "estimated:tdp-load-model",
         "gpu_energy_kwh": gpu, "gpu_energy_source": "measured:nvml-counter" if gpu is not None
         else "unavailable:no-nvml-library", "ram_energy_kwh": ram, "ram_energy_source": "estimated:ram-model",
         "facility_energy_kwh": energy * PUE if energy is not None else None,
         "co2_kg": energy * PUE * INTENSITY / 1000 if energy is not None else None,
         "intensity_g_per_kwh": INTENSITY, "intensity_source": "configured:carbon.intensity_g_per_kwh",
-        "pue": PUE, "country_iso_code": "USA", "cpu_power_w": 10.0, "ram_power_w": 5.0,
+        "pue": PUE, "country_iso_code": "USA", "cpu_power_w": 10.0, "ram_power_w": 5.0, "gpu_power_mean_w": None,
         "metrics": {}, "details": {}, "hardware": {"cpu_model": "Test CPU", "cpu_count": 4, "device": "cpu"},
         "config_hash": "cafe1234", "git_sha": "abc1234", "versions": {"python": "3.11", "torch": "2.13.0"},
-        "command": f"greendistil run configs/{run_id}.toml", **extra,
-    })
+        "command": f"greendistil run configs/{run_id}.toml",
+    }
+    return record(**{**values, **extra})
+
+
+def without(rec: dict[str, Any], *fields: str) -> dict[str, Any]:
+    """`rec` as a writer from before `fields` existed left it: those keys absent, not null. Each must be a
+    schema field (so a renamed field cannot leave this quietly dropping nothing)."""
+    unknown = sorted(set(fields) - set(FIELD_NAMES))
+    assert not unknown, f"not record fields: {unknown}"
+    return {name: value for name, value in rec.items() if name not in fields}
+
+
+# ---- run directories --------------------------------------------------------------------------------
 
 
 def write_run(root: Path, run_id: str, task: str, records: list[dict[str, Any]]) -> Path:
-    """A run directory holding `records` and a config.toml naming its task."""
+    """`<root>/<run_id>` with a config.toml naming the run and task, and `records` in its run log."""
     run_dir = root / run_id
     run_dir.mkdir(parents=True)
     (run_dir / "config.toml").write_text(f'[run]\nname = "{run_id}"\n\n[task]\nname = "{task}"\n', encoding="utf-8")
-    for record in records:
-        append_record(run_dir, record)
+    for rec in records:
+        append_record(run_dir, rec)
     return run_dir
 
 
@@ -89,23 +117,7 @@ def full_run(root: Path, run_id: str, task: str = "sst2", *, scale: float = 1.0,
     return write_run(root, run_id, task, [finetune, distill, evaluate])
 
 
-def table_cells(markdown: str, first_cell: str) -> dict[str, str]:
-    """The first table row whose first cell starts with `first_cell`, as {header: cell} (headers of the
-    table the row is in), so that a test reads a column by its name, not its position."""
-    header: list[str] | None = None
-    for line in markdown.splitlines():
-        if not line.startswith("|"):
-            header = None
-            continue
-        cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
-        if header is None:
-            header = cells
-            continue
-        if set("".join(cells)) <= set("-: |"):
-            continue
-        if cells[0].startswith(first_cell):
-            return dict(zip(header, cells))
-    raise AssertionError(f"no row starting with {first_cell!r} in:\n{markdown}")
+# ---- reading the report -----------------------------------------------------------------------------
 
 
 def section_of(markdown: str, heading: str) -> str:
@@ -116,6 +128,56 @@ def section_of(markdown: str, heading: str) -> str:
     following = re.search(rf"^#{{1,{len(level)}}} ", markdown[body:], re.M)
     return markdown[start:body + following.start()] if following else markdown[start:]
 
+
+_SEPARATOR = re.compile(r"^\|(\s*:?-+:?\s*\|)+$")
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split(" | ")]
+
+
+def markdown_tables(markdown: str) -> list[list[dict[str, str]]]:
+    """Every table in `markdown`, in order: its rows as dicts keyed by the header's text (a blank header is
+    ""). A row whose cell count differs from its header's fails the test: a cell could not be found by name."""
+    lines = markdown.splitlines()
+    tables = []
+    i = 0
+    while i < len(lines):
+        if lines[i].startswith("|") and i + 1 < len(lines) and _SEPARATOR.match(lines[i + 1].strip()):
+            header = _cells(lines[i])
+            assert len(set(header)) == len(header), f"repeated header in {lines[i]!r}"
+            rows = []
+            i += 2
+            while i < len(lines) and lines[i].startswith("|"):
+                cells = _cells(lines[i])
+                assert len(cells) == len(header), f"{len(cells)} cells under {len(header)} headers: {lines[i]!r}"
+                rows.append(dict(zip(header, cells)))
+                i += 1
+            tables.append(rows)
+        else:
+            i += 1
+    return tables
+
+
+def table_rows(markdown: str) -> list[dict[str, str]]:
+    """The rows of every table in `markdown`, in order, keyed by their table's headers."""
+    return [row for table in markdown_tables(markdown) for row in table]
+
+
+def table_row(markdown: str, first_cell: str) -> dict[str, str]:
+    """The first table row whose first cell starts with `first_cell`, keyed by its table's headers."""
+    for row in table_rows(markdown):
+        if next(iter(row.values())).startswith(first_cell):
+            return row
+    raise AssertionError(f"no row starting with {first_cell!r} in:\n{markdown}")
+
+
+def pick(row: dict[str, str], *headers: str) -> list[str]:
+    """The cells of `row` under `headers`, in that order (KeyError naming a header the table lacks)."""
+    return [row[header] for header in headers]
+
+
+# ---- real runs in subprocesses ------------------------------------------------------------------------
 
 def subprocess_env(signal_at: str | None = None) -> dict[str, str]:
     """The environment of a `python -m greendistil` subprocess: offline, this checkout's code first, and

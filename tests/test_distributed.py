@@ -8,14 +8,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from greendistil.runlog import store as runlog
 from greendistil.data.batching import EncodedSplit, LengthGroupedBatchSampler, ShardedBatchSampler, make_loader
 from greendistil.distributed import SINGLE, Dist, choose_backend, from_env
 from greendistil.errors import ConfigError
 from greendistil.measure.carbon import CarbonReading
-from greendistil.measure.nvml import GpuReading
+from greendistil.measure.gpu_reading import GpuReading
 from greendistil.measure.ranks import FlopFigures, RankReading, Work, combine, combine_sources
 from greendistil.measure.window import Window, compose_record
+from greendistil.runlog import store as runlog
+from greendistil.runlog.schema import FIELD_NAMES
+
 from builders import make_run
 
 # ---- torchrun's environment ------------------------------------------------------------------------
@@ -222,8 +224,10 @@ def test_distributed_record_adds_up(tmp_path: Path) -> None:
     readings = [_reading(0, carbon=_carbon(0.01, 0.002)), _reading(1),
                 _reading(2, carbon=_carbon(0.03, 0.004)), _reading(3)]
     run = make_run(tmp_path)
-    record, _ = compose_record(window=Window("distill", "distill", "student"), run=run, status="ok", error=None,
-                               started_at=runlog.utc_now(), readings=readings, dist=TWO_NODES)
+    record, power_samples = compose_record(window=Window("distill", "distill", "student"), run=run, status="ok",
+                                           error=None, started_at=runlog.utc_now(), readings=readings, dist=TWO_NODES)
+    assert list(record) == list(FIELD_NAMES)  # the power samples are returned beside the record, not in it
+    assert {s[1] for s in power_samples} == {"n0-gpu0", "n0-gpu1", "n1-gpu0", "n1-gpu1"} and len(power_samples) == 8
     assert record["energy_kwh"] == pytest.approx(0.04 + 0.006 + 0.4)
     assert record["energy_kwh"] == pytest.approx(sum(n["energy_kwh"] for n in record["energy_by_node"]))
     assert record["co2_kg"] == pytest.approx(record["energy_kwh"] * run.pue * run.intensity_g_per_kwh / 1000)

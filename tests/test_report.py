@@ -8,15 +8,16 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from greendistil.errors import GreendistilError
 from greendistil.data.grid import grid_intensity
+from greendistil.errors import GreendistilError
 from greendistil.report import plots, tables, write_report
 from greendistil.report.compare import teacher_student
 from greendistil.report.costs import cost_totals, model_points, pareto_optimal
 from greendistil.report.frame import iter_runs, load_report_frame
 from greendistil.report.markdown import fmt_number, fmt_si
 
-from builders import INTENSITY, PUE, full_run, section_of, stage_record, table_cells, write_run
+from builders import (INTENSITY, PUE, full_run, markdown_tables, pick, section_of, stage_record, table_row,
+                      table_rows, write_run)
 
 
 def failed_run(root: Path, run_id: str = "broken", task: str = "sst2") -> Path:
@@ -35,20 +36,21 @@ def failed_run(root: Path, run_id: str = "broken", task: str = "sst2") -> Path:
 def test_cost_table_rows_totals_and_markings(tmp_path: Path) -> None:
     full_run(tmp_path, "alpha")
     text = tables.cost_section(load_report_frame([tmp_path]))
-    finetune = table_cells(text, "finetune")
+    finetune = table_row(text, "finetune")
     assert finetune["status"] == "ok" and finetune["parameters"] == "100 M" and finetune["examples"] == "1,000"
     assert finetune["CPU kWh"] == "0.3 (est.)[^estimated-tdp-load-model]"
     assert finetune["GPU kWh"] == "0.5 (meas.)[^measured-nvml-counter]"
     assert finetune["RAM kWh"] == "0.2 (est.)[^estimated-ram-model]"
     assert finetune["total kWh"] == "1 (est.+meas.)" and finetune["kg CO2eq"] == fmt_number(0.6)
     assert finetune["grid g/kWh"].startswith("400[^configured-") and finetune["PUE"] == "1.5"
-    evaluate = table_cells(text, "evaluate")
+    evaluate = table_row(text, "evaluate")
     assert evaluate["GPU kWh"] == "n/a[^unavailable-no-nvml-library]"  # not measured: n/a, never 0
     assert "teacher 0.9 · student 0.87 · retention 96.7%" == evaluate["dev scores"]
     # The student's cost includes the teacher's training; the run total includes evaluation.
-    produce = table_cells(text, "**to produce the student** (finetune + distill)")
-    assert produce["total kWh"] == "1.6 (est.+meas.)" and produce["kg CO2eq"] == fmt_number(1.6 * PUE * INTENSITY / 1000)
-    total = table_cells(text, "**run total**")
+    produce = table_row(text, "**to produce the student** (finetune + distill)")
+    assert produce["total kWh"] == "1.6 (est.+meas.)"
+    assert produce["kg CO2eq"] == fmt_number(1.6 * PUE * INTENSITY / 1000)
+    total = table_row(text, "**run total**")
     assert total["FLOPs"].startswith(fmt_number(6e14 + 4.5e14 + 3e12))
     assert total["GPU kWh"] == "0.8 (meas.), n/a in 1 stage(s)" and total["total kWh"].startswith("1.7 ")
     assert total["kg CO2eq"] == fmt_number(1.7 * PUE * INTENSITY / 1000)
@@ -62,11 +64,12 @@ def test_failed_and_interrupted_stages_are_marked_not_dropped(tmp_path: Path) ->
     failed_run(tmp_path)
     frame = load_report_frame([tmp_path])
     text = tables.cost_section(frame)
-    assert table_cells(text, "distill")["status"] == "⚠ failed: StageError"
-    interrupted = table_cells(text, "evaluate")
+    assert table_row(text, "distill")["status"] == "⚠ failed: StageError"
+    interrupted = table_row(text, "evaluate")
     assert interrupted["status"] == "⚠ interrupted: RunInterrupted" and interrupted["total kWh"] == "n/a"
-    total = table_cells(text, "**run total**")
-    assert total["status"] == "⚠ 2 not ok" and total["total kWh"].startswith("0.3 ")  # the failed stage's energy counts
+    total = table_row(text, "**run total**")
+    assert total["status"] == "⚠ 2 not ok"
+    assert total["total kWh"].startswith("0.3 ")  # the failed stage's energy counts
     assert "[^unavailable-codecarbon-error]:" in text
     # Nothing to compare without scores, but every section still renders.
     assert "n/a" in tables.teacher_student_section(frame)
@@ -84,34 +87,38 @@ def test_teacher_student_ratios_and_published_reference(tmp_path: Path) -> None:
     assert comparison.score_retention == pytest.approx(0.87 / 0.9)
     assert comparison.train_energy_ratio == pytest.approx(0.6)
     text = tables.teacher_student_section(frame)
-    parameters = table_cells(text, "parameters")
-    assert [parameters[k] for k in ("teacher", "student", "student / teacher")] == ["100 M", "50.0 M", "0.5×"]
-    assert table_cells(text, "dev score")["student / teacher"] == "96.7% retained"
-    assert table_cells(text, "… student-only")["student"] == fmt_number(2.5e11)
-    assert "incl. teacher forward" in table_cells(text, "energy to train")["student"]
+    ratios = ("teacher", "student", "student / teacher")
+    assert pick(table_row(text, "parameters"), *ratios) == ["100 M", "50.0 M", "0.5×"]
+    assert table_row(text, "dev score")["student / teacher"] == "96.7% retained"
+    assert table_row(text, "… student-only")["student"] == fmt_number(2.5e11)
+    assert "incl. teacher forward" in table_row(text, "energy to train")["student"]
     reference = section_of(text, "### Published reference")
     assert "Sanh" in reference and "not measured by greendistil" in reference
-    assert list(table_cells(reference, "parameters").values())[1:] == ["110 M", "66.0 M", "0.6×"]
-    assert list(table_cells(reference, "GLUE dev macro-score").values())[1:] == ["79.5", "77.0", "96.9% retained"]
-    assert "1.63× faster" in list(table_cells(reference, "inference time").values())[3] and "60% faster" in reference
+    paper = ("BERT-base", "DistilBERT", "DistilBERT / BERT-base")
+    assert table_row(reference, "parameters") == {"": "parameters", **dict(zip(paper, ["110 M", "66.0 M", "0.6×"]))}
+    assert table_row(reference, "GLUE dev macro-score") == {
+        "": "GLUE dev macro-score", **dict(zip(paper, ["79.5", "77.0", "96.9% retained"]))}
+    assert "1.63× faster" in table_row(reference, "inference time")["DistilBERT / BERT-base"]
+    assert "60% faster" in reference
 
 
 def test_what_if_table_is_kwh_times_pue_times_intensity(tmp_path: Path) -> None:
     full_run(tmp_path, "alpha")
     text = tables.regions_section(load_report_frame([tmp_path]))
     facility_kwh = 1.7 * PUE
+    (grids,) = markdown_tables(text)  # one run, one table
     intensities = []
     for code in ("SWE", "FRA", "USA", "IND"):
         intensity, _ = grid_intensity(code, None)
-        row = next([c.strip() for c in line.strip("|").split(" | ")]
-                   for line in text.splitlines() if f"({code})" in line)
-        assert row[1] == fmt_number(intensity)
-        assert row[2] == fmt_number(facility_kwh * intensity) and row[3] == fmt_number(facility_kwh * intensity / 1000)
-        intensities.append(float(row[1]))
+        (row,) = [r for r in grids if f"({code})" in r["grid"]]
+        assert row["g CO2eq/kWh"] == fmt_number(intensity)
+        assert row["g CO2eq"] == fmt_number(facility_kwh * intensity)
+        assert row["kg CO2eq"] == fmt_number(facility_kwh * intensity / 1000)
+        intensities.append(float(row["g CO2eq/kWh"]))
     assert "(USA) — this run" in text
-    rows = [line for line in text.splitlines() if re.match(r"\| .+ \([A-Z]{3}\)", line)]
-    values = [float(line.split(" | ")[1]) for line in rows]
-    assert values == sorted(values) and len(rows) >= 8  # lowest intensity first
+    assert all(re.fullmatch(r".+ \([A-Z]{3}\)( — this run)?", r["grid"]) for r in grids), grids
+    values = [float(r["g CO2eq/kWh"]) for r in grids]
+    assert values == sorted(values) and len(grids) >= 8  # lowest intensity first
 
 
 def test_pareto_front_across_runs_and_tasks_not_mixed(tmp_path: Path) -> None:
@@ -124,8 +131,8 @@ def test_pareto_front_across_runs_and_tasks_not_mixed(tmp_path: Path) -> None:
     text = tables.across_runs_section(frame)
     sst2 = section_of(text, "### Task `sst2`")
     assert "other-task" not in sst2 and "other-task" in section_of(text, "### Task `rte`")
-    marks = {(row["run"], row["model"]): [row["Pareto: FLOPs"], row["Pareto: kWh"]]
-             for row in (table_cells(sst2, run) for run in ("cheap", "dear", "waste"))}
+    marks = {(row["run"], row["model"]): pick(row, "Pareto: FLOPs", "Pareto: kWh") for row in table_rows(sst2)}
+    assert set(marks) == {(run, model) for run in ("cheap", "dear", "waste") for model in ("teacher", "student")}
     assert marks[("cheap", "teacher")] == ["★", "★"]  # cheapest model of all
     assert marks[("dear", "teacher")] == ["★", "★"]  # best score
     assert marks[("waste", "teacher")] == ["", ""]
@@ -133,10 +140,10 @@ def test_pareto_front_across_runs_and_tasks_not_mixed(tmp_path: Path) -> None:
     assert points[("cheap", "student")].energy_kwh == pytest.approx(0.8)  # teacher's training included
     assert points[("cheap", "teacher")].energy_kwh == pytest.approx(0.5)
     totals = section_of(text, "### Total cost of all runs")
-    everything = table_cells(totals, "**all tasks**")
-    assert (everything["runs"], everything["stages"]) == ("4", "12")
+    everything = table_row(totals, "**all tasks**")
+    assert pick(everything, "runs", "stages") == ["4", "12"]
     assert everything["kWh"] == fmt_number(1.7 * (0.5 + 2 + 3 + 0.1))
-    assert table_cells(totals, "`rte`")["kWh"] == fmt_number(0.17)
+    assert table_row(totals, "`rte`")["kWh"] == fmt_number(0.17)
 
 
 def test_single_run_has_no_comparison_but_lists_environment(tmp_path: Path) -> None:
@@ -144,9 +151,10 @@ def test_single_run_has_no_comparison_but_lists_environment(tmp_path: Path) -> N
     frame = load_report_frame([tmp_path])
     assert "One run only" in tables.across_runs_section(frame)
     env = tables.environment_section(frame)
-    assert table_cells(env, "command")["value"] == "`greendistil run configs/alpha.toml`"
-    assert table_cells(env, "git sha")["value"] == "`abc1234`" and table_cells(env, "config hash")["value"] == "`cafe1234`"
-    assert table_cells(env, "hardware: cpu_model")["value"] == "Test CPU" and "torch 2.13.0" in env
+    assert table_row(env, "command")["value"] == "`greendistil run configs/alpha.toml`"
+    assert table_row(env, "git sha")["value"] == "`abc1234`"
+    assert table_row(env, "config hash")["value"] == "`cafe1234`"
+    assert table_row(env, "hardware: cpu_model")["value"] == "Test CPU" and "torch 2.13.0" in env
 
 
 def test_write_report_writes_markdown_and_readable_pngs(tmp_path: Path) -> None:

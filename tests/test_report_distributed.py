@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from builders import full_run, section_of, stage_record, write_run
-
 from greendistil.report import write_report
 from greendistil.report.distributed import distributed_section
 from greendistil.report.frame import load_report_frame
+
+from builders import full_run, pick, section_of, stage_record, table_rows, without, write_run
 
 HEADING = "## Energy per node and per GPU"
 COUNTER, SAMPLES = "measured:nvml-counter", "measured:nvml-power-samples"
@@ -48,11 +48,9 @@ def ddp_record(run_id: str, stage: str, nodes: list[dict[str, Any]], *, backend:
                           "gpu": f"nvml: each rank's own GPU ({rank} ranks)" if by_gpu else "unavailable"},
         "energy_by_node": by_node, "energy_by_gpu": by_gpu, "by_rank": by_rank, "ranks_missing": [],
     }
-    record = stage_record(run_id, stage, "distill", "student", cpu=sum(n["cpu"] for n in nodes), gpu=gpu_total,
-                          ram=sum(n["ram"] for n in nodes), flops=flops_per_rank * rank,
-                          num_examples=examples_per_rank * rank, **fields)
-    record.update(extra)
-    return record
+    return stage_record(run_id, stage, "distill", "student", cpu=sum(n["cpu"] for n in nodes), gpu=gpu_total,
+                        ram=sum(n["ram"] for n in nodes), flops=flops_per_rank * rank,
+                        num_examples=examples_per_rank * rank, **{**fields, **extra})
 
 
 TWO_BY_TWO = [
@@ -63,19 +61,15 @@ TWO_BY_TWO = [
 CPU_ONLY = [{"host": "box", "cpu": 0.01, "cpu_source": "estimated:tdp-load-model", "ram": 0.002, "gpus": []}]
 
 
-def rows(markdown: str, run: str, stage: str) -> list[list[str]]:
-    """The cells of every table row whose first two cells are `run` and `stage`."""
-    found = []
-    for line in markdown.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
-        if line.startswith("|") and cells[:2] == [run, stage]:
-            found.append(cells)
-    return found
+def rows(markdown: str, run: str, stage: str) -> list[dict[str, str]]:
+    """Every table row (keyed by header) whose `run` and `stage` cells are `run` and `stage`."""
+    return [r for r in table_rows(markdown) if r.get("run") == run and r.get("stage") == stage]
 
 
-def row(markdown: str, run: str, stage: str, third: str) -> list[str]:
-    matches = [cells for cells in rows(markdown, run, stage) if cells[2].startswith(third)]
-    assert len(matches) == 1, f"{len(matches)} rows {run} | {stage} | {third}... in:\n{markdown}"
+def row(markdown: str, run: str, stage: str, column: str, start: str) -> dict[str, str]:
+    """The one row of `run` and `stage` whose `column` cell starts with `start`."""
+    matches = [r for r in rows(markdown, run, stage) if column in r and r[column].startswith(start)]
+    assert len(matches) == 1, f"{len(matches)} rows {run} | {stage} | {column}: {start}... in:\n{markdown}"
     return matches[0]
 
 
@@ -86,24 +80,30 @@ def test_two_nodes_two_gpus_each_add_up_with_sources(tmp_path: Path) -> None:
     assert report.index("## Cost of the result") < report.index(HEADING) < report.index("## Teacher vs student")
     text = section_of(report, HEADING)
     nodes = section_of(text, "### Per node")
-    node_a = row(nodes, "ddp", "distill", "0 (`node-a`)")
-    assert node_a[3:8] == ["rank 0", "0.1 (est.)[^estimated-tdp-load-model]", "0.02 (est.)[^estimated-ram-model]",
-                           "0.5 (meas.)", "0.62 (est.+meas.)"]
-    node_b = row(nodes, "ddp", "distill", "1 (`node-b`)")
-    assert node_b[3] == "rank 2" and node_b[4] == "0.1 (meas.)[^measured-rapl]" and node_b[7] == "0.62 (est.+meas.)"
-    total = row(nodes, "ddp", "distill", "**all 2 node(s)**")
-    assert total[4:] == ["0.2 (est.+meas.)", "0.04 (est.)", "1 (meas.)", "1.24 (est.+meas.)", "1.24 (est.+meas.)",
-                         "✓ adds up"]
+    node_a = row(nodes, "ddp", "distill", "node", "0 (`node-a`)")
+    assert pick(node_a, "measured by", "CPU kWh", "RAM kWh", "GPU kWh", "node kWh") == [
+        "rank 0", "0.1 (est.)[^estimated-tdp-load-model]", "0.02 (est.)[^estimated-ram-model]", "0.5 (meas.)",
+        "0.62 (est.+meas.)"]
+    node_b = row(nodes, "ddp", "distill", "node", "1 (`node-b`)")
+    assert node_b["measured by"] == "rank 2" and node_b["CPU kWh"] == "0.1 (meas.)[^measured-rapl]"
+    assert node_b["node kWh"] == "0.62 (est.+meas.)"
+    total = row(nodes, "ddp", "distill", "node", "**all 2 node(s)**")
+    assert total == {"run": "ddp", "stage": "distill", "node": "**all 2 node(s)**", "measured by": "",
+                     "CPU kWh": "0.2 (est.+meas.)", "RAM kWh": "0.04 (est.)", "GPU kWh": "1 (meas.)",
+                     "node kWh": "1.24 (est.+meas.)", "stage kWh (record)": "1.24 (est.+meas.)", "check": "✓ adds up"}
     gpus = section_of(text, "### Per GPU")
     assert len(rows(gpus, "ddp", "distill")) == 4
-    assert row(gpus, "ddp", "distill", "2 (local 0)")[3:] == [
-        "1 (`node-b`)", "0", "NVIDIA H200", "0.3 (meas.)[^measured-nvml-power-samples]", "NVML power samples", "—"]
-    assert row(gpus, "ddp", "distill", "3 (local 1)")[6:8] == ["0.2 (meas.)[^measured-nvml-counter]",
-                                                               "NVML energy counter"]
+    assert row(gpus, "ddp", "distill", "rank", "2 (local 0)") == {
+        "run": "ddp", "stage": "distill", "rank": "2 (local 0)", "node": "1 (`node-b`)", "NVML index": "0",
+        "GPU": "NVIDIA H200", "GPU kWh": "0.3 (meas.)[^measured-nvml-power-samples]", "source": "NVML power samples",
+        "error": "—"}
+    assert pick(row(gpus, "ddp", "distill", "rank", "3 (local 1)"), "GPU kWh", "source") == [
+        "0.2 (meas.)[^measured-nvml-counter]", "NVML energy counter"]
     ranks = section_of(text, "### Work per rank")
     assert len(rows(ranks, "ddp", "distill")) == 5
-    all_ranks = row(ranks, "ddp", "distill", "**all 4 rank(s)**")
-    assert all_ranks[4] == "1,000" and all_ranks[7] == "4.00e14 (counted)" and all_ranks[9] == "✓ adds up"
+    all_ranks = row(ranks, "ddp", "distill", "rank", "**all 4 rank(s)**")
+    assert all_ranks["examples"] == "1,000" and all_ranks["FLOPs"] == "4.00e14 (counted)"
+    assert all_ranks["check"] == "✓ adds up"
     meters = section_of(text, "### Meters")
     assert "- ddp distill: 4 process(es) on 2 node(s), backend `nccl`." in meters
     assert "GPU: nvml: each rank's own GPU (4 ranks)" in meters and "⚠" not in meters
@@ -116,18 +116,29 @@ def test_two_nodes_two_gpus_each_add_up_with_sources(tmp_path: Path) -> None:
 def test_cpu_only_gloo_run_has_nodes_and_no_gpu_rows(tmp_path: Path) -> None:
     write_run(tmp_path, "cpu2", "sst2", [ddp_record("cpu2", "distill", CPU_ONLY, backend="gloo")])
     text = distributed_section(load_report_frame([tmp_path]))
-    node = row(text, "cpu2", "distill", "0 (`box`)")
-    assert node[4] == "0.01 (est.)[^estimated-tdp-load-model]" and node[6] == "— (no GPU)"
-    total = row(text, "cpu2", "distill", "**all 1 node(s)**")
-    assert total[6] == "— (no GPU)" and total[7] == total[8] == "0.012 (est.)" and total[9] == "✓ adds up"
+    node = row(section_of(text, "### Per node"), "cpu2", "distill", "node", "0 (`box`)")
+    assert node["CPU kWh"] == "0.01 (est.)[^estimated-tdp-load-model]" and node["GPU kWh"] == "— (no GPU)"
+    total = row(text, "cpu2", "distill", "node", "**all 1 node(s)**")
+    assert total["GPU kWh"] == "— (no GPU)" and total["check"] == "✓ adds up"
+    assert total["node kWh"] == total["stage kWh (record)"] == "0.012 (est.)"
     gpus = section_of(text, "### Per GPU")
     assert "| NVML index |" not in gpus and "No GPU in cpu2 distill: CPU and RAM only" in gpus
-    assert row(text, "cpu2", "distill", "**all 2 rank(s)**")[4] == "500"
+    assert row(text, "cpu2", "distill", "rank", "**all 2 rank(s)**")["examples"] == "500"
     assert "2 process(es) on 1 node(s), backend `gloo`" in text and "GPU: unavailable" in text
 
 
+DISTRIBUTED_FIELDS = ("world_size", "num_nodes", "ddp_backend", "energy_meters", "energy_by_node", "energy_by_gpu",
+                      "by_rank", "ranks_missing")
+
+
 def test_single_process_cpu_and_old_records_have_no_section(tmp_path: Path) -> None:
-    full_run(tmp_path / "runs", "old")  # records from before the distributed fields
+    full_run(tmp_path / "runs", "plain")  # one process: the distributed fields are null
+    old = [without(stage_record("old", stage, kind, role, cpu=0.1, gpu=None, ram=0.1, flops=None, num_examples=10),
+                   *DISTRIBUTED_FIELDS)
+           for stage, kind, role in (("finetune", "finetune", "teacher"), ("distill", "distill", "student"))]
+    write_run(tmp_path / "old-only", "old", "sst2", old)  # from before the distributed fields: no such columns
+    assert distributed_section(load_report_frame([tmp_path / "old-only"])) == ""
+    write_run(tmp_path / "runs", "old", "sst2", old)
     single = ddp_record("single", "distill", CPU_ONLY, backend=None, world_size=1,
                         by_rank=[{"rank": 0, "local_rank": 0, "node_rank": 0, "num_examples": 500}])
     write_run(tmp_path / "runs", "single", "sst2", [single])
@@ -142,7 +153,7 @@ def test_single_gpu_run_gets_its_gpu_table(tmp_path: Path) -> None:
     text = distributed_section(load_report_frame([tmp_path]))
     assert len(rows(section_of(text, "### Per GPU"), "gpu1", "distill")) == 1
     assert "1 process(es) on 1 node(s), no process group" in text
-    assert row(text, "gpu1", "distill", "**all 1 node(s)**")[9] == "✓ adds up"
+    assert row(text, "gpu1", "distill", "node", "**all 1 node(s)**")["check"] == "✓ adds up"
 
 
 def test_parts_that_do_not_add_up_are_flagged(tmp_path: Path) -> None:
@@ -152,11 +163,12 @@ def test_parts_that_do_not_add_up_are_flagged(tmp_path: Path) -> None:
     record["energy_by_gpu"][0]["error"] = "NVMLError_GpuIsLost"
     write_run(tmp_path, "bad", "sst2", [record])
     text = distributed_section(load_report_frame([tmp_path]))
-    check = row(section_of(text, "### Per node"), "bad", "distill", "**all 2 node(s)**")[9]
+    check = row(section_of(text, "### Per node"), "bad", "distill", "node", "**all 2 node(s)**")["check"]
     assert check.startswith("⚠ kWh does not add up") and "1.24 vs record 1.3" in check
-    ranks_check = row(section_of(text, "### Work per rank"), "bad", "distill", "**all 4 rank(s)**")[9]
+    ranks_check = row(section_of(text, "### Work per rank"), "bad", "distill", "rank", "**all 4 rank(s)**")["check"]
     assert "examples does not add up (1000 vs record 1200)" in ranks_check and "FLOPs" not in ranks_check
-    assert row(section_of(text, "### Per GPU"), "bad", "distill", "0 (local 0)")[8] == "⚠ NVMLError_GpuIsLost"
+    gpu_0 = row(section_of(text, "### Per GPU"), "bad", "distill", "rank", "0 (local 0)")
+    assert gpu_0["error"] == "⚠ NVMLError_GpuIsLost"
     assert "⚠ bad distill: the readings of rank(s) 3 could not be gathered" in section_of(text, "### Meters")
 
 
@@ -165,17 +177,17 @@ def test_a_tiny_difference_is_rounding_not_a_mismatch(tmp_path: Path) -> None:
     record["energy_kwh"] = 1.24 * (1 + 1e-9)
     write_run(tmp_path, "close", "sst2", [record])
     text = distributed_section(load_report_frame([tmp_path]))
-    assert row(text, "close", "distill", "**all 2 node(s)**")[9] == "✓ adds up"
+    assert row(text, "close", "distill", "node", "**all 2 node(s)**")["check"] == "✓ adds up"
 
 
 def test_resumed_stage_shows_last_segment_parts_unchecked(tmp_path: Path) -> None:
     first = ddp_record("res", "distill", TWO_BY_TWO, backend="nccl", status="interrupted",
                        error_type="RunInterrupted")
-    second = ddp_record("res", "distill", TWO_BY_TWO, backend="nccl")
+    second = ddp_record("res", "distill", TWO_BY_TWO, backend="nccl", segment=2, resumed_from_step=4)
     write_run(tmp_path, "res", "sst2", [first, second])
     text = distributed_section(load_report_frame([tmp_path]))
-    total = row(text, "res", "distill", "**all 2 node(s)**")
+    total = row(text, "res", "distill", "node", "**all 2 node(s)**")
     # The stage total is summed over both segments; the nodes are the last segment's: no false alarm.
-    assert total[7] == "1.24 (est.+meas.)" and total[8] == "2.48 (est.+meas.)"
-    assert total[9] == "not checked: resumed, last of 2 segments[^distributed-resumed]"
+    assert total["node kWh"] == "1.24 (est.+meas.)" and total["stage kWh (record)"] == "2.48 (est.+meas.)"
+    assert total["check"] == "not checked: resumed, last of 2 segments[^distributed-resumed]"
     assert text.count("[^distributed-resumed]:") == 1

@@ -10,6 +10,7 @@ from greendistil.report import write_report
 from greendistil.report.costs import model_points, student_training_records
 from greendistil.report.frame import iter_runs, load_report_frame
 from greendistil.report.routes import GENERAL, TASK_ONLY, routes_section, student_route
+
 from builders import full_run, stage_record, write_run
 
 

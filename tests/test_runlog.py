@@ -13,14 +13,19 @@ import pandas as pd
 import pytest
 
 from greendistil import load_runs
-from greendistil.runlog import store as runlog
 from greendistil.errors import GreendistilError, RunDirError
+from greendistil.runlog import store as runlog
+from greendistil.runlog.schema import SCHEMA_VERSION
+
+import builders
 
 
-def record(stage: str, **extra) -> dict:
-    return {"schema_version": 1, "run_id": "r", "stage": stage, "status": "ok",
-            "started_at": "2026-11-25T05:48:16.354+00:00", "ended_at": "2026-11-25T05:48:17.707+00:00",
-            "energy_kwh": 0.5, "metrics": {}, "hardware": {"cpu_count": 2}, **extra}
+def record(stage: str, **values) -> dict:
+    """A record of the current schema (through `new_record`: KeyError on a non-field) with a few known values."""
+    return builders.record(**{"run_id": "r", "stage": stage, "status": "ok",
+                              "started_at": "2026-11-25T05:48:16.354+00:00",
+                              "ended_at": "2026-11-25T05:48:17.707+00:00", "energy_kwh": 0.5, "metrics": {},
+                              "hardware": {"cpu_count": 2}, **values})
 
 
 def write_run(root: Path, run_id: str, *records: dict) -> Path:
@@ -32,13 +37,15 @@ def write_run(root: Path, run_id: str, *records: dict) -> Path:
 
 
 def test_append_record_writes_whole_lines(tmp_path: Path) -> None:
-    runlog.append_record(tmp_path, record("a", path=tmp_path / "x", count=np.int64(3), loss=np.float32(0.5)))
+    runlog.append_record(tmp_path, record("a", artifacts={"student": tmp_path / "x"}, num_examples=np.int64(3),
+                                          duration_s=np.float32(0.5)))
     runlog.append_record(tmp_path, record("b"))
     text = (tmp_path / runlog.RECORDS_FILE).read_text(encoding="utf-8")
     assert text.endswith("\n") and text.count("\n") == 2
     first, second = (json.loads(line) for line in text.splitlines())
     assert (first["stage"], second["stage"]) == ("a", "b")
-    assert first["path"] == str(tmp_path / "x") and first["count"] == 3 and first["loss"] == 0.5
+    assert first["artifacts"] == {"student": str(tmp_path / "x")}
+    assert first["num_examples"] == 3 and first["duration_s"] == 0.5
 
 
 def test_append_record_refuses_nan_without_writing_a_partial_line(tmp_path: Path) -> None:
@@ -46,7 +53,7 @@ def test_append_record_refuses_nan_without_writing_a_partial_line(tmp_path: Path
     with pytest.raises(ValueError):
         runlog.append_record(tmp_path, record("b", energy_kwh=float("nan")))
     with pytest.raises(TypeError):
-        runlog.append_record(tmp_path, record("c", thing=object()))
+        runlog.append_record(tmp_path, record("c", details={"thing": object()}))
     assert [r["stage"] for r in runlog.read_records(tmp_path)] == ["a"]
 
 
@@ -88,11 +95,11 @@ def test_load_runs_accepts_a_run_dir_a_runs_root_and_a_list(tmp_path: Path) -> N
 
 def test_load_runs_flattens_metrics_and_nested_fields(tmp_path: Path) -> None:
     run_dir = write_run(tmp_path, "r", record("evaluate", metrics={"teacher.accuracy": 0.9, "student.accuracy": 0.8},
-                                              codecarbon={"co2_kg": 1e-6}))
+                                              codecarbon={"co2_kg_at_pue_1": 1e-6}))
     frame = load_runs(run_dir)
     row = frame.iloc[0]
     assert row["metric.teacher.accuracy"] == 0.9 and row["metric.student.accuracy"] == 0.8
-    assert row["hardware.cpu_count"] == 2 and row["codecarbon.co2_kg"] == 1e-6
+    assert row["hardware.cpu_count"] == 2 and row["codecarbon.co2_kg_at_pue_1"] == 1e-6
     assert "metrics" not in frame.columns and "hardware" not in frame.columns
     assert pd.api.types.is_datetime64_any_dtype(frame["started_at"])
     assert pd.api.types.is_datetime64_any_dtype(frame["ended_at"])
@@ -100,8 +107,10 @@ def test_load_runs_flattens_metrics_and_nested_fields(tmp_path: Path) -> None:
 
 
 def test_load_runs_tolerates_unknown_and_missing_fields(tmp_path: Path) -> None:
-    run_dir = write_run(tmp_path, "r", record("a", future_field={"x": 1}, schema_version=2),
-                        {"run_id": "r", "stage": "b", "status": "ok"})
+    # Deliberately not through new_record: a record of a later schema (a field this one lacks) and one of an
+    # earlier schema (most fields absent, not null).
+    newer = {**record("a", schema_version=SCHEMA_VERSION + 1), "future_field": {"x": 1}}
+    run_dir = write_run(tmp_path, "r", newer, {"run_id": "r", "stage": "b", "status": "ok"})
     frame = load_runs(run_dir)
     assert list(frame["stage"]) == ["a", "b"]
     assert frame["future_field.x"].iloc[0] == 1 and pd.isna(frame["future_field.x"].iloc[1])
@@ -169,14 +178,14 @@ def test_open_run_dir_needs_a_run(tmp_path: Path) -> None:
 def test_segments_of_a_resumed_stage_are_summed(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    first = {**record("finetune", energy_kwh=0.25), "status": "interrupted", "segment": 1, "cpu_energy_kwh": 0.05,
-             "ram_energy_kwh": 0.2, "co2_kg": 0.1, "flops": 100, "num_examples": 10, "duration_s": 4.0,
-             "flops_by_component": {"teacher_train": 100}, "started_at": "2026-11-25T08:00:00+00:00"}
-    second = {**record("finetune", energy_kwh=0.5), "segment": 2, "cpu_energy_kwh": 0.1, "ram_energy_kwh": 0.4,
-              "co2_kg": 0.2, "flops": 300, "num_examples": 30, "duration_s": 6.0, "resumed_from_step": 1,
-              "flops_by_component": {"teacher_train": 300}, "metrics": {"x": 1.0},
-              "started_at": "2026-11-25T09:00:00+00:00"}
-    for rec in (first, second, {**record("evaluate", energy_kwh=0.125), "segment": 1}):
+    first = record("finetune", energy_kwh=0.25, status="interrupted", segment=1, cpu_energy_kwh=0.05,
+                   ram_energy_kwh=0.2, co2_kg=0.1, flops=100, num_examples=10, duration_s=4.0,
+                   flops_by_component={"teacher_train": 100}, started_at="2026-11-25T08:00:00+00:00")
+    second = record("finetune", energy_kwh=0.5, segment=2, cpu_energy_kwh=0.1, ram_energy_kwh=0.4, co2_kg=0.2,
+                    flops=300, num_examples=30, duration_s=6.0, resumed_from_step=1,
+                    flops_by_component={"teacher_train": 300}, metrics={"x": 1.0},
+                    started_at="2026-11-25T09:00:00+00:00")
+    for rec in (first, second, record("evaluate", energy_kwh=0.125, segment=1)):
         runlog.append_record(run_dir, rec)
     frame = load_runs(run_dir)
     assert list(frame["stage"]) == ["finetune", "evaluate"]
@@ -197,8 +206,8 @@ def test_segments_of_a_resumed_stage_are_summed(tmp_path: Path) -> None:
 def test_a_sum_with_a_missing_part_says_so(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    runlog.append_record(run_dir, {**record("distill", energy_kwh=None), "status": "interrupted", "num_examples": 5})
-    runlog.append_record(run_dir, {**record("distill", energy_kwh=0.5), "segment": 2, "num_examples": 5})
+    runlog.append_record(run_dir, record("distill", energy_kwh=None, status="interrupted", num_examples=5))
+    runlog.append_record(run_dir, record("distill", energy_kwh=0.5, segment=2, num_examples=5))
     row = load_runs(run_dir).iloc[0]
     assert row["energy_kwh"] == 0.5 and row["segments_incomplete"] == ["energy_kwh"]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -11,10 +12,10 @@ import pytest
 
 from greendistil.errors import RunInterrupted
 from greendistil.measure.carbon import CarbonMeter, CarbonReading
-from greendistil.measure.nvml import GpuReading
+from greendistil.measure.gpu_reading import GpuReading
 from greendistil.measure.window import Meters, measure
 from greendistil.runlog import store as runlog
-from greendistil.runlog.schema import FIELD_NAMES
+from greendistil.runlog.schema import FIELD_NAMES, SCHEMA_VERSION
 
 from builders import INTENSITY, PUE, make_run
 from fakes import FakeCarbon, FakeClock, FakeGpu
@@ -73,32 +74,6 @@ def test_one_record_with_energy_by_component_and_co2(tmp_path: Path) -> None:
     assert record["duration_s"] >= 0
     power = (tmp_path / "power.csv").read_text(encoding="utf-8").splitlines()
     assert power[0] == "stage,elapsed_s,device,power_w,source" and len(power) == 3
-    assert power[1:] == ["finetune,0.000,0,100.000,measured:nvml-power-samples",
-                         "finetune,1.000,0,300.000,measured:nvml-power-samples"]
-
-
-def test_the_record_has_exactly_the_schemas_fields_in_order(tmp_path: Path) -> None:
-    """The window writes the fields of runlog.schema, no more, no fewer; power samples stay in power.csv."""
-    with measure(stage="finetune", kind="finetune", role="teacher", meters=make_meters(), run=make_run(tmp_path)):
-        pass
-    record = only_record(tmp_path)
-    assert tuple(record) == FIELD_NAMES
-    assert not any("power_samples" in key for key in record)
-
-
-def test_duration_is_exact_on_a_fake_clock(tmp_path: Path) -> None:
-    """measure() times the window on the clock it is given: 2.5 s passed inside it, so duration_s is 2.5."""
-    clock = FakeClock(start_s=1000.0)
-    run = make_run(tmp_path)
-    with measure(stage="finetune", kind="finetune", role="teacher", meters=make_meters(), run=run, clock=clock):
-        clock.advance(2.5)
-    with pytest.raises(ValueError):
-        with measure(stage="distill", kind="distill", role="student", meters=make_meters(), run=run, clock=clock):
-            clock.advance(0.75)
-            raise ValueError("a failed window is timed the same way")
-    finetune, distill = runlog.read_records(tmp_path)
-    assert finetune["duration_s"] == 2.5 and distill["duration_s"] == 0.75
-    assert distill["status"] == "failed"
 
 
 def test_each_window_appends_one_record(tmp_path: Path) -> None:
@@ -215,3 +190,67 @@ def test_record_flags_a_missing_gpu_reading_on_a_gpu_run(tmp_path: Path) -> None
     with measure(stage="s", kind="finetune", role="teacher", meters=make_meters(gpu=GPU_NONE), run=cpu_run):
         pass
     assert only_record(cpu_run.run_dir)["energy_incomplete"] == []
+
+
+@pytest.mark.parametrize(("step_s", "inside_s", "expected_s"),
+                         [(0.0, 3.5, 3.5), (0.25, 2.0, 2.25), (0.125, 0.0, 0.125)],
+                         ids=["advance-only", "advance-and-step", "step-only"])
+def test_duration_is_the_injected_clock_s_exactly(tmp_path: Path, step_s: float, inside_s: float,
+                                                  expected_s: float) -> None:
+    """The window reads its clock once as it opens and once as it closes: with a fake clock that moves by
+    `step_s` on each read and `inside_s` inside the block, the duration is exactly `inside_s + step_s`.
+    (Binary-exact figures: no rounding, so == and not approx.)"""
+    clock = FakeClock(start_s=100.0, step_s=step_s)
+    with measure(stage="finetune", kind="finetune", role="teacher", meters=make_meters(), run=make_run(tmp_path),
+                 clock=clock) as window:
+        clock.advance(inside_s)
+    assert window.record is not None and window.record["duration_s"] == expected_s
+    assert only_record(tmp_path)["duration_s"] == expected_s  # and so in the run log
+
+
+def test_a_failed_window_is_timed_by_the_clock_too(tmp_path: Path) -> None:
+    clock = FakeClock()
+    with pytest.raises(ValueError):
+        with measure(stage="distill", kind="distill", role="student", meters=make_meters(), run=make_run(tmp_path),
+                     clock=clock):
+            clock.advance(7.5)
+            raise ValueError("bad batch")
+    record = only_record(tmp_path)
+    assert record["status"] == "failed" and record["duration_s"] == 7.5
+
+
+@pytest.mark.parametrize("fail", [False, True], ids=["ok", "failed"])
+def test_record_has_exactly_the_schema_fields_in_order(tmp_path: Path, fail: bool) -> None:
+    with pytest.raises(ValueError) if fail else contextlib.nullcontext():
+        with measure(stage="finetune", kind="finetune", role="teacher", meters=make_meters(),
+                     run=make_run(tmp_path), clock=FakeClock()) as window:
+            if fail:
+                raise ValueError("bad batch")
+    record = only_record(tmp_path)
+    assert list(record) == list(FIELD_NAMES)  # every field, no other key, table order (JSON keeps it)
+    assert list(window.record) == list(FIELD_NAMES)
+    assert record["schema_version"] == SCHEMA_VERSION
+
+
+def test_power_samples_go_to_power_csv_not_into_the_record(tmp_path: Path) -> None:
+    with measure(stage="finetune", kind="finetune", role="teacher", meters=make_meters(), run=make_run(tmp_path)):
+        pass
+    assert (tmp_path / "power.csv").read_text(encoding="utf-8").splitlines() == [
+        "stage,elapsed_s,device,power_w,source",
+        "finetune,0.000,0,100.000,measured:nvml-power-samples",
+        "finetune,1.000,0,300.000,measured:nvml-power-samples",
+    ]
+    text = (tmp_path / runlog.RECORDS_FILE).read_text(encoding="utf-8")
+    record = json.loads(text)
+    assert not [key for key in record if "sample" in key]  # no _power_samples, no power_samples
+    assert 300.0 not in leaves(record) and [1.0, 0, 300.0] not in leaves(record)  # the samples are nowhere ...
+    assert record["gpu_power_mean_w"] == 200.0  # ... in the record, only their mean
+
+
+def leaves(value: object) -> list[object]:
+    """Every value in a JSON document, containers included."""
+    if isinstance(value, dict):
+        return [value, *(leaf for v in value.values() for leaf in leaves(v))]
+    if isinstance(value, list):
+        return [value, *(leaf for v in value for leaf in leaves(v))]
+    return [value]
