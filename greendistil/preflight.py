@@ -167,11 +167,10 @@ def _benchmark_examples(config: Config, task: GlueTask) -> GlueExamples | None:
     num_examples = max(s.num_examples for s in stages)
     split = task.dev_splits[0]
     examples = load_glue(task, split, glue_dir=Path(config.task.glue_dir) if config.task.glue_dir else None)
-    keep = min(num_examples, len(examples))
-    if keep < num_examples:
-        logger.warning("%s/%s has only %d examples; benchmarking all of them, not %d", task.name, split, keep,
-                       num_examples)
-    return examples.head(keep)
+    if len(examples) < num_examples:
+        logger.warning("%s/%s has only %d examples; benchmarking all of them, not %d", task.name, split,
+                       len(examples), num_examples)
+    return examples.head(num_examples)
 
 
 # --- the MLM stages: corpus, mask token, a trained head to distil from --------------------------------

@@ -121,13 +121,10 @@ class StageContext:
     def load(self, role: str) -> LoadedModel:
         """The latest version of `role`'s model. A student not yet made is built from the current teacher."""
         if role in self.sources:
-            path_or_id, label = self.sources[role]
-            return LoadedModel(model=load_classifier(path_or_id, self.task), tokenizer=load_tokenizer(path_or_id),
-                               source=label)
+            return self._classifier(*self.sources[role])
         if role in self.artifacts:
-            path = str(self.artifacts[role])
-            return LoadedModel(model=load_classifier(path, self.task), tokenizer=load_tokenizer(path),
-                               source=f"checkpoint:{self.artifacts[role].relative_to(self.run_dir)}")
+            return self._classifier(str(self.artifacts[role]),
+                                    f"checkpoint:{self.artifacts[role].relative_to(self.run_dir)}")
         teacher = self.load("teacher") if "teacher" in self.artifacts else load_teacher(self._teacher(), self.task)
         if role == "teacher":
             return teacher
@@ -164,6 +161,10 @@ class StageContext:
         if self._encoded_corpus is None:
             self._encoded_corpus = encode_corpus(self.corpus, tokenizer, self.config.corpus)
         return self._encoded_corpus
+
+    def _classifier(self, path_or_id: str, label: str) -> LoadedModel:
+        return LoadedModel(model=load_classifier(path_or_id, self.task), tokenizer=load_tokenizer(path_or_id),
+                           source=label)
 
     def _teacher(self) -> ResolvedTeacher:
         if self.teacher is None:
