@@ -14,6 +14,7 @@ import os
 import platform
 import subprocess
 import time
+from collections import ChainMap
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from typing import Any
 import torch
 
 from greendistil import distributed
-from greendistil.config import Config, StageConfig, WindowSpec
+from greendistil.config import Config, StageConfig, WindowSpec, is_suite, suite_steps
 from greendistil.distributed import SINGLE, Dist
 from greendistil.errors import GreendistilError, RunDirError, StageError
 from greendistil.measure.carbon import CarbonMeter
@@ -87,13 +88,8 @@ def execute(request: RunRequest, handle: RunHandle | None = None) -> Path:
         try:
             progress = RunProgress.from_records(run_dir, read_records(run_dir)) if request.resume_dir else RunProgress()
             run, meters, device = _start_run(config, checked, run_dir, command=request.command, dist=dist)
-            ctx = StageContext(config=config, task=checked.task, run_dir=run_dir, device=device, splits=checked.splits,
-                               teacher=checked.teacher, sources=checked.sources,
-                               benchmark_examples=checked.benchmark_examples, corpus=checked.corpus,
-                               artifacts=dict(progress.artifacts), resuming=request.resume_dir is not None, dist=dist,
-                               job_world_size=dist.world_size, show_progress=request.show_progress,
-                               clock=request.clock)
-            _run_stages(ctx, run, meters, progress, request.clock)
+            contexts = _Contexts(request, checked, run_dir, device, progress, dist)
+            _run_steps(config, contexts, run, meters, progress, request.clock)
         finally:
             if lock is not None:
                 lock.release()
@@ -101,15 +97,15 @@ def execute(request: RunRequest, handle: RunHandle | None = None) -> Path:
 
 
 class WindowOpener:
-    """The one window opener: `with opener(spec) as window` measures one window of `stage` into one record,
-    numbered as the next segment of that window; a library error found mid-stage becomes a StageError
-    (the run directory exists by then, so it is no longer exit 2's "nothing written")."""
+    """The one window opener: `with opener(spec) as window` measures one window of `stage` (of `task`) into
+    one record, numbered as the next segment of that window; a library error found mid-stage becomes a
+    StageError (the run directory exists by then, so it is no longer exit 2's "nothing written")."""
 
     def __init__(self, stage: StageConfig, run: RunInfo, meters: Meters, progress: RunProgress, clock: Clock) -> None:
         self.stage, self.run, self.meters, self.progress, self.clock = stage, run, meters, progress, clock
 
     def is_done(self, spec: WindowSpec) -> bool:
-        return self.progress.window_done(spec.name)
+        return self.progress.window_done(self.run.task, spec.name)
 
     def alone(self) -> WindowOpener:
         """The same opener for rank 0 measuring alone (its records say world_size 1)."""
@@ -119,26 +115,61 @@ class WindowOpener:
     @contextmanager
     def __call__(self, spec: WindowSpec) -> Iterator[Window]:
         with measure(stage=spec.name, kind=self.stage.kind, role=spec.role, meters=self.meters, run=self.run,
-                     segment=self.progress.next_segment(spec.name), clock=self.clock) as window:
+                     segment=self.progress.next_segment(self.run.task, spec.name), clock=self.clock) as window:
             faults.point(f"stage-start:{spec.name}")
             try:
                 yield window
             except GreendistilError as err:
-                raise StageError(f"stage {self.stage.name!r}: {err}") from err
+                raise StageError(f"stage {self.stage.name!r}{_of_task(self.run.task)}: {err}") from err
 
 
-def _run_stages(ctx: StageContext, run: RunInfo, meters: Meters, progress: RunProgress, clock: Clock) -> None:
-    """Each stage not yet done, in order; each starts from a seed of its own, so a stage gives the same
-    result whether or not the stages before it ran in this process."""
-    config = ctx.config
+class _Contexts:
+    """The StageContext of each task of the run (built when its first stage runs, so only one task's
+    encoded data is held at a time), and of the suite's shared stages. Artifacts: a task's stages see their
+    own over the shared stages' ones."""
+
+    def __init__(self, request: RunRequest, checked: Preflight, run_dir: Path, device: torch.device,
+                 progress: RunProgress, dist: Dist) -> None:
+        self.request, self.checked, self.run_dir, self.device, self.dist = request, checked, run_dir, device, dist
+        self.progress = progress
+        self.shared: dict[str, Path] = dict(progress.artifacts.get(None, {}))
+        self.suite = is_suite(request.config)
+        self._current: tuple[str | None, StageContext] | None = None
+
+    def get(self, task: str | None) -> StageContext:
+        if self._current is None or self._current[0] != task:
+            self._current = (task, self._build(task))
+        return self._current[1]
+
+    def _build(self, task: str | None) -> StageContext:
+        data = self.checked.tasks[task] if task is not None else self.checked.first
+        artifacts = (ChainMap(dict(self.progress.artifacts.get(task, {})), self.shared) if task is not None
+                     else self.shared)
+        return StageContext(
+            config=data.config, task=data.task, run_dir=self.run_dir, device=self.device,
+            splits=data.splits if task is not None else {}, teacher=self.checked.teacher,
+            sources=self.checked.sources, benchmark_examples=data.benchmark_examples, corpus=self.checked.corpus,
+            artifacts=artifacts, task_folder=task if self.suite else None,
+            resuming=self.request.resume_dir is not None, dist=self.dist, job_world_size=self.dist.world_size,
+            show_progress=self.request.show_progress, clock=self.request.clock)
+
+
+def _run_steps(config: Config, contexts: _Contexts, run: RunInfo, meters: Meters, progress: RunProgress,
+               clock: Clock) -> None:
+    """Each (task, stage) not yet done, in `suite_steps` order; each starts from a seed of its own (the
+    stage's position in [[stages]]), so a stage gives the same result whether or not the stages before it
+    ran in this process."""
     try:
-        for index, stage in enumerate(config.stages):
-            if progress.is_done(stage):
-                logger.info("%s: done in an earlier segment; skipped", stage.name)
+        for step in suite_steps(config):
+            stage = step.stage
+            if progress.is_done(step):
+                logger.info("%s%s: done in an earlier segment; skipped", stage.name, _of_task(step.task))
                 continue
-            seed_everything(config.run.seed + index)
+            seed_everything(config.run.seed + step.index)
             _set_threads(config.run.num_threads)
-            runner, opener = RUNNERS[stage.kind], WindowOpener(stage, run, meters, progress, clock)
+            ctx = contexts.get(step.task)
+            step_run = dataclasses.replace(run, task=step.task, data_sources=contexts.checked.data_sources(step.task))
+            runner, opener = RUNNERS[stage.kind], WindowOpener(stage, step_run, meters, progress, clock)
             if stage.one_process and ctx.dist.enabled:
                 # Rank 0 measures alone while the other ranks wait on the CPU (gloo), unmeasured: no record
                 # covers their idle draw meanwhile.
@@ -150,6 +181,10 @@ def _run_stages(ctx: StageContext, run: RunInfo, meters: Meters, progress: RunPr
             faults.point(f"between-stages:{stage.name}")
     finally:
         meters.gpu.close()
+
+
+def _of_task(task: str | None) -> str:
+    return f" of task {task!r}" if task is not None else " (shared by the suite's tasks)"
 
 
 def _claim_run_dir(request: RunRequest, checked: Preflight, dist: Dist) -> tuple[Path, RunLock | None]:
@@ -182,8 +217,8 @@ def _start_run(config: Config, checked: Preflight, run_dir: Path, *, command: st
         run_id=run_dir.name, run_dir=run_dir, config_hash=config.config_hash(), git_sha=_git_sha(),
         versions=_versions(), hardware=_hardware(device), country_iso_code=config.carbon.country_iso_code,
         pue=config.carbon.pue, intensity_g_per_kwh=checked.intensity_g_per_kwh,
-        intensity_source=checked.intensity_source, command=command, task=config.task.name,
-        data_sources=checked.data_sources(),
+        intensity_source=checked.intensity_source, command=command, task=None,  # set per stage: the task it serves
+        data_sources={},
     )
     meters = Meters(
         # One codecarbon tracker per machine (it measures the whole machine's CPU and RAM): local rank 0's.

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from greendistil.config import (BenchmarkStage, Config, DistillStage, EvaluateStage, FinetuneStage, PretrainStage,
-                                StageConfig, TrainingStage)
+                                TrainingStage, for_task, is_shared, run_tasks, suite_steps)
 from greendistil.data.corpus import CorpusText, load_corpus_text
 from greendistil.data.glue import GlueExamples, load_glue
 from greendistil.data.tasks import GlueTask, get_task
@@ -35,23 +35,53 @@ DISK_MARGIN_BYTES = 256 << 20
 
 
 @dataclass(frozen=True, kw_only=True)
-class Preflight:
-    """What the preflight checked and loaded: the run starts from this and loads none of it again."""
+class TaskData:
+    """One task of the run: the config it sees (its overrides applied) and its data, read."""
 
+    config: Config  # `for_task(config, name)`: [task] named and overridden, no suite
     task: GlueTask
-    intensity_g_per_kwh: float
-    intensity_source: str
-    teacher: ResolvedTeacher | None  # None when every model comes from `sources` (`greendistil bench`)
     splits: dict[str, GlueExamples]  # "train" and the dev split(s), as far as the stages need them
     benchmark_examples: GlueExamples | None = None  # the benchmark stage's sentences, in file order
-    corpus: CorpusText | None = None  # the MLM stages' corpus, read and split
-    sources: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)  # role -> (path/id, label)
 
     def data_sources(self) -> dict[str, str]:
         """Split -> where its examples were read from, for the records."""
         found = {split: examples.source for split, examples in self.splits.items()}
         if self.benchmark_examples is not None:
             found["benchmark"] = self.benchmark_examples.source
+        return found
+
+
+@dataclass(frozen=True, kw_only=True)
+class Preflight:
+    """What the preflight checked and loaded: the run starts from this and loads none of it again."""
+
+    tasks: dict[str, TaskData]  # the run's tasks, in the order they run
+    intensity_g_per_kwh: float
+    intensity_source: str
+    teacher: ResolvedTeacher | None  # None when every model comes from `sources` (`greendistil bench`)
+    corpus: CorpusText | None = None  # the MLM stages' corpus, read and split
+    sources: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)  # role -> (path/id, label)
+
+    @property
+    def first(self) -> TaskData:
+        return next(iter(self.tasks.values()))
+
+    @property
+    def task(self) -> GlueTask:
+        """The (first) task: a single-task run's only one."""
+        return self.first.task
+
+    @property
+    def splits(self) -> dict[str, GlueExamples]:
+        return self.first.splits
+
+    @property
+    def benchmark_examples(self) -> GlueExamples | None:
+        return self.first.benchmark_examples
+
+    def data_sources(self, task: str | None = None) -> dict[str, str]:
+        """Split -> where its examples were read from: the task's (None: a shared stage's, the corpus)."""
+        found = self.tasks[task].data_sources() if task is not None else {}
         if self.corpus is not None:
             found["corpus"] = self.corpus.source
         return found
@@ -61,8 +91,8 @@ def preflight(config: Config, *, dist: Dist = SINGLE, sources: dict[str, str] | 
     """Check everything that can fail on bad input and load what the stages need. Writes nothing.
 
     `sources` (role -> a folder, packaged model or hub id) replaces the configured teacher and student.
+    Every task's data is read here: a suite whose last task has no data fails before its first one runs.
     """
-    task = get_task(config.task.name)
     intensity, intensity_source = grid_intensity(config.carbon.country_iso_code, config.carbon.intensity_g_per_kwh)
     device(dist, config.run.device)  # run.device = "cuda" without a GPU fails here, not after the run dir exists
     check_shards(config, dist)
@@ -73,11 +103,18 @@ def preflight(config: Config, *, dist: Dist = SINGLE, sources: dict[str, str] | 
         load_tokenizer(path_or_id)
     teacher = None if sources else resolve_teacher(config.teacher)
     if teacher is not None:
-        _check_teacher(config, teacher)
+        for name in run_tasks(config):
+            _check_teacher(for_task(config, name), teacher)
     corpus = _prepare_corpus(config, teacher)
-    return Preflight(task=task, intensity_g_per_kwh=intensity, intensity_source=intensity_source, teacher=teacher,
-                     splits=_load_splits(config, task), benchmark_examples=_benchmark_examples(config, task),
+    return Preflight(tasks={name: _task_data(for_task(config, name)) for name in run_tasks(config)},
+                     intensity_g_per_kwh=intensity, intensity_source=intensity_source, teacher=teacher,
                      corpus=corpus, sources=resolved_sources)
+
+
+def _task_data(config: Config) -> TaskData:
+    task = get_task(config.task.name)
+    return TaskData(config=config, task=task, splits=_load_splits(config, task),
+                    benchmark_examples=_benchmark_examples(config, task))
 
 
 def _check_sources(config: Config, sources: dict[str, str]) -> None:
@@ -100,9 +137,9 @@ def check_shards(config: Config, dist: Dist) -> None:
 
 def check_disk_space(folder: Path, config: Config, teacher: ResolvedTeacher | None) -> None:
     """Refuse to start when the disk under `folder` cannot hold the run's checkpoints (a full disk found
-    mid-run would cost the work done so far). Estimate: per training stage, the teacher-sized model saved
+    mid-run would cost the work done so far). Estimate: per training stage (per task in a suite), the teacher-sized model saved
     once plus a training state of weights and two AdamW moments, all float32, plus a 256 MiB margin."""
-    num_training = sum(1 for s in config.stages if isinstance(s, TrainingStage))
+    num_training = sum(1 for step in suite_steps(config) if isinstance(step.stage, TrainingStage))
     need_bytes = num_training * 4 * 4 * _teacher_param_estimate(teacher) + DISK_MARGIN_BYTES
     existing = next((p for p in [folder, *folder.parents] if p.exists()), Path("."))
     free_bytes = shutil.disk_usage(existing).free
@@ -175,14 +212,9 @@ def _benchmark_examples(config: Config, task: GlueTask) -> GlueExamples | None:
 
 # --- the MLM stages: corpus, mask token, a trained head to distil from --------------------------------
 
-def is_mlm_stage(stage: StageConfig) -> bool:
-    """True for the stages that train on the corpus."""
-    return isinstance(stage, PretrainStage) or (isinstance(stage, DistillStage) and stage.objective == "mlm")
-
-
 def _prepare_corpus(config: Config, teacher: ResolvedTeacher | None) -> CorpusText | None:
     """Check the MLM stages and read their corpus; None when no stage uses one."""
-    if teacher is None or not any(is_mlm_stage(stage) for stage in config.stages):
+    if teacher is None or not any(is_shared(stage) for stage in config.stages):
         return None
     _check_stage_order(config, teacher)
     build_masker(teacher.tokenizer, config.masking)  # no mask token, no word boundaries: fails here

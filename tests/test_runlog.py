@@ -241,4 +241,4 @@ def test_resume_refuses_a_finished_training_stage_without_its_model(tmp_path: Pa
     with pytest.raises(RunDirError, match="names no saved model"):
         RunProgress.from_records(tmp_path, records)
     done = RunProgress.from_records(tmp_path, [{**records[0], "artifacts": {"teacher": "checkpoints/finetune"}}])
-    assert done.artifacts == {"teacher": tmp_path / "checkpoints" / "finetune"}
+    assert done.artifacts == {None: {"teacher": tmp_path / "checkpoints" / "finetune"}}  # by the record's task

@@ -18,6 +18,7 @@ import tomli_w
 
 from greendistil.config.corpus import CorpusSection, MaskingSection
 from greendistil.config.stages import STAGE_KINDS, StageConfig
+from greendistil.config.suite import SuiteSection, build_suite, check_suite
 from greendistil.config.tables import CarbonSection, RunSection, StudentSection, TaskSection, TeacherSection
 from greendistil.config.types import build_dataclass, parse_override_value
 from greendistil.errors import ConfigError
@@ -34,10 +35,18 @@ class Config:
     student: StudentSection = field(default_factory=StudentSection)
     corpus: CorpusSection = field(default_factory=CorpusSection)
     masking: MaskingSection = field(default_factory=MaskingSection)
+    suite: SuiteSection = field(default_factory=SuiteSection)
     stages: tuple[StageConfig, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The config as plain data. A single-task config has no `suite` entry (its hash is what it was
+        before suites existed); a suite's `[task]` has no `name` (the suite names the tasks)."""
+        data = asdict(self)
+        if not self.suite.tasks:
+            del data["suite"]
+        else:
+            del data["task"]["name"]
+        return data
 
     def to_toml(self) -> str:
         """The resolved config as TOML (unset optional keys are left out)."""
@@ -77,15 +86,20 @@ def build_config(raw: dict[str, Any]) -> Config:
     """Validate a raw (parsed TOML) dict into a `Config`."""
     from difflib import get_close_matches
 
-    valid = [*SECTIONS, "stages"]
+    valid = [*SECTIONS, "suite", "stages"]
     for key in raw:
         if key not in valid:
             near = get_close_matches(key, valid, n=1)
             hint = f"did you mean {near[0]!r}? " if near else ""
             raise ConfigError(f"{key}: unknown config table; {hint}valid: {', '.join(valid)}")
     sections = {name: build_dataclass(cls, raw.get(name, {}), name) for name, cls in SECTIONS.items()}
-    stages = _build_stages(raw.get("stages", []))
-    return Config(**sections, stages=stages)
+    suite = build_suite(raw.get("suite", {}))
+    if suite.tasks and isinstance(raw.get("task"), dict) and "name" in raw["task"]:
+        raise ConfigError(f"task.name: {raw['task']['name']!r} is set beside suite.tasks {list(suite.tasks)}; a suite "
+                          "names its tasks in suite.tasks only: remove task.name")
+    config = Config(**sections, suite=suite, stages=_build_stages(raw.get("stages", [])))
+    check_suite(config)
+    return config
 
 
 def _build_stages(raw_stages: Any) -> tuple[StageConfig, ...]:

@@ -13,7 +13,8 @@ from typing import ClassVar, Literal
 from greendistil.config.types import require as _require
 
 STAGE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
-Role = Literal["teacher", "student"]
+Role = Literal["teacher", "student", "general_student"]  # general_student: the student of the general route
+StudentRole = Literal["student", "general_student"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,7 +34,7 @@ def _check_stage_name(name: str) -> None:
 
 def _check_roles(roles: tuple[str, ...]) -> None:
     _require(len(roles) > 0 and len(set(roles)) == len(roles), "roles", list(roles),
-             "a non-empty list of distinct 'teacher' / 'student'")
+             "a non-empty list of distinct 'teacher' / 'student' / 'general_student'")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -117,6 +118,7 @@ class DistillStage(TrainingStage):
     """
 
     kind: Literal["distill"] = "distill"
+    role: StudentRole = "student"  # general_student: a second student, of DistilBERT's general route (suites)
     objective: Literal["task", "mlm"] = "task"
     temperature: float = 2.0
     alpha_ce: float = 5.0

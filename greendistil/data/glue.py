@@ -211,15 +211,18 @@ def _local_missing_error(task: GlueTask, split: str, glue_dir: Path, origin: str
     )
 
 
-def _hub_failed_error(task: GlueTask, split: str, source: str, exc: BaseException) -> DataError:
+def _hub_failed_error(task: GlueTask, split: str, source: str, exc: BaseException, *, local_dir: Path | None = None,
+                      origin: str = "") -> DataError:
     lines = str(exc).strip().splitlines()
     first_line = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
     offline = [name for name in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
                if os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")]
     offline_note = f" ({', '.join(offline)} is set)" if offline else ""
+    local = (f"{origin} = {local_dir} (no {task.dir_name} folder there)" if local_dir is not None
+             else f"glue_dir argument (not given), ${GLUE_DIR_ENV} (not set)")
     return DataError(
-        f"cannot load GLUE {task.name} {split}; tried: glue_dir argument (not given), ${GLUE_DIR_ENV} "
-        f"(not set), {source}{offline_note} -> {first_line}. Fix: set {GLUE_DIR_ENV}=/path/to/glue "
+        f"cannot load GLUE {task.name} {split}; tried: {local}, {source}{offline_note} -> {first_line}. "
+        f"Fix: set {GLUE_DIR_ENV}=/path/to/glue "
         f"(a folder containing {task.dir_name}/{split}.tsv), or set task.glue_dir in the config, or make "
         "the Hugging Face hub reachable (network, HF cache, unset offline mode)"
     )
@@ -269,7 +272,10 @@ def load_glue(
         raise ConfigError(f"max_examples: {max_examples!r} is not valid; use a positive integer or "
                           "leave it unset for the whole split")
     local_dir, origin = _resolve_local_dir(glue_dir)
-    if local_dir is not None:
+    # A local GLUE folder that holds no folder for this task (e.g. ../shared/glue has no MNLI): the task comes
+    # from the hub. A task folder without the split's file is a broken copy: an error, never the hub.
+    holds_task = local_dir is not None and (not local_dir.is_dir() or (local_dir / task.dir_name).is_dir())
+    if local_dir is not None and holds_task:
         path = local_dir / task.dir_name / f"{split}.tsv"
         if not path.is_file():
             raise _local_missing_error(task, split, local_dir, origin)
@@ -279,7 +285,7 @@ def load_glue(
         try:
             dataset = _fetch_hub(task, HUB_SPLITS[split])
         except Exception as exc:  # any hub/network/cache failure becomes one actionable DataError
-            raise _hub_failed_error(task, split, source, exc) from exc
+            raise _hub_failed_error(task, split, source, exc, local_dir=local_dir, origin=origin) from exc
         examples = _examples_from_hub(task, split, dataset, source)
     subset = _subset(examples, max_examples, seed)
     logger.info("loaded %d of %d %s/%s examples from %s", len(subset), len(examples), task.name, split,

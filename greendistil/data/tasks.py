@@ -108,6 +108,10 @@ GLUE_TASKS: dict[str, GlueTask] = {
 }
 
 
+# The GLUE benchmark's own order (its paper and leaderboard): single sentences, similarity, then inference.
+GLUE_ORDER: tuple[str, ...] = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
+
+
 def _normalize_task_name(name: str) -> str:
     # "SST-2", "sts_b", " MNLI " -> "sst2", "stsb", "mnli": the GLUE dir names normalize to the task names.
     return "".join(ch for ch in name.lower() if ch not in "-_ ")

@@ -17,10 +17,12 @@ from greendistil.report import plots, tables
 from greendistil.report.compare import teacher_student
 from greendistil.report.costs import cost_totals, model_points
 from greendistil.report.distributed import distributed_section
-from greendistil.report.frame import first_value, iter_runs, iter_tasks, load_report_frame
+from greendistil.report.frame import first_value, iter_runs, iter_tasks, iter_units, load_report_frame, task_order, unit_title
 from greendistil.report.markdown import fmt_number, fmt_percent, table
 from greendistil.report.provenance import energy_kinds
 from greendistil.report.routes import routes_section
+from greendistil.report.suite import suite_cost_section, table1_section
+from greendistil.report.suite_plots import plot_retention_vs_energy, plot_suite_pareto
 from greendistil.report.serving import BENCHMARK_KIND, benchmark_summary, plot_serving, serving_section
 from greendistil.runlog.store import read_records
 
@@ -53,6 +55,8 @@ def write_report(paths: list[Path], out_dir: Path, *, name: str | None = None) -
     figures = _write_figures(frame, out_dir)
     sections = [
         _header(frame, name),
+        table1_section(frame), suite_cost_section(frame), _figure_block(figures["suite"]),
+        _glance(frame),
         tables.cost_section(frame), _figure_block(figures["cost"]),
         distributed_section(frame),  # the cost table's distributed and GPU stages, per node and per GPU
         tables.teacher_student_section(frame), _figure_block(figures["teacher_student"]),
@@ -69,7 +73,15 @@ def write_report(paths: list[Path], out_dir: Path, *, name: str | None = None) -
 
 def _write_figures(frame: pd.DataFrame, out_dir: Path) -> dict[str, list[ReportFigure]]:
     names = _FileNames()
-    figures: dict[str, list[ReportFigure]] = {"cost": [], "teacher_student": [], "across": []}
+    figures: dict[str, list[ReportFigure]] = {"suite": [], "cost": [], "teacher_student": [], "across": []}
+    for records in iter_runs(frame):
+        if len(task_order(records["task"])) > 1:
+            run_id = str(first_value(records, "run_id"))
+            retention, pareto = names.new(f"retention-vs-energy-{run_id}"), names.new(f"suite-pareto-{run_id}")
+            plot_retention_vs_energy(records, out_dir / retention, title=run_id)
+            plot_suite_pareto(records, out_dir / pareto, title=run_id)
+            figures["suite"] += [ReportFigure(caption=f"Retention vs energy per task, {run_id}", file_name=retention),
+                                 ReportFigure(caption=f"Macro score vs energy, {run_id}", file_name=pareto)]
     for records in iter_runs(frame):
         run_id = str(first_value(records, "run_id"))
         energy = names.new(f"energy-{run_id}")
@@ -78,9 +90,12 @@ def _write_figures(frame: pd.DataFrame, out_dir: Path) -> dict[str, list[ReportF
         plots.plot_power(records, Path(str(first_value(records, "run_dir"))), out_dir / power)
         figures["cost"] += [ReportFigure(caption=f"Energy per stage, {run_id}", file_name=energy),
                             ReportFigure(caption=f"Power per stage, {run_id}", file_name=power)]
-        comparison = names.new(f"teacher-student-{run_id}")
-        plots.plot_teacher_student(teacher_student(records), out_dir / comparison)
-        figures["teacher_student"].append(ReportFigure(caption=f"Teacher vs student, {run_id}", file_name=comparison))
+    for records in iter_units(frame):
+        comparison = teacher_student(records)
+        title = unit_title(records)
+        file_name = names.new(f"teacher-student-{title}")
+        plots.plot_teacher_student(comparison, out_dir / file_name, title=title)
+        figures["teacher_student"].append(ReportFigure(caption=f"Teacher vs student, {title}", file_name=file_name))
     for task, records in iter_tasks(frame):
         tradeoff = names.new(f"score-vs-cost-{task}")
         plots.plot_score_vs_cost(model_points(records), out_dir / tradeoff, task=task)
@@ -94,7 +109,12 @@ def _serving_block(frame: pd.DataFrame, out_dir: Path) -> str:
                 if (records["kind"] == BENCHMARK_KIND).any()]
     if not run_dirs:
         return ""
-    by_run = [(str(first_value(frame[frame["run_dir"] == d], "run_id")), read_records(Path(d))) for d in run_dirs]
+    by_run = []
+    for run_dir in run_dirs:
+        run_id, records = str(first_value(frame[frame["run_dir"] == run_dir], "run_id")), read_records(Path(run_dir))
+        tasks = list(dict.fromkeys(r.get("task") for r in records if r.get("kind") == BENCHMARK_KIND))
+        by_run += [(run_id if len(tasks) == 1 else f"{run_id}, task {task}",
+                    [r for r in records if r.get("task") == task]) for task in tasks]
     names, figures = _FileNames(), []
     for run_id, records in by_run:
         file_name = names.new(f"serving-{run_id}")
@@ -130,14 +150,19 @@ def _header(frame: pd.DataFrame, name: str | None) -> str:
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     intro = (f"Written by greendistil {__version__} on {stamp} from the run log alone (records.jsonl, "
              f"config.toml, power.csv) of {len(runs)} run(s) on task(s) "
-             f"{', '.join(f'`{t}`' for t, _ in iter_tasks(frame))}. Following Green AI (Schwartz et al. 2019), "
+             f"{', '.join(f'`{t}`' for t in task_order(frame['task']))}. Following Green AI (Schwartz et al. 2019), "
              "every result is reported with what it cost: FLOPs, energy and CO2eq, teacher training included.")
-    return "\n\n".join([f"# Green AI report: {title}", intro, "## At a glance", _glance_table(runs)])
+    return "\n\n".join([f"# Green AI report: {title}", intro])
 
 
-def _glance_table(runs: list[pd.DataFrame]) -> str:
+def _glance(frame: pd.DataFrame) -> str:
+    return "\n\n".join(["## At a glance", _glance_table(frame)])
+
+
+def _glance_table(frame: pd.DataFrame) -> str:
+    """A row per (run, task); a suite's rows each count its shared stages (their cost is in each task's)."""
     rows = []
-    for records in runs:
+    for records in iter_units(frame):
         comparison, totals = teacher_student(records), cost_totals(records)
         status = "ok" if totals.num_not_ok == 0 else f"⚠ {totals.num_not_ok} stage(s) not ok"
         rows.append([str(first_value(records, "run_id")), f"`{first_value(records, 'task')}`",
@@ -145,6 +170,6 @@ def _glance_table(runs: list[pd.DataFrame]) -> str:
                      fmt_percent(comparison.score_retention), fmt_number(totals.flops),
                      fmt_number(totals.energy_kwh) + energy_kinds(records),
                      fmt_number(totals.co2_kg) + energy_kinds(records), status])
-    headers = ("run", "task", "teacher score", "student score", "retention", "FLOPs (all stages)",
-               "kWh (all stages)", "kg CO2eq", "status")
+    headers = ("run", "task", "teacher score", "student score", "retention", "FLOPs (its stages)",
+               "kWh (its stages)", "kg CO2eq", "status")
     return table(headers, rows, right_align_from=2)

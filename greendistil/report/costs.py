@@ -15,7 +15,7 @@ from typing import Sequence
 import pandas as pd
 
 from greendistil.report.compare import INFERENCE_KINDS, teacher_student
-from greendistil.report.frame import column_sum, first_value, iter_runs
+from greendistil.report.frame import column_sum, first_value, iter_units
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,19 +55,31 @@ def training_records(records: pd.DataFrame) -> pd.DataFrame:
 
 
 def distill_objectives(records: pd.DataFrame) -> set[str]:
-    """The objectives of a run's distill stages ("task" for records written before objectives existed)."""
-    distill = records[records["kind"] == "distill"]
+    """The objectives of the distill stages that made a run's student ("task" for records written before
+    objectives existed); a suite's general_student has a route of its own."""
+    distill = records[(records["kind"] == "distill") & (records["role"] == "student")]
     if "details.objective" not in distill:
         return {"task"} if len(distill) else set()
     return {str(o) if isinstance(o, str) else "task" for o in distill["details.objective"]}
 
 
-def student_training_records(records: pd.DataFrame) -> pd.DataFrame:
-    """The stages that produced the student: every training stage, less a teacher fine-tuning that only
-    served evaluation (general distillation learnt from the MLM teacher and no task distillation ran)."""
+def student_training_records(records: pd.DataFrame, role: str = "student") -> pd.DataFrame:
+    """The stages that produced the student of `role`.
+
+    student: every training stage but the general route's, less a teacher fine-tuning that only served
+    evaluation (general distillation learnt from the MLM teacher and no task distillation ran), and less an
+    MLM-head training that only the general route used. general_student: the teacher's MLM training, the
+    general distillation and the general student's task training: not the teacher's fine-tuning.
+    """
     training = training_records(records)
+    if role == "general_student":
+        return training[(training["role"] == "general_student") | (training["kind"] == "pretrain")]
+    training = training[training["role"] != "general_student"]
     objectives = distill_objectives(records)
-    if "mlm" not in objectives or "task" in objectives:
+    if "mlm" not in objectives:
+        head_only = (training["kind"] == "pretrain") & (training.get("details.train") == "head")
+        return training[~head_only]
+    if "task" in objectives:
         return training
     return training[~((training["kind"] == "finetune") & (training["role"] == "teacher"))]
 
@@ -89,9 +101,9 @@ class ModelPoint:
 
 
 def model_points(frame: pd.DataFrame) -> list[ModelPoint]:
-    """A teacher point and a student point per run (in `iter_runs` order)."""
+    """A teacher point and a student point per run (per task of a suite run), in `iter_units` order."""
     points = []
-    for records in iter_runs(frame):
+    for records in iter_units(frame):
         comparison = teacher_student(records)
         training = training_records(records)
         scopes = {"teacher": training[training["role"] == "teacher"], "student": student_training_records(records)}

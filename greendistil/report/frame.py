@@ -14,6 +14,7 @@ from typing import Any, Iterable, Iterator
 
 import pandas as pd
 
+from greendistil.data.tasks import GLUE_ORDER
 from greendistil.errors import GreendistilError
 from greendistil.report.markdown import is_missing
 from greendistil.runlog.frame import FRAME_COLUMNS, load_runs
@@ -23,6 +24,7 @@ from greendistil.runlog.store import RECORDS_FILE, find_run_dirs
 logger = logging.getLogger(__name__)
 
 UNKNOWN_TASK = "unknown"
+SHARED_TASK_SCHEMA = 3  # records of this schema on: a null task is a stage a suite's tasks share
 CONFIG_FILE = "config.toml"
 
 # Every column the report reads: the record's own fields (runlog.schema), then what load_runs adds.
@@ -47,8 +49,11 @@ def load_report_frame(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
     for column in _COLUMNS:
         if column not in frame:
             frame[column] = None
-    # Records written before the `task` field existed are shown under their config.toml's task.
-    frame["task"] = frame["task"].fillna(frame["run_dir"].map(lambda run_dir: run_task(Path(run_dir))))
+    # Records written before the `task` field existed are shown under their config.toml's task; from schema 3
+    # on, a null task is a suite's shared stage.
+    versions = pd.to_numeric(frame["schema_version"], errors="coerce").fillna(0)
+    untasked = frame["task"].isna() & (versions < SHARED_TASK_SCHEMA)
+    frame.loc[untasked, "task"] = frame.loc[untasked, "run_dir"].map(lambda run_dir: run_task(Path(run_dir)))
     return frame
 
 
@@ -71,15 +76,46 @@ def run_task(run_dir: Path) -> str:
 def iter_runs(frame: pd.DataFrame) -> Iterator[pd.DataFrame]:
     """Each run's records (in log order), runs ordered by task, then by when they started."""
     order = frame.groupby("run_dir", sort=False).agg(task=("task", "first"), started=("started_at", "min"))
+    order["task"] = order["task"].fillna("")
     order = order.sort_values(["task", "started"], kind="stable", na_position="last")
     for run_dir in order.index:
         yield frame[frame["run_dir"] == run_dir]
 
 
 def iter_tasks(frame: pd.DataFrame) -> Iterator[tuple[str, pd.DataFrame]]:
-    """(task, its records), tasks in alphabetical order: scores of different tasks are never mixed."""
-    for task in sorted(frame["task"].unique()):
-        yield task, frame[frame["task"] == task]
+    """(task, its records), tasks in GLUE order: scores of different tasks are never mixed. A suite's
+    shared stages come with each task of their run (they produced part of every task's student)."""
+    for task in task_order(frame["task"]):
+        runs = frame.loc[frame["task"] == task, "run_dir"].unique()
+        yield task, frame[(frame["task"] == task) | (frame["task"].isna() & frame["run_dir"].isin(runs))]
+
+
+def iter_units(frame: pd.DataFrame) -> Iterator[pd.DataFrame]:
+    """Each (run, task): a single-task run's records, or one task of a suite with the suite's shared stages
+    (in log order). Runs in `iter_runs` order, a run's tasks in GLUE order."""
+    for records in iter_runs(frame):
+        tasks = task_order(records["task"])
+        if not tasks:
+            yield records
+        for task in tasks:
+            yield records[(records["task"] == task) | records["task"].isna()]
+
+
+def unit_title(records: pd.DataFrame) -> str:
+    """'<run id>, task <task>' for the records of one (run, task) (`iter_units`); '<run id>' without a task."""
+    run_id, task = str(first_value(records, "run_id")), first_value(records, "task")
+    return run_id if task is None else f"{run_id}, task {task}"
+
+
+def shared_records(records: pd.DataFrame) -> pd.DataFrame:
+    """A suite's shared stages: the records with no task."""
+    return records[records["task"].isna()]
+
+
+def task_order(tasks: Iterable[Any]) -> list[str]:
+    """The distinct non-null task names, GLUE tasks in GLUE order, any other name after them."""
+    found = {str(t) for t in tasks if not is_missing(t)}
+    return [t for t in GLUE_ORDER if t in found] + sorted(found - set(GLUE_ORDER))
 
 
 def value(row: pd.Series | dict[str, Any], column: str) -> Any:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import matplotlib
 import pandas as pd
 from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
@@ -33,7 +34,7 @@ FIGSIZE_IN = (8.0, 5.0)
 DPI = 100
 COMPONENT_COLORS = {"cpu": "#4C72B0", "gpu": "#DD8452", "ram": "#55A868"}
 ROLE_MARKERS = {"teacher": "o", "student": "^"}
-ROLE_COLORS = {"teacher": "#4C72B0", "student": "#DD8452"}
+ROLE_COLORS = {"teacher": "#4C72B0", "student": "#DD8452", "general_student": "#55A868"}
 POWER_FILE = "power.csv"
 
 
@@ -46,38 +47,49 @@ def energy_unit(max_kwh: float) -> tuple[float, str]:
     return 1e6, "mWh"
 
 
-def plot_energy_by_stage(records: pd.DataFrame, path: Path) -> Path:
-    """One run: a bar per stage, stacked CPU / GPU / RAM energy; estimated parts hatched."""
-    fig, ax = _figure()
+def draw_energy_by_stage(records: pd.DataFrame) -> Figure:
+    """One run: a horizontal bar per stage, stacked CPU / GPU / RAM energy; estimated parts hatched. The figure
+    grows with the number of stages, so the stage names never overlap (a suite has dozens)."""
     rows = [row for _, row in records.iterrows()]
+    fig = Figure(figsize=(FIGSIZE_IN[0], max(FIGSIZE_IN[1], 1.6 + 0.32 * len(rows))), dpi=DPI)
+    ax = fig.subplots()
     totals = [number(row, "energy_kwh") or 0.0 for row in rows]
     factor, unit = energy_unit(max(totals, default=0.0))
-    labels = [_stage_label(row) for row in rows]
-    bottoms = [0.0] * len(rows)
+    lefts = [0.0] * len(rows)
     for component, color in COMPONENT_COLORS.items():
         for i, row in enumerate(rows):
             kwh = number(row, f"{component}_energy_kwh")
             if kwh is None:
                 continue  # not measured: drawn as nothing, listed in the table as n/a
             estimated = source_kind(value(row, f"{component}_energy_source")) != "measured"
-            ax.bar(i, kwh * factor, bottom=bottoms[i], color=color, edgecolor="white",
-                   hatch="///" if estimated else None, width=0.6)
-            bottoms[i] += kwh * factor
+            ax.barh(i, kwh * factor, left=lefts[i], color=color, edgecolor="white",
+                    hatch="///" if estimated else None, height=0.6)
+            lefts[i] += kwh * factor
     for i, row in enumerate(rows):
         total = number(row, "energy_kwh")
-        ax.text(i, bottoms[i], "not measured" if total is None else fmt_number(total * factor), ha="center",
-                va="bottom", fontsize=8)
-    ax.set_xticks(range(len(rows)), labels)
-    ax.set_ylabel(f"energy ({unit})")
+        ax.text(lefts[i], i, " not measured" if total is None else " " + fmt_number(total * factor), ha="left",
+                va="center", fontsize=8)
+    ax.set_yticks(range(len(rows)), [_stage_label(row) for row in rows], fontsize=8)
+    ax.invert_yaxis()  # the first stage on top: the run reads top to bottom
+    ax.set_xlabel(f"energy ({unit})")
+    ax.set_xlim(0, 1.25 * max(lefts, default=0.0) or 1.0)  # room for the totals right of the bars
     ax.set_title(f"Energy per stage — {first_value(records, 'run_id')}")
     handles = [Patch(color=c, label=k.upper()) for k, c in COMPONENT_COLORS.items()]
     handles.append(Patch(facecolor="white", edgecolor="grey", hatch="///", label="estimated (hatched)"))
-    ax.set_ylim(0, 1.3 * max(bottoms, default=0.0) or 1.0)  # headroom for the one-row legend
-    ax.legend(handles=handles, loc="upper center", ncol=4, fontsize=9)
-    return _save(fig, path)
+    fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=8)
+    fig.tight_layout(rect=(0, 0.6 / fig.get_figheight(), 1, 1))
+    return fig
+
+
+def plot_energy_by_stage(records: pd.DataFrame, path: Path) -> Path:
+    return save_figure(draw_energy_by_stage(records), path, layout=False)
 
 
 def plot_score_vs_cost(points: Sequence[ModelPoint], path: Path, *, task: str) -> Path:
+    return save_figure(draw_score_vs_cost(points, task=task), path, layout=False)
+
+
+def draw_score_vs_cost(points: Sequence[ModelPoint], *, task: str) -> Figure:
     """One task: dev score against FLOPs and against kWh to produce each model, Pareto fronts drawn."""
     fig = Figure(figsize=FIGSIZE_IN, dpi=DPI)
     axes = fig.subplots(1, 2, sharey=True)
@@ -101,8 +113,7 @@ def plot_score_vs_cost(points: Sequence[ModelPoint], path: Path, *, task: str) -
     fig.legend(handles=handles, fontsize=8, loc="lower center", ncol=min(len(handles), 5))
     fig.suptitle(f"Score vs cost — task {task}")
     fig.tight_layout(rect=(0, 0.1 if len(handles) <= 5 else 0.14, 1, 1))
-    fig.savefig(path, dpi=DPI)
-    return path
+    return fig
 
 
 def _scatter_with_front(ax: Axes, points: Sequence[ModelPoint], attribute: str, scale: float,
@@ -126,8 +137,13 @@ def _scatter_with_front(ax: Axes, points: Sequence[ModelPoint], attribute: str, 
         ax.text(0.5, 0.5, "no scored model with this cost", transform=ax.transAxes, ha="center")
 
 
-def plot_teacher_student(comparison: TeacherStudent, path: Path) -> Path:
-    """One run: parameters, FLOPs per example (training and inference) and dev score, teacher beside student."""
+def plot_teacher_student(comparison: TeacherStudent, path: Path, *, title: str | None = None) -> Path:
+    return save_figure(draw_teacher_student(comparison, title=title), path)
+
+
+def draw_teacher_student(comparison: TeacherStudent, *, title: str | None = None) -> Figure:
+    """One run (one task of a suite): parameters, FLOPs per example (training and inference) and dev score,
+    teacher beside student."""
     fig = Figure(figsize=FIGSIZE_IN, dpi=DPI)
     axes = fig.subplots(1, 3)
     roles = (comparison.teacher, comparison.student)
@@ -144,8 +160,8 @@ def plot_teacher_student(comparison: TeacherStudent, path: Path) -> Path:
     axes[2].set_ylim(min(0.0, *scores) * 1.1, 1.1 * max(1.0, *scores))  # MCC may be negative
     handles = [Patch(color=ROLE_COLORS[role], label=role) for role in ("teacher", "student")]
     fig.legend(handles=handles, loc="upper right", fontsize=8)
-    fig.suptitle(f"Teacher vs student — {comparison.run_id}")
-    return _save(fig, path)
+    fig.suptitle(f"Teacher vs student — {title or comparison.run_id}")
+    return fig
 
 
 def _role_bars(ax: Axes, groups: list[str], heights: list[list[float]], ylabel: str, digits: int = 3) -> None:
@@ -167,25 +183,72 @@ def _role_bars(ax: Axes, groups: list[str], heights: list[list[float]], ylabel: 
 
 
 def plot_power(records: pd.DataFrame, run_dir: Path, path: Path) -> Path:
+    return save_figure(draw_power(records, run_dir), path, layout=False)
+
+
+def draw_power(records: pd.DataFrame, run_dir: Path) -> Figure:
     """Power over the run: GPU samples from power.csv when present, and each stage's mean CPU/RAM power
-    (plus the mean GPU power when there are no samples) as flat lines."""
+    (plus the mean GPU power when there are no samples) as flat lines. Stages are shaded spans named above
+    the axes (a suite's by task); a name that finds no room beside the others is left out and counted."""
     fig, ax = _figure()
     starts = _stage_starts_s(records)
+    spans = []
     for (_, row), start in zip(records.iterrows(), starts):
         end = start + (number(row, "duration_s") or 0.0)
         ax.axvspan(start, end, color="grey", alpha=0.08)
         status = "" if value(row, "status") == "ok" else f" ⚠ {value(row, 'status')}"
-        ax.text((start + end) / 2, 1.0, f"{row['stage']}{status}", transform=ax.get_xaxis_transform(),
-                ha="center", va="bottom", fontsize=8)
+        spans.append((start, end, f"{row['stage']}{status}", value(row, "task")))
     samples = _power_samples(run_dir)
     highest = _draw_samples(ax, samples, records, starts) if samples is not None else 0.0
     highest = max(highest, _draw_mean_power(ax, records, starts, with_gpu=samples is None))
     ax.set_xlabel("time since the run's first stage started (s)")
     ax.set_ylabel("power (W)")
-    ax.set_title(f"Power per stage — {first_value(records, 'run_id')}", pad=18)
     ax.set_ylim(0, 1.4 * highest if highest > 0 else 1.0)  # headroom: the legend sits above the lines
     ax.legend(fontsize=8, loc="upper right")
-    return _save(fig, path)
+    many_tasks = len({task for *_, task in spans if task is not None}) > 1
+    labels = _task_spans(spans) if many_tasks else [(a, b, text) for a, b, text, _ in spans]
+    title = f"Power per stage — {first_value(records, 'run_id')}"
+    ax.set_title(title, pad=8)
+    fig.tight_layout(rect=(0, 0, 1, 0.86))
+    left_out = _place_span_labels(fig, ax, labels)
+    if left_out:
+        ax.set_title(f"{title} ({left_out} short stage(s) not named: see the cost table)", pad=8)
+    return fig
+
+
+def _task_spans(spans: list[tuple[float, float, str, Any]]) -> list[tuple[float, float, str]]:
+    """Consecutive stages of one task merged into one span named by the task (shared stages: 'shared')."""
+    merged: list[tuple[float, float, str]] = []
+    for start, end, _, task in spans:
+        name = "shared" if task is None else str(task)
+        if merged and merged[-1][2] == name:
+            merged[-1] = (merged[-1][0], end, name)
+        else:
+            merged.append((start, end, name))
+    return merged
+
+
+def _place_span_labels(fig: Figure, ax: Axes, labels: list[tuple[float, float, str]], rows: int = 3) -> int:
+    """Name each span above the axes in the lowest of `rows` rows where it overlaps no other name; the title
+    goes above the rows used. Returns how many names found no room (and were left out)."""
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    row_ends_px = [float("-inf")] * rows
+    left_out = 0
+    used = 0
+    for start, end, text in labels:
+        label = ax.text((start + end) / 2, 1.0, text, transform=ax.get_xaxis_transform(), ha="center", va="bottom",
+                        fontsize=8)
+        box = label.get_window_extent(renderer)
+        row = next((r for r in range(rows) if box.x0 > row_ends_px[r] + 4), None)
+        if row is None:
+            label.remove()
+            left_out += 1
+            continue
+        label.set_y(1.0 + 0.055 * row)
+        row_ends_px[row] = box.x1
+        used = max(used, row + 1)
+    ax.title.set_y(1.0 + 0.055 * used)
+    return left_out
 
 
 def _draw_mean_power(ax: Axes, records: pd.DataFrame, starts: list[float], *, with_gpu: bool) -> float:
@@ -277,7 +340,9 @@ def _figure() -> tuple[Figure, Axes]:
     return fig, fig.subplots()
 
 
-def _save(fig: Figure, path: Path) -> Path:
-    fig.tight_layout()
+def save_figure(fig: Figure, path: Path, *, layout: bool = True) -> Path:
+    """Write `fig` as a PNG at `path` (laid out first unless its drawer did); returns `path`."""
+    if layout:
+        fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     return path

@@ -13,7 +13,7 @@ import pandas as pd
 
 from greendistil.report.compare import teacher_student
 from greendistil.report.costs import cost_totals, distill_objectives, student_training_records
-from greendistil.report.frame import first_value, iter_runs, iter_tasks, number, value
+from greendistil.report.frame import first_value, iter_runs, iter_tasks, iter_units, number, value
 from greendistil.report.markdown import NOT_AVAILABLE, code, fmt_count, fmt_number, fmt_percent, fmt_ratio, table
 from greendistil.report.provenance import energy_kinds
 
@@ -31,8 +31,8 @@ def student_route(records: pd.DataFrame) -> str | None:
 
 def routes_section(frame: pd.DataFrame) -> str:
     """The route comparison and the MLM stages' figures; "" when no run has an MLM stage."""
-    runs = list(iter_runs(frame))
-    if not any(student_route(records) == GENERAL for records in runs):
+    units = list(iter_units(frame))
+    if not any(student_route(records) == GENERAL for records in units):
         return ""
     parts = ["## General vs task-only distillation",
              "DistilBERT distils its student during pretraining (general distillation: soft targets over the "
@@ -43,7 +43,7 @@ def routes_section(frame: pd.DataFrame) -> str:
              "fine-tuning and the distillation. A teacher fine-tuned only to be evaluated beside a general "
              "student is left out of that route's cost. Energy is marked measured (meas.) or estimated (est.)."]
     for task, records in iter_tasks(frame):
-        rows = [_route_row(r) for r in iter_runs(records) if student_route(r) is not None]
+        rows = [_route_row(r) for r in iter_units(records) if student_route(r) is not None]
         if rows:
             parts += [f"### Task `{task}`", table(("run", "route", "stages counted", "student score", "teacher score",
                                                    "retention", "FLOPs", "kWh", "kg CO2eq"), rows, right_align_from=3),
@@ -64,7 +64,7 @@ def _route_row(records: pd.DataFrame) -> list[str]:
 def _verdict(records: pd.DataFrame) -> str:
     """One line comparing the latest run of each route, when the task has both."""
     latest: dict[str, pd.DataFrame] = {}
-    for run in iter_runs(records):
+    for run in iter_units(records):
         route = student_route(run)
         if route is not None:
             latest[route] = run

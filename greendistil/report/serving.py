@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from greendistil.errors import GreendistilError
+from greendistil.report.plots import ROLE_COLORS, save_figure
 from greendistil.report.provenance import KIND_MARKS
 from greendistil.report.markdown import NOT_AVAILABLE, fmt_number, fmt_ratio, table
 from greendistil.report.reference import DISTILBERT
@@ -23,7 +24,6 @@ from greendistil.runtime.units import J_PER_KWH
 
 BENCHMARK_KIND = "benchmark"
 
-ROLE_COLORS = {"teacher": "#4C72B0", "student": "#DD8452"}
 
 _METRICS = ("latency_ms_p50", "latency_ms_p95", "latency_ms_mean", "latency_ms_std", "examples_per_s",
             "examples_per_s_std", "tokens_per_s", "flops_per_example", "gflops_per_s")
@@ -175,6 +175,10 @@ def _with_std(mean: float | None, std: float | None) -> str:
 
 
 def plot_serving(rows: list[dict[str, Any]], path: Path, *, title: str) -> Path:
+    return save_figure(draw_serving(rows, title=title), path, layout=False)
+
+
+def draw_serving(rows: list[dict[str, Any]], *, title: str) -> Figure:
     """Throughput and J per 1,000 examples, a teacher and a student bar per batch size (missing: not drawn)."""
     fig = Figure(figsize=(8.0, 5.0), dpi=100)
     axes = fig.subplots(1, 2)
@@ -194,8 +198,8 @@ def plot_serving(rows: list[dict[str, Any]], path: Path, *, title: str) -> Path:
         ax.set_xticks(range(len(batch_sizes)), [f"batch {b}" for b in batch_sizes])
         ax.set_ylabel(label)
         ax.margins(y=0.12)
-    fig.legend(handles=[Patch(color=c, label=r) for r, c in ROLE_COLORS.items()], loc="upper right", fontsize=8)
-    fig.suptitle(f"Serving cost — {title}", x=0.45)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return path
+    handles = [Patch(color=ROLE_COLORS[r], label=r) for r in ("teacher", "student")]
+    fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=8)
+    fig.suptitle(f"Serving cost — {title}")
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    return fig

@@ -11,7 +11,7 @@ import pandas as pd
 
 from greendistil.report.compare import TeacherStudent, teacher_student
 from greendistil.report.costs import CostTotals, cost_totals, model_points, pareto_optimal, student_training_records
-from greendistil.report.frame import first_value, iter_runs, iter_tasks, number, value
+from greendistil.report.frame import first_value, iter_runs, iter_tasks, iter_units, number, task_order, value
 from greendistil.report.markdown import (NOT_AVAILABLE, code, fmt_count, fmt_number, fmt_percent, fmt_ratio, fmt_si,
                                          is_missing, table)
 from greendistil.report.provenance import footnote_ref, footnotes, kinds_suffix, mark, source_kind
@@ -23,32 +23,47 @@ PARETO_MARK = "★"
 
 
 def run_heading(records: pd.DataFrame) -> str:
-    """'### <run_id> (task `sst2`)' for one run's records."""
-    return f"### {first_value(records, 'run_id')} (task `{first_value(records, 'task')}`)"
+    """'### <run_id> (task `sst2`)' for one run's records; a suite's names its tasks."""
+    tasks = task_order(records["task"])
+    what = f"task `{tasks[0]}`" if len(tasks) == 1 else "suite: " + ", ".join(f"`{t}`" for t in tasks)
+    return f"### {first_value(records, 'run_id')} ({what})"
+
+
+def unit_heading(records: pd.DataFrame) -> str:
+    """'### <run_id>, task `sst2`' for the records of one (run, task)."""
+    return f"### {first_value(records, 'run_id')}, task `{first_value(records, 'task')}`"
 
 
 # --- 1. Cost of the result -------------------------------------------------------------------------------
 
-_COST_HEADERS = ("stage", "role", "status", "model", "parameters", "examples", "duration (s)", "FLOPs",
-                 "CPU kWh", "GPU kWh", "RAM kWh", "total kWh", "kg CO2eq", "grid g/kWh", "PUE", "dev scores")
+# Two tables per run, so that each reads on an ordinary screen: the work each stage did, then its energy.
+_WORK_HEADERS = ("task", "stage", "role", "status", "model", "parameters", "examples", "duration (s)", "FLOPs",
+                 "dev scores")
+_ENERGY_HEADERS = ("task", "stage", "CPU kWh", "GPU kWh", "RAM kWh", "total kWh", "kg CO2eq", "grid g/kWh", "PUE")
 
 
 def cost_section(frame: pd.DataFrame) -> str:
     """Every stage record of every run with its full cost, a total per run, and footnotes per method."""
     parts = ["## Cost of the result",
-             "Every stage of every run as its record holds it. Energy is what the hardware drew; "
+             "Every stage of every run as its record holds it: first the work it did, then the energy it drew. "
              "CO2eq = kWh × PUE × grid intensity. Each energy figure is marked measured (meas.) or estimated "
              "(est.), with a footnote on the method; a figure that was not measured is n/a and is left out "
              "of the sums, never counted as 0. Failed and interrupted stages stay in the table and in the "
              "totals: their energy was spent. The cost of producing the student includes the teacher's "
-             "training. Dev scores are the task's GLUE score on the dev set."]
+             "training. Dev scores are the task's GLUE score on the dev set. A suite's shared stages (task "
+             "`shared`) ran once for all its tasks."]
     for records in iter_runs(frame):
-        rows = [_stage_row(row) for _, row in records.iterrows()]
-        training = student_training_records(records)
-        stages = " + ".join(str(s) for s in training["stage"])
-        rows.append(_total_row(f"**to produce the student** ({stages})", training))
-        rows.append(_total_row(f"**run total** ({len(records)} stages)", records))
-        parts += [run_heading(records), table(_COST_HEADERS, rows, right_align_from=4)]
+        suite = len(task_order(records["task"])) > 1 or records["task"].isna().any()
+        totals = [(f"**run total** ({len(records)} stages)", records)]
+        if not suite:
+            training = student_training_records(records)
+            stages = " + ".join(str(s) for s in training["stage"])
+            totals.insert(0, (f"**to produce the student** ({stages})", training))
+        work = [_work_row(row) for _, row in records.iterrows()] + [_work_total(label, r) for label, r in totals]
+        energy = [_energy_row(row) for _, row in records.iterrows()] + [_energy_total(label, r) for label, r in totals]
+        keep = slice(0 if suite else 1, None)  # a single-task run needs no task column
+        parts += [run_heading(records), table(_WORK_HEADERS[keep], [r[keep] for r in work], right_align_from=5),
+                  table(_ENERGY_HEADERS[keep], [r[keep] for r in energy], right_align_from=2)]
     parts += ["Where the figures come from:", footnotes(cost_footnote_sources(frame))]
     return "\n\n".join(parts)
 
@@ -59,36 +74,57 @@ def cost_footnote_sources(frame: pd.DataFrame) -> list[str | None]:
     return [source for column in columns for source in column]
 
 
-def _stage_row(row: pd.Series) -> list[str]:
+def _task_cell(row: pd.Series) -> str:
+    task = value(row, "task")
+    return "shared" if task is None else str(task)
+
+
+def _work_row(row: pd.Series) -> list[str]:
+    return [_task_cell(row), str(row["stage"]), str(value(row, "role") or ""), _status(row), code(value(row, "model")),
+            _params(row), fmt_count(number(row, "num_examples")), fmt_number(number(row, "duration_s")),
+            mark(fmt_number(number(row, "flops")), value(row, "flops_source")), _scores(row)]
+
+
+def _energy_row(row: pd.Series) -> list[str]:
     energies = [mark(fmt_number(number(row, f"{c}_energy_kwh")), value(row, f"{c}_energy_source"))
                 for c in COMPONENTS]
     total_sources = [value(row, f"{c}_energy_source") for c in COMPONENTS
                      if number(row, f"{c}_energy_kwh") is not None]
-    flops = number(row, "flops")
-    return [
-        str(row["stage"]), str(value(row, "role") or ""), _status(row), code(value(row, "model")),
-        _params(row), fmt_count(number(row, "num_examples")),
-        fmt_number(number(row, "duration_s")), mark(fmt_number(flops), value(row, "flops_source")),
-        *energies, _kinds_cell(number(row, "energy_kwh"), total_sources, 0),
-        fmt_number(number(row, "co2_kg")),
-        fmt_number(number(row, "intensity_g_per_kwh")) + footnote_ref(value(row, "intensity_source")),
-        fmt_number(number(row, "pue")), _scores(row),
-    ]
+    return [_task_cell(row), str(row["stage"]), *energies, _kinds_cell(number(row, "energy_kwh"), total_sources, 0),
+            fmt_number(number(row, "co2_kg")),
+            fmt_number(number(row, "intensity_g_per_kwh")) + footnote_ref(value(row, "intensity_source")),
+            fmt_number(number(row, "pue"))]
 
 
-def _total_row(label: str, records: pd.DataFrame) -> list[str]:
+def _work_total(label: str, records: pd.DataFrame) -> list[str]:
     totals = cost_totals(records)
-    energies = []
+    not_ok = f"⚠ {totals.num_not_ok} not ok" if totals.num_not_ok else "ok"
+    return ["", label, "", not_ok, "", "", "", fmt_number(totals.duration_s), flops_cell(records), ""]
+
+
+def flops_cell(records: pd.DataFrame) -> str:
+    """The FLOPs of `records` summed, with the kinds of figures in the sum and how many stages lacked one."""
+    flops_known = pd.to_numeric(records["flops"], errors="coerce").notna()
+    return _kinds_cell(cost_totals(records).flops, list(records.loc[flops_known, "flops_source"]),
+                       int((~flops_known).sum()))
+
+
+def _energy_total(label: str, records: pd.DataFrame) -> list[str]:
+    totals = cost_totals(records)
+    return ["", label, *component_cells(records), fmt_number(totals.co2_kg), "", ""]
+
+
+def component_cells(records: pd.DataFrame) -> list[str]:
+    """CPU, GPU, RAM and total kWh of `records`, each with the kinds of figures summed (meas./est.) and how
+    many stages lacked one."""
+    totals = cost_totals(records)
+    cells = []
     for component in COMPONENTS:
         known = records[pd.to_numeric(records[f"{component}_energy_kwh"], errors="coerce").notna()]
-        energies.append(_kinds_cell(getattr(totals, f"{component}_energy_kwh"),
-                                    list(known[f"{component}_energy_source"]), len(records) - len(known)))
+        cells.append(_kinds_cell(getattr(totals, f"{component}_energy_kwh"),
+                                 list(known[f"{component}_energy_source"]), len(records) - len(known)))
     all_sources = [s for c in COMPONENTS for s in records[f"{c}_energy_source"] if source_kind(s) != "unavailable"]
-    not_ok = f"⚠ {totals.num_not_ok} not ok" if totals.num_not_ok else "ok"
-    flops_known = pd.to_numeric(records["flops"], errors="coerce").notna()
-    flops = _kinds_cell(totals.flops, list(records.loc[flops_known, "flops_source"]), int((~flops_known).sum()))
-    return [label, "", not_ok, "", "", "", fmt_number(totals.duration_s), flops,
-            *energies, _kinds_cell(totals.energy_kwh, all_sources, 0), fmt_number(totals.co2_kg), "", "", ""]
+    return cells + [_kinds_cell(totals.energy_kwh, all_sources, 0)]
 
 
 def _kinds_cell(total: float | None, sources: list[str | None], num_missing: int) -> str:
@@ -120,8 +156,8 @@ def _status(row: pd.Series) -> str:
 
 
 def _scores(row: pd.Series) -> str:
-    found = [f"{role} {fmt_number(number(row, f'metric.{role}.score'))}" for role in ("teacher", "student")
-             if number(row, f"metric.{role}.score") is not None]
+    found = [f"{role} {fmt_number(number(row, f'metric.{role}.score'))}"
+             for role in ("teacher", "student", "general_student") if number(row, f"metric.{role}.score") is not None]
     retention = number(row, "metric.retention.score")
     if retention is not None:
         found.append(f"retention {fmt_percent(retention)}")
@@ -141,8 +177,8 @@ def teacher_student_section(frame: pd.DataFrame) -> str:
              "batch size and padding: compare teacher with student within a row rather than rows with each other. "
              f"The last column holds {DISTILBERT.student_name} / {DISTILBERT.teacher_name} as published by "
              "Sanh et al. (2019), figures from the paper and not measured here."]
-    for records in iter_runs(frame):
-        parts += [run_heading(records), _comparison_table(teacher_student(records))]
+    for records in iter_units(frame):
+        parts += [unit_heading(records), _comparison_table(teacher_student(records))]
     parts += [_reference_table()]
     return "\n\n".join(parts)
 
@@ -266,7 +302,9 @@ def _pareto_table(records: pd.DataFrame) -> str:
 
 
 def _all_runs_table(frame: pd.DataFrame) -> str:
-    rows = [_totals_row(f"`{task}`", records) for task, records in iter_tasks(frame)]
+    rows = [_totals_row(f"`{task}`", frame[frame["task"] == task]) for task in task_order(frame["task"])]
+    if frame["task"].isna().any():
+        rows.append(_totals_row("shared stages (suites)", frame[frame["task"].isna()]))
     rows.append(_totals_row("**all tasks**", frame))
     headers = ("task", "runs", "stages", "not ok", "duration (s)", "FLOPs", "kWh", "kWh × PUE", "kg CO2eq")
     return table(headers, rows)

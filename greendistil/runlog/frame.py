@@ -14,7 +14,8 @@ from greendistil.runlog.store import find_run_dirs, read_records
 FRAME_COLUMNS = ("run_dir", "num_segments", "resumed", "segment_statuses", "segments_incomplete")
 
 def load_runs(paths: str | Path | Iterable[str | Path], *, by_segment: bool = False) -> pd.DataFrame:
-    """One tidy DataFrame, one row per stage, from run dirs, runs roots, or a list of them.
+    """One tidy DataFrame, one row per stage (per task and stage in a suite), from run dirs, runs roots, or a
+    list of them. The `task` column names the GLUE task each stage served (null: a suite's shared stage).
 
     Nested fields are flattened with dots (`metrics.accuracy` -> `metric.accuracy`, `hardware.cpu_count`);
     timestamps become datetimes; a `run_dir` column says where each row came from. A stage that was
@@ -35,14 +36,14 @@ def load_runs(paths: str | Path | Iterable[str | Path], *, by_segment: bool = Fa
 
 
 def combine_segments(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per stage of one run: additive fields summed over its segments, the rest from the last.
+    """One row per (task, stage) of one run: additive fields summed over its segments, the rest from the last.
 
     A sum over segments where some lack a figure (e.g. codecarbon failed in one) is the sum of the known
     parts, and `segments_incomplete` names the fields affected.
     """
-    by_stage: dict[str, list[dict[str, Any]]] = {}
+    by_stage: dict[tuple[Any, str], list[dict[str, Any]]] = {}
     for row in rows:
-        by_stage.setdefault(str(row.get("stage")), []).append(row)
+        by_stage.setdefault((row.get("task"), str(row.get("stage"))), []).append(row)
     combined = []
     for segments in by_stage.values():
         row = dict(segments[-1])

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-SCHEMA_VERSION = 2  # 2: the field table below (power samples in power.csv only, never in the record)
+SCHEMA_VERSION = 3  # 3: `task` is null for a suite's shared stage; 2: the field table (power samples in power.csv)
 
 
 @dataclass(frozen=True)
@@ -39,10 +39,11 @@ FIELDS: tuple[Field, ...] = (
     # what the record is
     _f("schema_version", doc="version of this table the record follows"),
     _f("run_id", doc="the run directory's name"),
-    _f("task", doc="the GLUE task"),
+    _f("task", doc="the GLUE task the stage served; null for a suite's shared (corpus) stage, which served every "
+                   "task of the run"),
     _f("stage", doc="the window's name: the stage's, or <stage>.<role>.bs<batch size> for a benchmark window"),
     _f("kind", doc="pretrain | finetune | distill | evaluate | benchmark"),
-    _f("role", doc="teacher | student | teacher+student"),
+    _f("role", doc="teacher | student | general_student, or several joined by + (evaluate)"),
     _f("status", doc="ok | failed | interrupted"),
     _f("segment", doc="1 for the first attempt at a stage, 2, 3, ... for each --resume"),
     _f("resumed_from_step", doc="the checkpoint step this segment continued, or null"),

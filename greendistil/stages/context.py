@@ -9,7 +9,8 @@ fails or is interrupted keeps its partial counts. Most stages measure one window
 Models pass between stages as `save_pretrained` folders (`artifacts`), never as live objects, so a later
 stage (or a resumed run) loads exactly what an earlier stage wrote. `artifacts["teacher"]` and
 `artifacts["student"]` are each role's latest encoder (a classifier loads from it, with a new head where it
-has none); `artifacts["teacher_mlm"]` and `artifacts["student_mlm"]` are their latest masked-LM models.
+has none); `artifacts["teacher_mlm"]` and `artifacts["student_mlm"]` are their latest masked-LM models. In a
+suite, a task's stages see that task's artifacts over the shared (corpus) stages' ones, and write their own.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol, TypeVar
+from typing import Any, Callable, MutableMapping, Protocol, TypeVar
 
 import torch
 
@@ -74,7 +75,9 @@ class StageContext:
     teacher: ResolvedTeacher | None = None  # resolved by the preflight; None when `sources` name every model
     sources: dict[str, tuple[str, str]] = field(default_factory=dict)  # role -> (path or id, label): `bench`
     benchmark_examples: GlueExamples | None = None
-    artifacts: dict[str, Path] = field(default_factory=dict)  # role (or role_mlm) -> latest save_pretrained folder
+    # role (or role_mlm) -> latest save_pretrained folder; in a suite a ChainMap of the task's over the shared ones
+    artifacts: MutableMapping[str, Path] = field(default_factory=dict)
+    task_folder: str | None = None  # a suite's per-task stages keep checkpoints under checkpoints/<task>/
     corpus: CorpusText | None = None  # the MLM stages' corpus, read and split before the run started
     resuming: bool = False  # `--resume`: a stage's saved training state is continued
     dist: Dist = SINGLE  # this process's place in a torchrun job
@@ -85,11 +88,15 @@ class StageContext:
     _encoded_corpus: EncodedCorpus | None = None
 
     def checkpoint_dir(self, stage_name: str) -> Path:
-        return self.run_dir / "checkpoints" / stage_name
+        return self._checkpoints() / stage_name
 
     def train_state(self, stage_name: str) -> StateFile:
         """Where the stage's training state is checkpointed while it runs (removed once it has finished)."""
-        return StateFile(path=self.run_dir / "checkpoints" / f"{stage_name}.state.pt", resume=self.resuming)
+        return StateFile(path=self._checkpoints() / f"{stage_name}.state.pt", resume=self.resuming)
+
+    def _checkpoints(self) -> Path:
+        folder = self.run_dir / "checkpoints"
+        return folder / self.task_folder if self.task_folder else folder
 
     def publish(self, roles: str | tuple[str, ...], model: Any, tokenizer: Any, stage_name: str,
                 counters: StageCounters) -> Path:

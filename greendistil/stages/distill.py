@@ -28,7 +28,7 @@ def run_distill(ctx: StageContext, cfg: DistillStage, window: Window) -> None:
     if cfg.objective == "mlm":
         distill_mlm(ctx, cfg, window)
         return
-    teacher_loaded, student_loaded = ctx.load("teacher"), ctx.load("student")
+    teacher_loaded, student_loaded = ctx.load("teacher"), ctx.load(cfg.role)
     teacher = teacher_loaded.model.to(ctx.device).eval()
     teacher.requires_grad_(False)
     student = student_loaded.model.to(ctx.device)
@@ -68,7 +68,7 @@ def run_distill(ctx: StageContext, cfg: DistillStage, window: Window) -> None:
                         analytic_flops_per_token=6.0 * count_nonembedding_params(student)
                         + 2.0 * count_nonembedding_params(teacher), num_train_examples=len(train_split))
     summary = train_plan(ctx, cfg, window, plan)
-    publish_plan(ctx, cfg, window, plan, summary, "student", {
+    publish_plan(ctx, cfg, window, plan, summary, cfg.role, {
         "objective": cfg.objective, "teacher_model": teacher_loaded.source,
         "teacher_num_params": count_params(teacher), "student_num_params": count_params(student),
         "student_num_layers": student.config.num_hidden_layers, "teacher_num_layers": teacher.config.num_hidden_layers,

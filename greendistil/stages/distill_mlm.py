@@ -32,7 +32,7 @@ from greendistil.train.losses import hidden_cosine, mlm_cross_entropy, soft_targ
 
 def distill_mlm(ctx: StageContext, cfg: DistillStage, window: Window) -> None:
     """The body of `run_distill` for objective = "mlm", in the stage's window."""
-    teacher_loaded, student_loaded = ctx.load_mlm("teacher"), ctx.load_mlm("student")
+    teacher_loaded, student_loaded = ctx.load_mlm("teacher"), ctx.load_mlm(cfg.role)
     teacher = teacher_loaded.model.to(ctx.device).eval()
     teacher.requires_grad_(False)
     student, tokenizer = student_loaded.model.to(ctx.device), teacher_loaded.tokenizer
@@ -84,12 +84,12 @@ def distill_mlm(ctx: StageContext, cfg: DistillStage, window: Window) -> None:
     student_head = (f"trained in stage {cfg.name!r} by MLM distillation, {summary.num_steps} steps, "
                     f"{counters.num_tokens} tokens of {corpus.details['source']}; before: {head_note(student)}")
     student.config.update({HEAD_NOTE_KEY: student_head})
-    counters.metrics.update({**teacher_scores.as_metrics("teacher"), **before.as_metrics("student", "_before"),
-                             **after.as_metrics("student", "_after")})
+    counters.metrics.update({**teacher_scores.as_metrics("teacher"), **before.as_metrics(cfg.role, "_before"),
+                             **after.as_metrics(cfg.role, "_after")})
     if teacher_scores.accuracy:
         counters.metrics["retention.mlm_accuracy"] = after.accuracy / teacher_scores.accuracy
     # A later finetune starts from this encoder.
-    publish_plan(ctx, cfg, window, plan, summary, ("student_mlm", "student"), {
+    publish_plan(ctx, cfg, window, plan, summary, (f"{cfg.role}_mlm", cfg.role), {
         "objective": cfg.objective, "teacher_model": teacher_loaded.source, "teacher_mlm_head": head_note(teacher),
         "mlm_head": student_head, "teacher_num_params": count_params(teacher), "student_num_params": count_params(student),
         "student_num_layers": student.config.num_hidden_layers, "teacher_num_layers": teacher.config.num_hidden_layers,

@@ -37,8 +37,9 @@ def run_evaluate(ctx: StageContext, cfg: EvaluateStage, window: Window) -> None:
             counters.metrics.update({f"{prefix}.{name}": value for name, value in metrics.items()})
             split_scores.append(task_score(ctx.task, metrics))
         counters.metrics[f"{role}.score"] = float(np.mean(split_scores))
-    if set(cfg.roles) == {"teacher", "student"}:
-        counters.metrics.update(_retention(counters.metrics))
+    if "teacher" in cfg.roles:
+        for student_role in (r for r in cfg.roles if r != "teacher"):
+            counters.metrics.update(_retention(counters.metrics, student_role))
     if len(cfg.roles) == 1:
         counters.model, counters.num_params = counters.details[cfg.roles[0]]["model"], counters.details[cfg.roles[0]]["num_params"]
 
@@ -81,13 +82,15 @@ def _evaluate_split(ctx: StageContext, cfg: EvaluateStage, window: Window, loade
     return compute_metrics(ctx.task, predicted, encoded.labels.numpy())
 
 
-def _retention(metrics: dict[str, float]) -> dict[str, float]:
-    """student / teacher for every metric both have (DistilBERT reports 97% of BERT's GLUE score)."""
+def _retention(metrics: dict[str, float], student_role: str) -> dict[str, float]:
+    """student / teacher for every metric both have (DistilBERT reports 97% of BERT's GLUE score):
+    `retention.<metric>` for the student, `retention.<role>.<metric>` for another student role."""
+    prefix = "retention." if student_role == "student" else f"retention.{student_role}."
     out = {}
     for key, teacher_value in metrics.items():
         if not key.startswith("teacher."):
             continue
-        student_value = metrics.get("student." + key[len("teacher."):])
+        student_value = metrics.get(f"{student_role}." + key[len("teacher."):])
         if student_value is not None and teacher_value:
-            out["retention." + key[len("teacher."):]] = student_value / teacher_value
+            out[prefix + key[len("teacher."):]] = student_value / teacher_value
     return out

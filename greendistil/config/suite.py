@@ -1,0 +1,162 @@
+"""`[suite]`: several GLUE tasks in one run, and the steps the run takes through them.
+
+A suite runs the `[[stages]]` list once per task, with that task's overrides (`[suite.overrides.<task>]`:
+epochs, learning rate, batch size, warm-up, sequence length, caps) applied to its training stages. Stages
+that train on the corpus (`pretrain`, `distill` with `objective = "mlm"`) do not depend on the task: they
+run once, before the per-task stages, and every task starts from what they wrote. A config without
+`[suite]` is a suite of one task, `[task] name`, and its stages run in the order written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from greendistil.config.stages import DistillStage, PretrainStage, StageConfig, TrainingStage
+from greendistil.config.types import build_dataclass, check_value
+from greendistil.config.types import require as _require
+from greendistil.data.tasks import GLUE_ORDER, get_task
+from greendistil.errors import ConfigError
+
+if TYPE_CHECKING:
+    from greendistil.config.load import Config
+
+# The keys of [suite.overrides.<task>]: [task] keys, then the training-stage keys they set on every
+# training stage of that task.
+TASK_KEYS = ("max_seq_length", "max_train_examples", "max_eval_examples")
+STAGE_KEYS = ("epochs", "learning_rate", "batch_size", "warmup_ratio", "weight_decay")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskOverrides:
+    """One task's departures from `[task]` and from its training stages' hyperparameters; unset keys keep
+    the config's own value."""
+
+    max_seq_length: int | None = None
+    max_train_examples: int | None = None
+    max_eval_examples: int | None = None
+    epochs: float | None = None
+    learning_rate: float | None = None
+    batch_size: int | None = None
+    warmup_ratio: float | None = None
+    weight_decay: float | None = None
+
+    def task_values(self) -> dict[str, int]:
+        return {key: getattr(self, key) for key in TASK_KEYS if getattr(self, key) is not None}
+
+    def stage_values(self) -> dict[str, float | int]:
+        return {key: getattr(self, key) for key in STAGE_KEYS if getattr(self, key) is not None}
+
+
+@dataclass(frozen=True, kw_only=True)
+class SuiteSection:
+    """The tasks of a suite run (GLUE order is kept as written) and each task's overrides."""
+
+    tasks: tuple[str, ...] = ()  # empty: one task, [task] name
+    overrides: dict[str, TaskOverrides] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for task in self.tasks:
+            get_task(task)  # an unknown task name fails with the nearest one
+        _require(len(set(self.tasks)) == len(self.tasks), "tasks", list(self.tasks), "distinct GLUE task names")
+        for task in self.overrides:
+            _require(task in self.tasks, f"overrides.{task}", task,
+                     f"a task of suite.tasks ({', '.join(self.tasks) or 'none'})")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SuiteStep:
+    """One stage of the run: `task` None for a suite's shared (corpus) stage, which serves every task."""
+
+    task: str | None
+    index: int  # the stage's position in [[stages]]: it seeds the stage
+    stage: StageConfig
+
+
+def is_shared(stage: StageConfig) -> bool:
+    """A stage that trains on the corpus, not on a task: it runs once and every task uses what it wrote."""
+    return isinstance(stage, PretrainStage) or (isinstance(stage, DistillStage) and stage.objective == "mlm")
+
+
+def run_tasks(config: Config) -> tuple[str, ...]:
+    """The run's tasks: the suite's, or the one of [task]."""
+    return config.suite.tasks or (config.task.name,)
+
+
+def is_suite(config: Config) -> bool:
+    """More than one task: checkpoints are kept per task."""
+    return len(run_tasks(config)) > 1
+
+
+def suite_steps(config: Config) -> tuple[SuiteStep, ...]:
+    """The run's stages in the order they run: one task in the order written; several tasks: the shared
+    stages first, then every per-task stage of the first task, then of the next, ..."""
+    stages = list(enumerate(config.stages))
+    if not is_suite(config):  # every stage serves the one task, and its records say so
+        return tuple(SuiteStep(task=run_tasks(config)[0], index=i, stage=s) for i, s in stages)
+    shared = [SuiteStep(task=None, index=i, stage=s) for i, s in stages if is_shared(s)]
+    per_task = [SuiteStep(task=task, index=i, stage=s) for task in run_tasks(config)
+                for i, s in stages if not is_shared(s)]
+    return tuple(shared + per_task)
+
+
+def check_suite(config: Config) -> None:
+    """Every task's overrides are valid for its stages, and in a suite the shared stages come before the
+    per-task ones (they run once, first)."""
+    for task in run_tasks(config):
+        for_task(config, task)
+    if not is_suite(config):
+        return
+    seen_per_task = None
+    for index, stage in enumerate(config.stages):
+        if not is_shared(stage):
+            seen_per_task = seen_per_task if seen_per_task is not None else index
+        elif seen_per_task is not None:
+            raise ConfigError(f"stages.{index}: the {stage.kind} stage {stage.name!r} trains on the corpus and runs "
+                              f"once for the whole suite, before any task; move it before stages.{seen_per_task} "
+                              f"({config.stages[seen_per_task].name!r})")
+
+
+def for_task(config: Config, task: str) -> Config:
+    """The config one task of the run sees: [task] named and overridden, its training stages overridden, no
+    suite. Shared stages are left as written (they do not depend on the task)."""
+    overrides = config.suite.overrides.get(task, TaskOverrides())
+    prefix = f"suite.overrides.{task}"
+    task_section = _replaced(config.task, {"name": task, **overrides.task_values()}, prefix)
+    stage_values = overrides.stage_values()
+    stages = tuple(_replaced(stage, stage_values, prefix) if isinstance(stage, TrainingStage) and not is_shared(stage)
+                   else stage for stage in config.stages)
+    return dataclasses.replace(config, task=task_section, stages=stages, suite=SuiteSection())
+
+
+def _replaced(section: object, values: dict[str, object], prefix: str) -> object:
+    try:
+        return dataclasses.replace(section, **values)  # type: ignore[type-var]
+    except ConfigError as err:  # __post_init__ names the bare key
+        raise ConfigError(f"{prefix}.{err}") from None
+
+
+def glue_order(tasks: tuple[str, ...]) -> tuple[str, ...]:
+    """`tasks` in the GLUE benchmark's order (CoLA, SST-2, MRPC, STS-B, QQP, MNLI, QNLI, RTE, WNLI)."""
+    return tuple(sorted(tasks, key=GLUE_ORDER.index))
+
+
+def build_suite(raw: Any) -> SuiteSection:
+    """`[suite]` from its raw table: `tasks` and one `[suite.overrides.<task>]` table per task."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"suite: expected a table, got {type(raw).__name__} {raw!r}")
+    unknown = sorted(set(raw) - {"tasks", "overrides"})
+    if unknown:
+        raise ConfigError(f"suite.{unknown[0]}: unknown key; valid keys: overrides, tasks (per-task settings go in "
+                          f"[suite.overrides.<task>] tables)")
+    overrides_raw = raw.get("overrides", {})
+    if not isinstance(overrides_raw, dict):
+        raise ConfigError(f"suite.overrides: expected tables [suite.overrides.<task>], got {overrides_raw!r}")
+    tasks = check_value(tuple[str, ...], raw.get("tasks", []), "suite.tasks")
+    overrides = {str(task): build_dataclass(TaskOverrides, table, f"suite.overrides.{task}")
+                 for task, table in overrides_raw.items()}
+    try:
+        return SuiteSection(tasks=tasks, overrides=overrides)
+    except ConfigError as err:
+        raise ConfigError(f"suite.{err}") from None
