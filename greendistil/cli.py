@@ -233,10 +233,16 @@ def _summary_table(run_dir: Path) -> str:
 def _format_records(frame) -> str:
     from greendistil.report.provenance import energy_kinds
 
-    metric_columns = [c for c in frame.columns if c.startswith("metric.") and c.endswith((".accuracy", ".score",
-                      ".mcc", ".f1", ".pearson", ".spearman"))]
-    columns = ["run_id", "stage", "role", "status", "duration_s", "flops", "energy_kwh", "co2_kg", *metric_columns]
+    suite = "task" in frame and (frame["task"].nunique(dropna=False) > 1 or frame["task"].isna().any())
+    # A suite's table keeps one score per model (the task's GLUE score) beside a task column: each task has
+    # metrics of its own, and all of them would make the table as wide as the tasks' union.
+    endings = (".score",) if suite else (".accuracy", ".score", ".mcc", ".f1", ".pearson", ".spearman")
+    metric_columns = [c for c in frame.columns if c.startswith("metric.") and c.endswith(endings)]
+    columns = ["run_id", *(["task"] if suite else []), "stage", "role", "status", "duration_s", "flops", "energy_kwh",
+               "co2_kg", *metric_columns]
     table = frame[[c for c in columns if c in frame.columns]].copy()
+    if suite:
+        table["task"] = table["task"].fillna("shared")
     kinds = frame.apply(lambda row: energy_kinds(row.to_frame().T), axis=1)  # ' (est.)': never a bare estimate
     for column, fmt in (("duration_s", "{:.1f}"), ("flops", "{:.3g}"), ("energy_kwh", "{:.3g}"), ("co2_kg", "{:.3g}")):
         if column in table:

@@ -117,6 +117,37 @@ def full_run(root: Path, run_id: str, task: str = "sst2", *, scale: float = 1.0,
     return write_run(root, run_id, task, [finetune, distill, evaluate])
 
 
+def suite_run(root: Path, run_id: str, scores: dict[str, dict[str, dict[str, float]]], *,
+              shared_kwh: float | None = None) -> Path:
+    """A suite run: per task (in `scores`' order) a teacher finetune (1.0 kWh), a distill (0.6 kWh), a
+    general-student finetune (0.2 kWh) when that role has scores, and an evaluate (0.1 kWh) holding
+    `scores[task][role]` (metric -> value, `score` included); `shared_kwh`: pretrain + general distillation
+    records with no task, before the tasks. Every kWh is half CPU, half RAM."""
+    def stage(name: str, kind: str, role: str, kwh: float, task: str | None, **extra: Any) -> dict[str, Any]:
+        return stage_record(run_id, name, kind, role, cpu=kwh / 2, gpu=None, ram=kwh / 2, flops=kwh * 1e15,
+                            num_examples=100, task=task, **extra)
+
+    records = []
+    if shared_kwh is not None:
+        records += [stage("pretrain", "pretrain", "teacher", shared_kwh / 2, None, details={"train": "head"}),
+                    stage("distill-general", "distill", "general_student", shared_kwh / 2, None,
+                          details={"objective": "mlm"})]
+    for task, by_role in scores.items():
+        records += [stage("finetune", "finetune", "teacher", 1.0, task),
+                    stage("distill", "distill", "student", 0.6, task, details={"objective": "task"},
+                          flops_by_component={"teacher_forward": 2e14, "student_train": 4e14})]
+        if "general_student" in by_role:
+            records.append(stage("finetune-general", "finetune", "general_student", 0.2, task))
+        metrics = {f"{role}.{key}": v for role, values in by_role.items() for key, v in values.items()}
+        for role in (r for r in by_role if r != "teacher"):
+            prefix = "retention." if role == "student" else f"retention.{role}."
+            metrics[f"{prefix}score"] = by_role[role]["score"] / by_role["teacher"]["score"]
+        records.append(stage("evaluate", "evaluate", "+".join(by_role), 0.1, task, metrics=metrics,
+                             flops_by_component={f"{role}_forward": 1e12 if role == "teacher" else 5e11
+                                                 for role in by_role}))
+    return write_run(root, run_id, next(iter(scores)), records)
+
+
 # ---- reading the report -----------------------------------------------------------------------------
 
 

@@ -54,6 +54,37 @@ def write_sst2(root: Path, num_train: int = 64, num_dev: int = 32) -> Path:
     return root
 
 
+def pair_rows(count: int, offset: int = 0) -> list[tuple[str, str, int]]:
+    """`count` sentence pairs; label 1 when the second sentence repeats the first's sentiment word."""
+    rows = []
+    for i in range(offset, offset + count):
+        first = POSITIVE[i % len(POSITIVE)]
+        second = POSITIVE[(i // 2) % len(POSITIVE)] if i % 2 == 0 else NEGATIVE[(i // 2) % len(NEGATIVE)]
+        rows.append((first, second, 1 if i % 2 == 0 else 0))
+    return rows
+
+
+def write_suite_glue(root: Path, num_train: int = 48, num_dev: int = 24) -> Path:
+    """Tiny SST-2, CoLA, RTE and STS-B in the original GLUE layout (CoLA without a header, as GLUE's own
+    files; RTE with text labels; STS-B's score in the last of its ten columns)."""
+    write_sst2(root, num_train, num_dev)
+    for split, count, offset in (("train", num_train, 0), ("dev", num_dev, 1000)):
+        cola = "".join(f"src\t{label}\t\t{text}\n" for text, label in sst2_rows(count, offset))
+        (root / "CoLA").mkdir(parents=True, exist_ok=True)
+        (root / "CoLA" / f"{split}.tsv").write_text(cola, encoding="utf-8")
+        pairs = pair_rows(count, offset)
+        rte = "index\tsentence1\tsentence2\tlabel\n" + "".join(
+            f"{i}\t{a}\t{b}\t{'entailment' if y else 'not_entailment'}\n" for i, (a, b, y) in enumerate(pairs))
+        (root / "RTE").mkdir(parents=True, exist_ok=True)
+        (root / "RTE" / f"{split}.tsv").write_text(rte, encoding="utf-8")
+        header = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
+        stsb = header + "".join(f"{i}\tg\tf\t2012\t{i}\ts\ts\t{a}\t{b}\t{4.5 if y else 0.5 + (i % 3) / 2}\n"
+                                for i, (a, b, y) in enumerate(pairs))
+        (root / "STS-B").mkdir(parents=True, exist_ok=True)
+        (root / "STS-B" / f"{split}.tsv").write_text(stsb, encoding="utf-8")
+    return root
+
+
 @pytest.fixture
 def glue_dir(tmp_path: Path) -> Path:
     return write_sst2(tmp_path / "glue")

@@ -24,7 +24,7 @@ from matplotlib.ticker import MaxNLocator
 from greendistil.report.compare import TeacherStudent
 from greendistil.runtime.units import J_PER_KWH
 from greendistil.report.costs import ModelPoint, pareto_optimal
-from greendistil.report.frame import first_value, number, value
+from greendistil.report.frame import first_value, number, task_order, value
 from greendistil.report.markdown import fmt_number
 from greendistil.report.provenance import source_kind
 
@@ -69,7 +69,8 @@ def draw_energy_by_stage(records: pd.DataFrame) -> Figure:
         total = number(row, "energy_kwh")
         ax.text(lefts[i], i, " not measured" if total is None else " " + fmt_number(total * factor), ha="left",
                 va="center", fontsize=8)
-    ax.set_yticks(range(len(rows)), [_stage_label(row) for row in rows], fontsize=8)
+    suite = len(task_order(records["task"])) > 1 or records["task"].isna().any()
+    ax.set_yticks(range(len(rows)), [_stage_label(row, with_task=suite) for row in rows], fontsize=8)
     ax.invert_yaxis()  # the first stage on top: the run reads top to bottom
     ax.set_xlabel(f"energy ({unit})")
     ax.set_xlim(0, 1.25 * max(lefts, default=0.0) or 1.0)  # room for the totals right of the bars
@@ -326,9 +327,10 @@ def _stage_starts_s(records: pd.DataFrame) -> list[float]:
     return [sum(durations[:i]) for i in range(len(durations))]
 
 
-def _stage_label(row: pd.Series) -> str:
+def _stage_label(row: pd.Series, *, with_task: bool = False) -> str:
     status = str(value(row, "status") or "")
-    return f"{row['stage']}\n({value(row, 'role') or ''})" + ("" if status == "ok" else f"\n⚠ {status}")
+    task = f"{value(row, 'task') or 'shared'} · " if with_task else ""
+    return f"{task}{row['stage']}\n({value(row, 'role') or ''})" + ("" if status == "ok" else f"\n⚠ {status}")
 
 
 def _short(run_id: str) -> str:
