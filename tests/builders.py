@@ -48,12 +48,12 @@ def record(**values: Any) -> dict[str, Any]:
 def stage_record(run_id: str, stage: str, kind: str, role: str, *, cpu: float | None, gpu: float | None,
                  ram: float | None, flops: float | None, num_examples: int, **extra: Any) -> dict[str, Any]:
     """A finished stage's record with known numbers: energy = the known parts of cpu + gpu + ram (null when
-    none is known), CO2 = kWh x PUE x intensity. `extra` sets (or overrides) any other field."""
+    none is known), CO2 = kWh x PUE x intensity; task sst2. `extra` sets (or overrides) any other field."""
     known = [v for v in (cpu, gpu, ram) if v is not None]
     energy = sum(known) if known else None
     components = "+".join(name for name, v in (("cpu", cpu), ("gpu", gpu), ("ram", ram)) if v is not None)
     values: dict[str, Any] = {
-        "run_id": run_id, "stage": stage, "kind": kind, "role": role, "status": "ok", "segment": 1,
+        "run_id": run_id, "task": "sst2", "stage": stage, "kind": kind, "role": role, "status": "ok", "segment": 1,
         "error_type": None, "error_message": None, "started_at": "2026-11-25T05:00:00.000+00:00",
         "ended_at": "2026-11-25T05:01:40.000+00:00", "duration_s": 100.0, "model": f"{role}-model",
         "num_params": None, "num_examples": num_examples, "num_steps": 10, "flops": flops,
@@ -99,10 +99,10 @@ def full_run(root: Path, run_id: str, task: str = "sst2", *, scale: float = 1.0,
              student_score: float = 0.87) -> Path:
     """Teacher 100M params, student 50M; finetune 1.0 kWh, distill 0.6 kWh, evaluate 0.1 kWh (× scale)."""
     finetune = stage_record(run_id, "finetune", "finetune", "teacher", cpu=0.3 * scale, gpu=0.5 * scale,
-                            ram=0.2 * scale, flops=6e14 * scale, num_examples=1000, num_params=100_000_000,
+                            ram=0.2 * scale, flops=6e14 * scale, num_examples=1000, num_params=100_000_000, task=task,
                             flops_by_component={"teacher_train": 6e14 * scale})
     distill = stage_record(run_id, "distill", "distill", "student", cpu=0.2 * scale, gpu=0.3 * scale,
-                           ram=0.1 * scale, flops=4.5e14 * scale, num_examples=1000, num_params=50_000_000,
+                           ram=0.1 * scale, flops=4.5e14 * scale, num_examples=1000, num_params=50_000_000, task=task,
                            flops_by_component={"teacher_forward": 2e14 * scale, "student_train": 2.5e14 * scale},
                            details={"teacher_num_params": 100_000_000, "student_num_params": 50_000_000},
                            started_at="2026-11-25T05:01:40.000+00:00")
@@ -110,7 +110,7 @@ def full_run(root: Path, run_id: str, task: str = "sst2", *, scale: float = 1.0,
                "student.accuracy": student_score, "student.score": student_score,
                "retention.accuracy": student_score / teacher_score, "retention.score": student_score / teacher_score}
     evaluate = stage_record(run_id, "evaluate", "evaluate", "teacher+student", cpu=0.05 * scale, gpu=None,
-                            ram=0.05 * scale, flops=3e12, num_examples=200, metrics=metrics,
+                            ram=0.05 * scale, flops=3e12, num_examples=200, metrics=metrics, task=task,
                             flops_by_component={"teacher_forward": 2e12, "student_forward": 1e12},
                             details={"teacher": {"num_params": 100_000_000}, "student": {"num_params": 50_000_000}},
                             started_at="2026-11-25T05:03:20.000+00:00", duration_s=10.0)
@@ -201,6 +201,18 @@ def table_row(markdown: str, first_cell: str) -> dict[str, str]:
         if next(iter(row.values())).startswith(first_cell):
             return row
     raise AssertionError(f"no row starting with {first_cell!r} in:\n{markdown}")
+
+
+def merged_row(markdown: str, first_cell: str) -> dict[str, str]:
+    """The cells of every table row whose first cell starts with `first_cell`, merged: one stage's row of the
+    cost section's work table and of its energy table, as one dict."""
+    merged: dict[str, str] = {}
+    for row in table_rows(markdown):
+        if next(iter(row.values())).startswith(first_cell):
+            merged.update(row)
+    if not merged:
+        raise AssertionError(f"no row starting with {first_cell!r} in:\n{markdown}")
+    return merged
 
 
 def pick(row: dict[str, str], *headers: str) -> list[str]:

@@ -16,7 +16,7 @@ from greendistil.report.costs import cost_totals, model_points, pareto_optimal
 from greendistil.report.frame import iter_runs, load_report_frame
 from greendistil.report.markdown import fmt_number, fmt_si
 
-from builders import (INTENSITY, PUE, full_run, markdown_tables, pick, section_of, stage_record, table_row,
+from builders import (INTENSITY, PUE, full_run, markdown_tables, merged_row, pick, section_of, stage_record, table_row,
                       table_rows, write_run)
 
 
@@ -36,21 +36,21 @@ def failed_run(root: Path, run_id: str = "broken", task: str = "sst2") -> Path:
 def test_cost_table_rows_totals_and_markings(tmp_path: Path) -> None:
     full_run(tmp_path, "alpha")
     text = tables.cost_section(load_report_frame([tmp_path]))
-    finetune = table_row(text, "finetune")
+    finetune = merged_row(text, "finetune")
     assert finetune["status"] == "ok" and finetune["parameters"] == "100 M" and finetune["examples"] == "1,000"
     assert finetune["CPU kWh"] == "0.3 (est.)[^estimated-tdp-load-model]"
     assert finetune["GPU kWh"] == "0.5 (meas.)[^measured-nvml-counter]"
     assert finetune["RAM kWh"] == "0.2 (est.)[^estimated-ram-model]"
     assert finetune["total kWh"] == "1 (est.+meas.)" and finetune["kg CO2eq"] == fmt_number(0.6)
     assert finetune["grid g/kWh"].startswith("400[^configured-") and finetune["PUE"] == "1.5"
-    evaluate = table_row(text, "evaluate")
+    evaluate = merged_row(text, "evaluate")
     assert evaluate["GPU kWh"] == "n/a[^unavailable-no-nvml-library]"  # not measured: n/a, never 0
     assert "teacher 0.9 · student 0.87 · retention 96.7%" == evaluate["dev scores"]
     # The student's cost includes the teacher's training; the run total includes evaluation.
-    produce = table_row(text, "**to produce the student** (finetune + distill)")
+    produce = merged_row(text, "**to produce the student** (finetune + distill)")
     assert produce["total kWh"] == "1.6 (est.+meas.)"
     assert produce["kg CO2eq"] == fmt_number(1.6 * PUE * INTENSITY / 1000)
-    total = table_row(text, "**run total**")
+    total = merged_row(text, "**run total**")
     assert total["FLOPs"].startswith(fmt_number(6e14 + 4.5e14 + 3e12))
     assert total["GPU kWh"] == "0.8 (meas.), n/a in 1 stage(s)" and total["total kWh"].startswith("1.7 ")
     assert total["kg CO2eq"] == fmt_number(1.7 * PUE * INTENSITY / 1000)
@@ -64,10 +64,10 @@ def test_failed_and_interrupted_stages_are_marked_not_dropped(tmp_path: Path) ->
     failed_run(tmp_path)
     frame = load_report_frame([tmp_path])
     text = tables.cost_section(frame)
-    assert table_row(text, "distill")["status"] == "⚠ failed: StageError"
-    interrupted = table_row(text, "evaluate")
+    assert merged_row(text, "distill")["status"] == "⚠ failed: StageError"
+    interrupted = merged_row(text, "evaluate")
     assert interrupted["status"] == "⚠ interrupted: RunInterrupted" and interrupted["total kWh"] == "n/a"
-    total = table_row(text, "**run total**")
+    total = merged_row(text, "**run total**")
     assert total["status"] == "⚠ 2 not ok"
     assert total["total kWh"].startswith("0.3 ")  # the failed stage's energy counts
     assert "[^unavailable-codecarbon-error]:" in text

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import combinations
+from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -34,21 +35,27 @@ def text_boxes(fig: Figure) -> list[TextBox]:
     texts: list[tuple[str, Text]] = []
     for index, ax in enumerate(fig.axes):
         where = f"axes {index}"
-        texts += [(f"{where} x tick", t) for t in ax.get_xticklabels()]
-        texts += [(f"{where} y tick", t) for t in ax.get_yticklabels()]
+        texts += [(f"{where} x tick", t) for t in _drawn_tick_labels(ax.xaxis)]
+        texts += [(f"{where} y tick", t) for t in _drawn_tick_labels(ax.yaxis)]
         texts += [(f"{where} x label", ax.xaxis.label), (f"{where} y label", ax.yaxis.label),
                   (f"{where} title", ax.title), (f"{where} x offset", ax.xaxis.get_offset_text()),
                   (f"{where} y offset", ax.yaxis.get_offset_text())]
         texts += [(f"{where} text", t) for t in ax.texts]
-    texts += [("figure text", t) for t in fig.texts]
-    if fig._suptitle is not None:  # matplotlib keeps the suptitle apart from fig.texts
-        texts.append(("suptitle", fig._suptitle))
+    texts += [("figure text", t) for t in fig.texts]  # the suptitle is one of them
     boxes = [TextBox(f"{what} {t.get_text()!r}", t.get_window_extent(renderer)) for what, t in texts
              if t.get_visible() and t.get_text().strip()]
     legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None] + list(fig.legends)
     boxes += [TextBox(f"legend {i}", legend.get_window_extent(renderer)) for i, legend in enumerate(legends)
               if legend.get_visible()]
     return boxes
+
+
+def _drawn_tick_labels(axis: Any) -> list[Text]:
+    """The major tick labels matplotlib draws: those of ticks inside the view (it keeps others unplaced)."""
+    low, high = sorted(axis.get_view_interval())
+    span = (high - low) or 1.0
+    return [tick.label1 for tick in axis.get_major_ticks()
+            if tick.label1.get_visible() and low - 1e-9 * span <= tick.get_loc() <= high + 1e-9 * span]
 
 
 def overlapping_texts(fig: Figure) -> list[tuple[str, str]]:

@@ -36,6 +36,7 @@ COMPONENT_COLORS = {"cpu": "#4C72B0", "gpu": "#DD8452", "ram": "#55A868"}
 ROLE_MARKERS = {"teacher": "o", "student": "^"}
 ROLE_COLORS = {"teacher": "#4C72B0", "student": "#DD8452", "general_student": "#55A868"}
 POWER_FILE = "power.csv"
+SPAN_ROW = 0.06  # height of a row of stage names above the power plot, in axes fractions
 
 
 
@@ -83,11 +84,11 @@ def draw_energy_by_stage(records: pd.DataFrame) -> Figure:
 
 
 def plot_energy_by_stage(records: pd.DataFrame, path: Path) -> Path:
-    return save_figure(draw_energy_by_stage(records), path, layout=False)
+    return save_figure(draw_energy_by_stage(records), path)
 
 
 def plot_score_vs_cost(points: Sequence[ModelPoint], path: Path, *, task: str) -> Path:
-    return save_figure(draw_score_vs_cost(points, task=task), path, layout=False)
+    return save_figure(draw_score_vs_cost(points, task=task), path)
 
 
 def draw_score_vs_cost(points: Sequence[ModelPoint], *, task: str) -> Figure:
@@ -155,13 +156,14 @@ def draw_teacher_student(comparison: TeacherStudent, *, title: str | None = None
     if known and max(known) / min(known) > 20:  # inference is often ~1/3 of training per example, or far less
         axes[1].set_yscale("log")
         axes[1].set_ylabel("FLOPs per example (log scale)")
-    axes[1].text(0.02, -0.16, "* student: incl. teacher forward", transform=axes[1].transAxes, fontsize=7)
+    axes[1].set_xlabel("* student: incl. teacher forward", fontsize=7)
     _role_bars(axes[2], ["dev score"], [[r.score or 0.0] for r in roles], "dev score (task's GLUE score)")
     scores = [r.score or 0.0 for r in roles]
     axes[2].set_ylim(min(0.0, *scores) * 1.1, 1.1 * max(1.0, *scores))  # MCC may be negative
     handles = [Patch(color=ROLE_COLORS[role], label=role) for role in ("teacher", "student")]
     fig.legend(handles=handles, loc="upper right", fontsize=8)
     fig.suptitle(f"Teacher vs student — {title or comparison.run_id}")
+    fig.tight_layout(w_pad=1.5)
     return fig
 
 
@@ -184,7 +186,7 @@ def _role_bars(ax: Axes, groups: list[str], heights: list[list[float]], ylabel: 
 
 
 def plot_power(records: pd.DataFrame, run_dir: Path, path: Path) -> Path:
-    return save_figure(draw_power(records, run_dir), path, layout=False)
+    return save_figure(draw_power(records, run_dir), path)
 
 
 def draw_power(records: pd.DataFrame, run_dir: Path) -> Figure:
@@ -208,12 +210,12 @@ def draw_power(records: pd.DataFrame, run_dir: Path) -> Figure:
     ax.legend(fontsize=8, loc="upper right")
     many_tasks = len({task for *_, task in spans if task is not None}) > 1
     labels = _task_spans(spans) if many_tasks else [(a, b, text) for a, b, text, _ in spans]
-    title = f"Power per stage — {first_value(records, 'run_id')}"
-    ax.set_title(title, pad=8)
+    ax.set_title(f"Power per stage — {first_value(records, 'run_id')}", pad=8)
     fig.tight_layout(rect=(0, 0, 1, 0.86))
     left_out = _place_span_labels(fig, ax, labels)
     if left_out:
-        ax.set_title(f"{title} ({left_out} short stage(s) not named: see the cost table)", pad=8)
+        ax.set_xlabel(f"time since the run's first stage started (s); {left_out} short stage(s) not named above "
+                      "(see the cost table)")
     return fig
 
 
@@ -230,25 +232,32 @@ def _task_spans(spans: list[tuple[float, float, str, Any]]) -> list[tuple[float,
 
 
 def _place_span_labels(fig: Figure, ax: Axes, labels: list[tuple[float, float, str]], rows: int = 3) -> int:
-    """Name each span above the axes in the lowest of `rows` rows where it overlaps no other name; the title
-    goes above the rows used. Returns how many names found no room (and were left out)."""
+    """Name each span above the axes in the lowest of `rows` rows where it overlaps no other name (kept within
+    the axes' width); the title goes above the rows used. Returns how many names found no room (left out)."""
     renderer = FigureCanvasAgg(fig).get_renderer()
+    axes_box = ax.get_window_extent(renderer)
     row_ends_px = [float("-inf")] * rows
-    left_out = 0
-    used = 0
+    left_out = used = 0
     for start, end, text in labels:
         label = ax.text((start + end) / 2, 1.0, text, transform=ax.get_xaxis_transform(), ha="center", va="bottom",
                         fontsize=8)
+        box = label.get_window_extent(renderer)
+        if box.x1 > axes_box.x1:  # at the right edge: end the name where the span ends
+            label.set_x(end)
+            label.set_horizontalalignment("right")
+        elif box.x0 < axes_box.x0:
+            label.set_x(start)
+            label.set_horizontalalignment("left")
         box = label.get_window_extent(renderer)
         row = next((r for r in range(rows) if box.x0 > row_ends_px[r] + 4), None)
         if row is None:
             label.remove()
             left_out += 1
             continue
-        label.set_y(1.0 + 0.055 * row)
+        label.set_y(1.0 + SPAN_ROW * row)
         row_ends_px[row] = box.x1
         used = max(used, row + 1)
-    ax.title.set_y(1.0 + 0.055 * used)
+    ax.set_title(ax.get_title(), y=1.0 + SPAN_ROW * used, pad=6)
     return left_out
 
 
@@ -342,9 +351,7 @@ def _figure() -> tuple[Figure, Axes]:
     return fig, fig.subplots()
 
 
-def save_figure(fig: Figure, path: Path, *, layout: bool = True) -> Path:
-    """Write `fig` as a PNG at `path` (laid out first unless its drawer did); returns `path`."""
-    if layout:
-        fig.tight_layout()
+def save_figure(fig: Figure, path: Path) -> Path:
+    """Write `fig`, laid out by its `draw_*` function, as a PNG at `path`; returns `path`."""
     fig.savefig(path, dpi=DPI)
     return path

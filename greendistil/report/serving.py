@@ -175,7 +175,7 @@ def _with_std(mean: float | None, std: float | None) -> str:
 
 
 def plot_serving(rows: list[dict[str, Any]], path: Path, *, title: str) -> Path:
-    return save_figure(draw_serving(rows, title=title), path, layout=False)
+    return save_figure(draw_serving(rows, title=title), path)
 
 
 def draw_serving(rows: list[dict[str, Any]], *, title: str) -> Figure:

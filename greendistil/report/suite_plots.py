@@ -98,7 +98,7 @@ def draw_retention_vs_energy(records: pd.DataFrame, *, title: str) -> Figure:
 
 
 def plot_retention_vs_energy(records: pd.DataFrame, path: Path, *, title: str) -> Path:
-    return save_figure(draw_retention_vs_energy(records, title=title), path, layout=False)
+    return save_figure(draw_retention_vs_energy(records, title=title), path)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -162,7 +162,7 @@ def draw_suite_pareto(records: pd.DataFrame, *, title: str) -> Figure:
 
 
 def plot_suite_pareto(records: pd.DataFrame, path: Path, *, title: str) -> Path:
-    return save_figure(draw_suite_pareto(records, title=title), path, layout=False)
+    return save_figure(draw_suite_pareto(records, title=title), path)
 
 
 def _ratio(numerator: float | None, denominator: float | None) -> float | None:
