@@ -15,7 +15,8 @@ from greendistil.report.frame import first_value, iter_runs, iter_tasks, iter_un
 from greendistil.report.markdown import (NOT_AVAILABLE, code, fmt_count, fmt_number, fmt_percent, fmt_ratio, fmt_si,
                                          is_missing, table)
 from greendistil.report.provenance import footnote_ref, footnotes, kinds_suffix, mark, source_kind
-from greendistil.report.reference import DISTILBERT
+from greendistil.data.tasks import get_task
+from greendistil.report.reference import BERT_BASE_GLUE, DISTILBERT, DISTILBERT_GLUE
 from greendistil.report.regions import DEFAULT_REGIONS, region_costs
 
 COMPONENTS = ("cpu", "gpu", "ram")
@@ -200,14 +201,24 @@ def _comparison_table(c: TeacherStudent) -> str:
         ["inference FLOPs / example (evaluate)", fmt_number(t.inference_flops_per_example),
          fmt_number(s.inference_flops_per_example), fmt_ratio(c.inference_flops_ratio),
          f"{fmt_ratio(1 / paper.inference_speedup)} (CPU inference time)"],
-        ["dev score", fmt_number(t.score), fmt_number(s.score), _retained(c.score_retention),
-         f"{fmt_percent(paper.score_retention)} retained ({paper.score_name})"],
+        ["dev score", fmt_number(t.score), fmt_number(s.score), _retained(c.score_retention), _paper_score(c.task)],
         ["energy to train (kWh)", fmt_number(t.train_energy_kwh),
          _incl_teacher(fmt_number(s.train_energy_kwh)), fmt_ratio(c.train_energy_ratio), ""],
     ]
     headers = ("", "teacher", "student", "student / teacher",
                f"{paper.student_name} / {paper.teacher_name} (paper)")
     return table(headers, rows)
+
+
+def _paper_score(task: str) -> str:
+    """DistilBERT against BERT-base on this task (Table 1 of the paper), then on the GLUE score."""
+    paper = DISTILBERT
+    overall = f"{fmt_percent(paper.score_retention)} retained ({paper.score_name})"
+    if task not in DISTILBERT_GLUE.task_scores:
+        return overall
+    student, teacher = DISTILBERT_GLUE.task_scores[task], BERT_BASE_GLUE.task_scores[task]
+    return (f"{student:.1f} / {teacher:.1f} on {get_task(task).dir_name}: {fmt_percent(student / teacher)} retained; "
+            f"{overall}")
 
 
 def _retained(retention: float | None) -> str:
