@@ -242,3 +242,25 @@ def test_resume_refuses_a_finished_training_stage_without_its_model(tmp_path: Pa
         RunProgress.from_records(tmp_path, records)
     done = RunProgress.from_records(tmp_path, [{**records[0], "artifacts": {"teacher": "checkpoints/finetune"}}])
     assert done.artifacts == {None: {"teacher": tmp_path / "checkpoints" / "finetune"}}  # by the record's task
+
+
+def test_progress_is_kept_per_task_and_stage(tmp_path: Path) -> None:
+    from greendistil.runlog.progress import RunProgress
+
+    records = [record("finetune", task="cola", kind="finetune",
+                      artifacts={"teacher": "checkpoints/cola/finetune"}),
+               record("finetune", task="sst2", kind="finetune", status="interrupted")]
+    progress = RunProgress.from_records(tmp_path, records)
+    assert progress.window_done("cola", "finetune") and not progress.window_done("sst2", "finetune")
+    assert progress.next_segment("sst2", "finetune") == 2 and progress.next_segment("rte", "finetune") == 1
+    assert progress.artifacts == {"cola": {"teacher": tmp_path / "checkpoints" / "cola" / "finetune"}}
+
+
+def test_records_from_before_tasks_were_recorded_count_for_the_runs_task(tmp_path: Path) -> None:
+    from greendistil.runlog.progress import RunProgress
+
+    old = builders.without(record("finetune", schema_version=2, kind="finetune",
+                         artifacts={"teacher": "checkpoints/finetune"}), "task")
+    progress = RunProgress.from_records(tmp_path, [old])
+    assert progress.window_done("sst2", "finetune") and progress.next_segment("sst2", "finetune") == 2
+    assert progress.artifacts == {None: {"teacher": tmp_path / "checkpoints" / "finetune"}}

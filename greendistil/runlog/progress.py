@@ -47,13 +47,18 @@ class RunProgress:
         return progress
 
     def window_done(self, task: str | None, window: str) -> bool:
-        return self.statuses.get((task, window), [""])[-1] == "ok"
+        return (self._segments(task, window) or [""])[-1] == "ok"
 
     def is_done(self, step: SuiteStep) -> bool:
         return all(self.window_done(step.task, window.name) for window in step.stage.windows())
 
     def next_segment(self, task: str | None, window: str) -> int:
-        return len(self.statuses.get((task, window), [])) + 1
+        return len(self._segments(task, window)) + 1
+
+    def _segments(self, task: str | None, window: str) -> list[str]:
+        # A record without a task is a suite's shared stage, or a record from before records named their task
+        # (a single-task run): stage names are unique within a run, so it can be taken for the task's own.
+        return self.statuses.get((task, window)) or self.statuses.get((None, window), [])
 
     def check_not_complete(self, config: Config, run_dir: Path) -> None:
         """Raise RunAlreadyComplete when every (task, stage) of the config is done."""
