@@ -36,6 +36,13 @@ def test_overrides_apply_to_the_tasks_training_stages_only(tmp_path: Path) -> No
     assert not rte.suite.tasks  # each task's config is a single-task one
 
 
+def test_each_step_carries_its_tasks_overridden_stage(tmp_path: Path) -> None:
+    """What the pipeline runs is the step's stage: it must be the task's, overrides applied."""
+    by_step = {(s.task, s.stage.name): s.stage for s in suite_steps(build_config(suite_raw(tmp_path, tmp_path)))}
+    assert (by_step[("rte", "finetune")].epochs, by_step[("rte", "distill")].batch_size) == (2.0, 8)
+    assert (by_step[("sst2", "finetune")].epochs, by_step[("sst2", "distill")].batch_size) == (1.0, 16)
+
+
 def test_steps_run_shared_stages_once_then_each_task_in_turn(tmp_path: Path) -> None:
     raw = suite_raw(tmp_path, tmp_path, {"corpus": {"source": "glue"}})
     raw["stages"] = [{"kind": "pretrain", "train": "head"},
@@ -84,6 +91,13 @@ def test_a_corpus_stage_after_a_task_stage_is_refused_in_a_suite(tmp_path: Path)
     raw["stages"].append({"kind": "pretrain", "train": "head"})
     with pytest.raises(ConfigError, match=r"stages.3: the pretrain stage 'pretrain' trains on the corpus and runs "
                                           r"once for the whole suite, before any task; move it before stages.0"):
+        build_config(raw)
+
+
+def test_a_stage_named_like_a_task_is_refused(tmp_path: Path) -> None:
+    raw = suite_raw(tmp_path, tmp_path)
+    raw["stages"][1]["name"] = "rte"
+    with pytest.raises(ConfigError, match=r"stages.1.name: 'rte' is also a task of the suite"):
         build_config(raw)
 
 

@@ -71,6 +71,8 @@ def test_one_run_directory_with_a_record_per_task_and_stage(runs: dict[str, Path
     assert per_task == [(task, stage) for task in TASKS
                         for stage in ("finetune", "distill", "finetune-general", "evaluate")]
     assert {r["status"] for r in records} == {"ok"}
+    steps = {(r["task"], r["stage"]): r["num_steps"] for r in records}
+    assert steps[("rte", "distill")] == 2 * steps[("sst2", "distill")] == 6  # rte: epochs = 2 (its override)
     for task in TASKS:
         assert (runs["whole"] / "checkpoints" / task / "distill" / "model.safetensors").is_file()
     assert (runs["whole"] / "checkpoints" / "distill-general" / "model.safetensors").is_file()

@@ -39,8 +39,8 @@ class Config:
     stages: tuple[StageConfig, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        """The config as plain data. A single-task config has no `suite` entry (its hash is what it was
-        before suites existed); a suite's `[task]` has no `name` (the suite names the tasks)."""
+        """The config as plain data. A single-task config has no `suite` entry; a suite's `[task]` has no
+        `name` (the suite names the tasks)."""
         data = asdict(self)
         if not self.suite.tasks:
             del data["suite"]

@@ -67,7 +67,8 @@ class SuiteSection:
 
 @dataclass(frozen=True, kw_only=True)
 class SuiteStep:
-    """One stage of the run: `task` None for a suite's shared (corpus) stage, which serves every task."""
+    """One stage of the run, as its task sees it (that task's overrides applied): `task` None for a suite's
+    shared (corpus) stage, which serves every task."""
 
     task: str | None
     index: int  # the stage's position in [[stages]]: it seeds the stage
@@ -92,12 +93,13 @@ def is_suite(config: Config) -> bool:
 def suite_steps(config: Config) -> tuple[SuiteStep, ...]:
     """The run's stages in the order they run: one task in the order written; several tasks: the shared
     stages first, then every per-task stage of the first task, then of the next, ..."""
-    stages = list(enumerate(config.stages))
+    tasks = {task: for_task(config, task).stages for task in run_tasks(config)}  # each with its overrides
     if not is_suite(config):  # every stage serves the one task, and its records say so
-        return tuple(SuiteStep(task=run_tasks(config)[0], index=i, stage=s) for i, s in stages)
-    shared = [SuiteStep(task=None, index=i, stage=s) for i, s in stages if is_shared(s)]
-    per_task = [SuiteStep(task=task, index=i, stage=s) for task in run_tasks(config)
-                for i, s in stages if not is_shared(s)]
+        task = run_tasks(config)[0]
+        return tuple(SuiteStep(task=task, index=i, stage=s) for i, s in enumerate(tasks[task]))
+    shared = [SuiteStep(task=None, index=i, stage=s) for i, s in enumerate(config.stages) if is_shared(s)]
+    per_task = [SuiteStep(task=task, index=i, stage=s) for task, stages in tasks.items()
+                for i, s in enumerate(stages) if not is_shared(s)]
     return tuple(shared + per_task)
 
 
@@ -110,6 +112,9 @@ def check_suite(config: Config) -> None:
         return
     seen_per_task = None
     for index, stage in enumerate(config.stages):
+        if stage.name in config.suite.tasks:  # checkpoints/<name>/ would be the task's folder too
+            raise ConfigError(f"stages.{index}.name: {stage.name!r} is also a task of the suite; give the stage "
+                              "another name")
         if not is_shared(stage):
             seen_per_task = seen_per_task if seen_per_task is not None else index
         elif seen_per_task is not None:

@@ -78,8 +78,17 @@ def teacher_student(records: pd.DataFrame) -> TeacherStudent:
     )
 
 
+def teacher_training_records(records: pd.DataFrame) -> pd.DataFrame:
+    """The stages that produced the teacher: its training stages, less an MLM-head training (`train =
+    "head"`: the encoder and the classifier are untouched), which only a general distillation uses."""
+    teacher = records[(records["role"] == "teacher") & ~records["kind"].isin(INFERENCE_KINDS)]
+    head_only = (teacher["kind"] == "pretrain") & (teacher.get("details.train") == "head")
+    return teacher[~head_only]
+
+
 def _role_figures(records: pd.DataFrame, evaluate: pd.Series | None, role: str) -> RoleFigures:
-    training = records[(records["role"] == role) & ~records["kind"].isin(INFERENCE_KINDS)]
+    training = teacher_training_records(records) if role == "teacher" else \
+        records[(records["role"] == role) & ~records["kind"].isin(INFERENCE_KINDS)]
     return RoleFigures(
         role=role, num_params=_num_params(records, evaluate, role),
         score=number(evaluate, f"metric.{role}.score") if evaluate is not None else None,

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from greendistil.report.compare import INFERENCE_KINDS, teacher_student
+from greendistil.report.compare import INFERENCE_KINDS, teacher_student, teacher_training_records
 from greendistil.report.frame import column_sum, first_value, iter_units
 
 
@@ -104,14 +104,14 @@ def model_points(frame: pd.DataFrame) -> list[ModelPoint]:
     """A teacher point and a student point per run (per task of a suite run), in `iter_units` order."""
     points = []
     for records in iter_units(frame):
+        task = first_value(records[records["task"].notna()], "task") or "shared"
         comparison = teacher_student(records)
-        training = training_records(records)
-        scopes = {"teacher": training[training["role"] == "teacher"], "student": student_training_records(records)}
+        scopes = {"teacher": teacher_training_records(records), "student": student_training_records(records)}
         for role, figures in (("teacher", comparison.teacher), ("student", comparison.student)):
             cost = cost_totals(scopes[role])
             points.append(ModelPoint(
                 run_id=str(first_value(records, "run_id")), run_dir=str(first_value(records, "run_dir")),
-                task=str(first_value(records, "task")), role=role, score=figures.score, flops=cost.flops,
+                task=str(task), role=role, score=figures.score, flops=cost.flops,
                 energy_kwh=cost.energy_kwh, co2_kg=cost.co2_kg,
                 inference_flops_per_example=figures.inference_flops_per_example,
                 all_stages_ok=bool((records["status"] == "ok").all()),

@@ -4,7 +4,7 @@ Table 1 is `glue.glue_table` in the paper's form. The cost tables split each run
 the model they produced: a task's teacher row is its fine-tuning, the student row its distillation, the
 general student row its task training, and the evaluation row its evaluate (and benchmark) windows. A suite's
 shared stages (the corpus stages of the general route) ran once: they are shown once, and amortized over
-the tasks that used them. Every row adds up to the run's total, "the cost of the study".
+the tasks that used them. The last row is the run's total, "the cost of the study": every stage once.
 """
 
 from __future__ import annotations

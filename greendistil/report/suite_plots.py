@@ -14,7 +14,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from greendistil.report.compare import INFERENCE_KINDS
+from greendistil.report.compare import INFERENCE_KINDS, teacher_training_records
 from greendistil.report.costs import cost_totals, pareto_optimal, student_training_records
 from greendistil.report.frame import number, task_order
 from greendistil.report.glue import MODEL_LABELS, measured_tasks, model_rows, task_label
@@ -22,7 +22,6 @@ from greendistil.report.plots import DPI, energy_unit, save_figure
 
 RETENTION_LINE = 0.969  # DistilBERT's: 77.0 / 79.5
 MARKERS = "osD^vP*Xhp"
-_STUDENT_STYLE = {"student": dict(filled=True), "general_student": dict(filled=False)}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,13 +31,17 @@ class TaskPoint:
     task: str
     role: str
     retention: float | None
-    train_energy_ratio: float | None  # the student's training kWh ÷ the teacher's fine-tuning kWh
+    # the student's training kWh (the general route: with the shared stages amortized) ÷ the teacher's
+    train_energy_ratio: float | None
     inference_flops_ratio: float | None  # forward FLOPs per dev example, student ÷ teacher
 
 
 def task_points(records: pd.DataFrame) -> list[TaskPoint]:
     """A point per (task, student role) of one run that has a retention."""
     points = []
+    shared = records[records["task"].isna() & ~records["kind"].isin(INFERENCE_KINDS)]
+    users = records.loc[records["role"] == "general_student", "task"].dropna().nunique()
+    shared_kwh = cost_totals(shared).energy_kwh if len(shared) and users else None
     for task in task_order(records["task"]):
         own = records[records["task"] == task]
         evaluates = own[own["kind"] == "evaluate"]
@@ -46,13 +49,15 @@ def task_points(records: pd.DataFrame) -> list[TaskPoint]:
             continue
         evaluate = evaluates.iloc[-1]
         training = own[~own["kind"].isin(INFERENCE_KINDS)]
-        teacher_kwh = cost_totals(training[training["role"] == "teacher"]).energy_kwh
+        teacher_kwh = cost_totals(teacher_training_records(own)).energy_kwh
         for role in ("student", "general_student"):
             key = "retention.score" if role == "student" else f"retention.{role}.score"
             kept = number(evaluate, f"metric.{key}")
             if kept is None:
                 continue
             own_kwh = cost_totals(training[training["role"] == role]).energy_kwh
+            if role == "general_student" and own_kwh is not None and shared_kwh is not None:
+                own_kwh += shared_kwh / users  # the general route's shared stages, amortized over their tasks
             points.append(TaskPoint(task=task, role=role, retention=kept,
                                     train_energy_ratio=_ratio(own_kwh, teacher_kwh),
                                     inference_flops_ratio=_ratio(number(evaluate, f"flops_by_component.{role}_forward"),
@@ -76,7 +81,7 @@ def draw_retention_vs_energy(records: pd.DataFrame, *, title: str) -> Figure:
             x = getattr(p, attribute)
             if x is None or p.retention is None:
                 continue
-            filled = _STUDENT_STYLE[p.role]["filled"]
+            filled = p.role == "student"  # hollow: the general route's student
             ax.scatter(x, 100 * p.retention, marker=markers[p.task], s=70, color=colors[p.task] if filled else "none",
                        edgecolors=colors[p.task], linewidths=1.5, zorder=3)
         ax.axhline(100 * RETENTION_LINE, color="grey", ls=":", lw=1)
@@ -116,8 +121,7 @@ def suite_points(records: pd.DataFrame) -> list[SuitePoint]:
     took over all tasks (a student: the teachers' fine-tuning too; the general student: the shared stages)."""
     rows = [r for r in model_rows(records) if r.published is None]
     tasks = measured_tasks(rows)
-    training = records[~records["kind"].isin(INFERENCE_KINDS)]
-    scopes = {"teacher": training[(training["role"] == "teacher") & (training["kind"] != "pretrain")],
+    scopes = {"teacher": teacher_training_records(records),
               "student": student_training_records(records),
               "general_student": student_training_records(records, "general_student")}
     points = []

@@ -26,7 +26,8 @@ PARETO_MARK = "★"
 def run_heading(records: pd.DataFrame) -> str:
     """'### <run_id> (task `sst2`)' for one run's records; a suite's names its tasks."""
     tasks = task_order(records["task"])
-    what = f"task `{tasks[0]}`" if len(tasks) == 1 else "suite: " + ", ".join(f"`{t}`" for t in tasks)
+    what = (f"task `{tasks[0]}`" if len(tasks) == 1 else "suite: " + ", ".join(f"`{t}`" for t in tasks) if tasks
+            else "shared stages only")
     return f"### {first_value(records, 'run_id')} ({what})"
 
 
