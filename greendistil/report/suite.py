@@ -89,7 +89,7 @@ def _total_rows(records: pd.DataFrame, shared: pd.DataFrame) -> list[list[str]]:
         rows.append(_cost_row("shared", "**shared stages** (once for the suite)", shared))
     students = student_training_records(records)
     if (students["role"] == "student").any():
-        rows.append(_cost_row("all tasks", "**to produce the students** (teacher + distillation)", students))
+        rows.append(_cost_row("all tasks", "**to produce the students** (the teacher's training included)", students))
     rows.append(_cost_row("run", "**the cost of the study** (every stage)", records))
     return rows
 
