@@ -22,7 +22,7 @@ from greendistil.report.suite_plots import draw_retention_vs_energy, draw_suite_
 from greendistil.runlog.store import read_records
 
 REPORTS = Path(__file__).resolve().parents[1] / "reports"
-RUN_LOGS = [REPORTS / "base" / "run-log", REPORTS / "general-vs-task" / "run-log"]
+RUN_LOGS = [REPORTS / "base" / "run-log", REPORTS / "general-vs-task" / "run-log", REPORTS / "glue-five" / "run-log"]
 SIX = ("cola", "sst2", "mrpc", "stsb", "rte", "wnli")
 
 
