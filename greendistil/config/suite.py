@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from greendistil.config.stages import DistillStage, PretrainStage, StageConfig, TrainingStage
 from greendistil.config.types import build_dataclass, check_value
 from greendistil.config.types import require as _require
-from greendistil.data.tasks import GLUE_ORDER, get_task
+from greendistil.data.tasks import get_task
 from greendistil.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -140,11 +140,6 @@ def _replaced(section: object, values: dict[str, object], prefix: str) -> object
         return dataclasses.replace(section, **values)  # type: ignore[type-var]
     except ConfigError as err:  # __post_init__ names the bare key
         raise ConfigError(f"{prefix}.{err}") from None
-
-
-def glue_order(tasks: tuple[str, ...]) -> tuple[str, ...]:
-    """`tasks` in the GLUE benchmark's order (CoLA, SST-2, MRPC, STS-B, QQP, MNLI, QNLI, RTE, WNLI)."""
-    return tuple(sorted(tasks, key=GLUE_ORDER.index))
 
 
 def build_suite(raw: Any) -> SuiteSection:
