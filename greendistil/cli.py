@@ -1,4 +1,4 @@
-"""`greendistil run|bench|report|runs`: argument parsing, exit codes and printing. Nothing else in the package prints.
+"""`greendistil run|bench|report|card|runs`: argument parsing, exit codes and printing. Nothing else in the package prints.
 
 Exit codes: 0 ok; 1 a stage failed; 2 bad input (one line on stderr, no traceback); 130 SIGINT; 143 SIGTERM.
 """
@@ -73,6 +73,12 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("paths", nargs="+", type=Path, help="run directories or runs roots")
     report.add_argument("--out", type=Path, required=True, help="the report folder, e.g. reports/base")
     report.set_defaults(handler=_cmd_report)
+    card = commands.add_parser("card", help="(re)write the Hugging Face model cards of a run's saved models",
+                               description="Write README.md model cards (co2_eq_emissions in grams, model-index "
+                               "with the dev metrics) into each model folder of a run, from its run log alone.")
+    card.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run directory")
+    card.add_argument("--stage", help="only the model saved by this stage (default: every saved model)")
+    card.set_defaults(handler=_cmd_card)
     runs = commands.add_parser("runs", help="a table of the runs under a folder")
     runs.add_argument("paths", nargs="+", type=Path, help="run directories or a runs root")
     runs.set_defaults(handler=_cmd_runs)
@@ -209,6 +215,21 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from greendistil.report import write_report
 
     print(f"report: {write_report(list(args.paths), args.out)}")
+    return EXIT_OK
+
+
+def _cmd_card(args: argparse.Namespace) -> int:
+    from greendistil.errors import GreendistilError
+    from greendistil.report.model_card import write_cards
+
+    if not (args.run_dir / "records.jsonl").is_file():
+        raise GreendistilError(f"card: {str(args.run_dir)!r} is not a run directory (no records.jsonl); "
+                               "pass a folder made by `greendistil run`")
+    written = write_cards(args.run_dir, stage=args.stage)
+    for path in written:
+        print(f"model card: {path}")
+    if not written:
+        print(f"greendistil: no model folder of {args.run_dir} is left to describe")
     return EXIT_OK
 
 

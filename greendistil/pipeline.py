@@ -8,18 +8,13 @@ locked, so bad input leaves nothing half-written. Stage errors propagate after t
 from __future__ import annotations
 
 import dataclasses
-import importlib.metadata
 import logging
-import os
-import platform
-import subprocess
 import time
 from collections import ChainMap
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -33,14 +28,13 @@ from greendistil.measure.window import Clock, Meters, RunInfo, Window, measure
 from greendistil.preflight import Preflight, check_disk_space, preflight
 from greendistil.runlog.progress import RunAlreadyComplete, RunProgress
 from greendistil.runlog.store import RunLock, create_run_dir, new_run_id, node_emissions_file, open_run_dir, read_records
+from greendistil.runlog.tensorboard import ScalarLog
+from greendistil.runtime.environment import git_sha, hardware, versions
 from greendistil.runtime.rng import seed_everything
 from greendistil.stages import RUNNERS, StageContext
 from greendistil.testing import faults
 
 logger = logging.getLogger(__name__)
-
-PACKAGES = ("greendistil", "torch", "transformers", "tokenizers", "datasets", "codecarbon", "nvidia-ml-py",
-            "numpy", "pandas", "scikit-learn", "scipy")
 
 __all__ = ["RunAlreadyComplete", "RunHandle", "RunRequest", "WindowOpener", "execute"]
 
@@ -88,8 +82,13 @@ def execute(request: RunRequest, handle: RunHandle | None = None) -> Path:
         try:
             progress = RunProgress.from_records(run_dir, read_records(run_dir)) if request.resume_dir else RunProgress()
             run, meters, device = _start_run(config, checked, run_dir, command=request.command, dist=dist)
-            contexts = _Contexts(request, checked, run_dir, device, progress, dist)
-            _run_steps(config, contexts, run, meters, progress, request.clock)
+            scalar_log = ScalarLog(run_dir) if config.run.tensorboard and dist.is_main else None
+            contexts = _Contexts(request, checked, run_dir, device, progress, dist, scalar_log)
+            try:
+                _run_steps(config, contexts, run, meters, progress, request.clock)
+            finally:
+                if scalar_log is not None:
+                    scalar_log.close()
         finally:
             if lock is not None:
                 lock.release()
@@ -129,8 +128,9 @@ class _Contexts:
     own over the shared stages' ones."""
 
     def __init__(self, request: RunRequest, checked: Preflight, run_dir: Path, device: torch.device,
-                 progress: RunProgress, dist: Dist) -> None:
+                 progress: RunProgress, dist: Dist, scalar_log: ScalarLog | None = None) -> None:
         self.request, self.checked, self.run_dir, self.device, self.dist = request, checked, run_dir, device, dist
+        self.scalar_log = scalar_log
         self.progress = progress
         self.shared: dict[str, Path] = dict(progress.artifacts.get(None, {}))
         self.suite = is_suite(request.config)
@@ -151,7 +151,7 @@ class _Contexts:
             sources=self.checked.sources, benchmark_examples=data.benchmark_examples, corpus=self.checked.corpus,
             artifacts=artifacts, task_folder=task if self.suite else None,
             resuming=self.request.resume_dir is not None, dist=self.dist, job_world_size=self.dist.world_size,
-            show_progress=self.request.show_progress, clock=self.request.clock)
+            show_progress=self.request.show_progress, clock=self.request.clock, scalar_log=self.scalar_log)
 
 
 def _run_steps(config: Config, contexts: _Contexts, run: RunInfo, meters: Meters, progress: RunProgress,
@@ -178,9 +178,23 @@ def _run_steps(config: Config, contexts: _Contexts, run: RunInfo, meters: Meters
                                   what=f"{stage.kind} stage {stage.name!r}")
             else:
                 runner(ctx, stage, opener)
+            if ctx.dist.is_main:
+                _write_model_cards(contexts.run_dir)
             faults.point(f"between-stages:{stage.name}")
     finally:
         meters.gpu.close()
+
+
+def _write_model_cards(run_dir: Path) -> None:
+    """Rewrite the model cards from the run log (a student's card gets its scores once evaluate has run).
+    A card that cannot be written never stops the run: `greendistil card RUN_DIR` writes it later."""
+    from greendistil.report.model_card import write_cards
+
+    try:
+        write_cards(run_dir)
+    except Exception as err:
+        logger.warning("model cards not written (%s: %s); write them with: greendistil card %s",
+                       type(err).__name__, err, run_dir)
 
 
 def _of_task(task: str | None) -> str:
@@ -214,8 +228,8 @@ def _start_run(config: Config, checked: Preflight, run_dir: Path, *, command: st
     _set_threads(config.run.num_threads)
     device = distributed.device(dist, config.run.device)
     run = RunInfo(
-        run_id=run_dir.name, run_dir=run_dir, config_hash=config.config_hash(), git_sha=_git_sha(),
-        versions=_versions(), hardware=_hardware(device), country_iso_code=config.carbon.country_iso_code,
+        run_id=run_dir.name, run_dir=run_dir, config_hash=config.config_hash(), git_sha=git_sha(),
+        versions=versions(), hardware=hardware(device), country_iso_code=config.carbon.country_iso_code,
         pue=config.carbon.pue, intensity_g_per_kwh=checked.intensity_g_per_kwh,
         intensity_source=checked.intensity_source, command=command, task=None,  # set per stage: the task it serves
         data_sources={},
@@ -225,6 +239,7 @@ def _start_run(config: Config, checked: Preflight, run_dir: Path, *, command: st
         carbon=CarbonMeter(output_dir=run_dir, run_id=run.run_id, country_iso_code=config.carbon.country_iso_code,
                            measure_power_s=config.carbon.measure_power_s,
                            intensity_g_per_kwh=config.carbon.intensity_g_per_kwh,
+                           tracking_mode=config.carbon.tracking_mode,
                            output_file=node_emissions_file(dist.node_rank)) if dist.is_node_leader else None,
         # Only the GPU this process computes on: other cards' draw is not this run's energy (DDP: one per rank).
         gpu=NvmlMeter(sample_interval_s=config.carbon.gpu_sample_interval_s,
@@ -238,37 +253,3 @@ def _start_run(config: Config, checked: Preflight, run_dir: Path, *, command: st
 def _set_threads(num_threads: int) -> None:
     if num_threads > 0:
         torch.set_num_threads(num_threads)
-
-
-def _git_sha() -> str | None:
-    """The commit of greendistil's own code (None when installed from a wheel); '-dirty' if modified."""
-    package_dir = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True,
-                             cwd=package_dir)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "."],
-                               capture_output=True, text=True, timeout=5, cwd=package_dir).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for package in PACKAGES:
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return versions
-
-
-def _hardware(device: torch.device) -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "platform": platform.platform(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(), "device": str(device), "gpu_count": 0,
-    }
-    if device.type == "cuda":
-        info["gpu_count"] = torch.cuda.device_count()
-        info["gpu_names"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    return info

@@ -28,6 +28,7 @@ from greendistil.errors import ConfigError, ModelSourceError, RunDirError
 from greendistil.models.mlm import checkpoint_has_mlm_head
 from greendistil.models.sources import ResolvedTeacher, load_tokenizer, model_source, resolve_teacher
 from greendistil.models.student import STUDENT_MODEL_TYPES
+from greendistil.runlog.tensorboard import tensorboard_missing
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +96,8 @@ def preflight(config: Config, *, dist: Dist = SINGLE, sources: dict[str, str] | 
     """
     intensity, intensity_source = grid_intensity(config.carbon.country_iso_code, config.carbon.intensity_g_per_kwh)
     device(dist, config.run.device)  # run.device = "cuda" without a GPU fails here, not after the run dir exists
+    if config.run.tensorboard and (missing := tensorboard_missing()) is not None:
+        raise ConfigError(f"run.tensorboard: true needs TensorBoard, but {missing}; or set run.tensorboard = false")
     check_shards(config, dist)
     if sources:
         _check_sources(config, sources)

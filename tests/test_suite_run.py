@@ -85,6 +85,26 @@ def test_each_task_starts_from_the_shared_general_student(runs: dict[str, Path])
         f"checkpoints/{task}/finetune-general" for task in TASKS]
 
 
+def test_every_task_model_and_the_shared_general_student_get_cards(runs: dict[str, Path]) -> None:
+    from huggingface_hub import ModelCard
+
+    records = {(r["task"], r["stage"]): r for r in read_records_strict(runs["whole"])}
+    general = ModelCard.load(runs["whole"] / "checkpoints" / "distill-general" / "README.md").data
+    assert general.pipeline_tag == "fill-mask" and general.eval_results is None  # an MLM model, not scored
+    shared_g = 1000 * (records[(None, "pretrain")]["co2_kg"] + records[(None, "distill-general")]["co2_kg"])
+    assert general.co2_eq_emissions["emissions"] == pytest.approx(shared_g, rel=1e-5)
+    for task in TASKS:
+        student = ModelCard.load(runs["whole"] / "checkpoints" / task / "distill" / "README.md").data
+        expected = sum(records[(task, stage)]["co2_kg"] for stage in ("finetune", "distill"))
+        # The task student needed its task's teacher, and the pretrained (MLM-trained) teacher of the shared stage.
+        expected += records[(None, "pretrain")]["co2_kg"]
+        assert student.co2_eq_emissions["emissions"] == pytest.approx(1000 * expected, rel=1e-5), task
+        assert student.eval_results[0].dataset_config == task
+        routed = ModelCard.load(runs["whole"] / "checkpoints" / task / "finetune-general" / "README.md").data
+        assert routed.co2_eq_emissions["emissions"] == pytest.approx(
+            shared_g + 1000 * records[(task, "finetune-general")]["co2_kg"], rel=1e-5), task
+
+
 def test_the_interrupted_task_resumed_from_its_checkpoint(runs: dict[str, Path]) -> None:
     records = read_records_strict(runs["resumed"])
     distills = [(r["task"], r["status"], r["segment"]) for r in records if r["stage"] == "distill"]

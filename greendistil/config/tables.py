@@ -28,6 +28,7 @@ class RunSection:
     report: bool = True  # write <run dir>/report/report.md and its PNGs when the run ends
     ddp_backend: Literal["auto", "gloo", "nccl"] = "auto"  # under torchrun; auto: nccl on GPUs, gloo on CPUs
     device: Device = "auto"  # auto: the GPU when torch sees one (LOCAL_RANK's under torchrun), else the CPU
+    tensorboard: bool = False  # scalars per log interval under <run dir>/tensorboard (the `tensorboard` extra)
 
     def __post_init__(self) -> None:
         _require(bool(self.name.strip()), "name", self.name, "a non-empty string")
@@ -43,6 +44,8 @@ class CarbonSection:
     intensity_g_per_kwh: float | None = None  # fixes the grid intensity instead of the country's
     measure_power_s: float = 5.0  # codecarbon's power-sampling interval
     gpu_sample_interval_s: float = 0.1  # NVML power-sampling interval
+    # codecarbon's CPU/RAM attribution: the whole machine's, or this process's share (a shared node).
+    tracking_mode: Literal["machine", "process"] = "machine"
 
     def __post_init__(self) -> None:
         code = self.country_iso_code

@@ -41,19 +41,21 @@ class CarbonReading:
     cpu_model: str | None = None
     ram_total_gb: float | None = None
     error: str | None = None
-
+    tracking_mode: str | None = None  # machine | process: whose CPU/RAM draw the figures are
 
 
 class CarbonMeter:
     """Wraps one codecarbon `OfflineEmissionsTracker` per window; start/stop never raise."""
 
     def __init__(self, *, output_dir: Path, run_id: str, country_iso_code: str, measure_power_s: float,
-                 intensity_g_per_kwh: float | None = None, output_file: str = "emissions.csv") -> None:
+                 intensity_g_per_kwh: float | None = None, output_file: str = "emissions.csv",
+                 tracking_mode: str = "machine") -> None:
         self._output_dir, self._output_file = output_dir, output_file
         self._run_id = run_id
         self._country_iso_code = country_iso_code
         self._measure_power_s = measure_power_s
         self._intensity_g_per_kwh = intensity_g_per_kwh  # a fixed intensity: codecarbon's CSV uses it too
+        self._tracking_mode = tracking_mode  # "process": this process's share of the CPU load and its RAM
         self._tracker: Any = None
         self._start_error: str | None = None
 
@@ -69,7 +71,7 @@ class CarbonMeter:
                 country_iso_code=self._country_iso_code, output_dir=str(self._output_dir),
                 output_file=self._output_file, project_name=self._run_id, experiment_name=window_name,
                 measure_power_secs=self._measure_power_s, pue=1.0, log_level="error",
-                save_to_file=True, tracking_mode="machine", allow_multiple_runs=True,
+                save_to_file=True, tracking_mode=self._tracking_mode, allow_multiple_runs=True,
                 **({"force_carbon_intensity_g_co2e_kwh": self._intensity_g_per_kwh}
                    if self._intensity_g_per_kwh is not None else {}),
             )
@@ -86,6 +88,22 @@ class CarbonMeter:
                 self._tracker.flush()
             except Exception as err:
                 logger.warning("codecarbon flush failed: %s", err)
+
+    def so_far(self) -> CarbonReading | None:
+        """CPU and RAM energy of the open window as of codecarbon's last reading (every `measure_power_s`),
+        for live figures; None when no tracker runs. The record takes `stop()`'s. Never raises."""
+        tracker = self._tracker
+        if tracker is None:
+            return None
+        try:
+            return CarbonReading(
+                cpu_energy_kwh=float(tracker._total_cpu_energy.kWh), cpu_energy_source=_cpu_source(tracker),
+                ram_energy_kwh=float(tracker._total_ram_energy.kWh), ram_energy_source=RAM_SOURCE,
+                cpu_power_w=float(tracker._cpu_power.W), ram_power_w=float(tracker._ram_power.W),
+                tracking_mode=self._tracking_mode)
+        except Exception as err:  # codecarbon's private totals moved: no live figure, never an error
+            logger.debug("live codecarbon reading failed: %s", err)
+            return None
 
     def stop(self) -> CarbonReading:
         tracker, self._tracker = self._tracker, None
@@ -105,6 +123,7 @@ class CarbonMeter:
                 cpu_power_w=float(data.cpu_power), ram_power_w=float(data.ram_power),
                 codecarbon_gpu_energy_kwh=float(data.gpu_energy), codecarbon_co2_kg=float(data.emissions),
                 cpu_model=str(data.cpu_model), ram_total_gb=float(data.ram_total_size), error=error,
+                tracking_mode=self._tracking_mode,
             )
         except Exception as err:
             message = f"codecarbon failed to stop: {type(err).__name__}: {err}"

@@ -42,6 +42,11 @@ CPU_ATTENTION_FORMULAS = {
 }
 
 
+def new_flop_counter() -> FlopCounterMode:
+    """A silent FlopCounterMode that also knows the CPU attention kernels."""
+    return FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FORMULAS)
+
+
 def count_flops(fn: Callable[[], T]) -> tuple[T, int]:
     """Run ``fn()`` once under ``FlopCounterMode`` and return ``(its result, total FLOPs)``.
 
@@ -51,7 +56,7 @@ def count_flops(fn: Callable[[], T]) -> tuple[T, int]:
     or leaving the mode, ``get_total_flops``) never lose the step's result: they log a warning and
     return 0 FLOPs, which ``FlopSampler.add_counted`` treats as "not counted", never as a free step.
     """
-    counter = FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FORMULAS)
+    counter = new_flop_counter()
     try:
         counter.__enter__()
     except Exception as error:

@@ -151,6 +151,32 @@ class NvmlMeter:
             self._halt_sampler(window)
             return GpuReading.unavailable("stop-failed", _describe(error))
 
+    def energy_so_far_j(self) -> float | None:
+        """The open window's GPU energy until now (J): counter deltas, else the power samples integrated so
+        far; None when nothing is measured. For live figures only: the record takes `stop()`'s. Never raises."""
+        window = self._window
+        if window is None or window.unavailable is not None or window.t0 is None:
+            return None
+        try:
+            elapsed_s = self._clock() - window.t0
+            with window.lock:
+                samples = tuple(window.samples)
+            total_j = 0.0
+            for device in self._devices:
+                start_mj, now_mj = window.counters_start_mj.get(device.index), self._read_counter_mj(device, window, "now")
+                if start_mj is not None and now_mj is not None and now_mj > start_mj:
+                    total_j += (now_mj - start_mj) / 1000.0
+                    continue
+                own = [(t, p) for t, i, p in samples if i == device.index]
+                integrated_j, _ = integrate_power(own, max(elapsed_s, own[-1][0] if own else 0.0), self._max_gap_s)
+                if integrated_j is None:
+                    return None
+                total_j += integrated_j
+            return total_j if self._devices else None
+        except Exception as error:  # meters never raise
+            logger.debug("live GPU energy reading failed: %s", _describe(error))
+            return None
+
     def close(self) -> None:
         """Stop any open window and shut NVML down. A later ``start()`` initialises again. Never raises."""
         if self._window is not None:

@@ -140,7 +140,7 @@ def _combine_carbon(readings: list[CarbonReading], node_missing: bool) -> tuple[
         codecarbon_gpu_energy_kwh=_sum_known([r.codecarbon_gpu_energy_kwh for r in readings])[0],
         codecarbon_co2_kg=_sum_known([r.codecarbon_co2_kg for r in readings])[0],
         cpu_model=readings[0].cpu_model, ram_total_gb=_sum_known([r.ram_total_gb for r in readings])[0],
-        error="; ".join(errors) or None,
+        error="; ".join(errors) or None, tracking_mode=readings[0].tracking_mode,
     )
     partial = [name for name, gap in (("cpu", cpu_gap or node_missing), ("ram", ram_gap or node_missing)) if gap]
     return combined, partial
@@ -218,8 +218,10 @@ def _identity(r: RankReading) -> dict[str, Any]:
 
 def _meters(readings: list[RankReading], me: Dist) -> dict[str, str]:
     """Which meter supplied each component, in words."""
-    host = ("codecarbon (tracking_mode=machine) in this process" if not me.enabled else
-            f"codecarbon (tracking_mode=machine) on local rank 0 of each node ({me.num_nodes} node(s)); "
+    mode = next((r.carbon.tracking_mode for r in readings if r.carbon is not None and r.carbon.tracking_mode),
+                "machine")
+    host = (f"codecarbon (tracking_mode={mode}) in this process" if not me.enabled else
+            f"codecarbon (tracking_mode={mode}) on local rank 0 of each node ({me.num_nodes} node(s)); "
             "the other ranks run no tracker")
     has_carbon = any(r.carbon is not None and r.carbon.cpu_energy_kwh is not None for r in readings)
     has_gpu = any(r.gpu.energy_j is not None for r in readings)

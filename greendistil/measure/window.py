@@ -22,6 +22,7 @@ from greendistil.distributed import SINGLE, Dist
 from greendistil.errors import RunInterrupted
 from greendistil.measure.carbon import CarbonMeter
 from greendistil.measure.counters import StageCounters
+from greendistil.measure.live import LiveReading, read_live
 from greendistil.measure.nvml import GpuReading, NvmlMeter
 from greendistil.measure.ranks import RankReading, Work, combine, flop_figures
 from greendistil.runlog.schema import SCHEMA_VERSION, new_record
@@ -68,11 +69,27 @@ class Meters:
 class Window:
     """Handed to the stage: `window.counters` is the stage's to fill."""
 
-    def __init__(self, stage: str, kind: str, role: str, segment: int = 1, meters: Meters | None = None) -> None:
+    def __init__(self, stage: str, kind: str, role: str, segment: int = 1, meters: Meters | None = None,
+                 run: RunInfo | None = None, clock: Clock = time.perf_counter) -> None:
         self.stage, self.kind, self.role, self.segment = stage, kind, role, segment
         self.counters = StageCounters()
         self.record: dict[str, Any] | None = None  # the record written when the window closed
-        self._meters = meters
+        self.run = run
+        self._meters, self._clock = meters, clock
+        self._start_s: float | None = None
+
+    def so_far(self) -> LiveReading | None:
+        """What the window has spent until now (live figures, never a record's); None before it opened."""
+        if self._meters is None or self._start_s is None:
+            return None
+        return read_live(self._meters, self.counters, self._clock() - self._start_s)
+
+    def live_scalars(self) -> dict[str, float]:
+        """`so_far()` as named figures (kWh, g CO2eq at the run's PUE and intensity, W, FLOPs)."""
+        reading = self.so_far()
+        if reading is None or self.run is None:
+            return {}
+        return reading.scalars(pue=self.run.pue, intensity_g_per_kwh=self.run.intensity_g_per_kwh)
 
     def flush_meters(self) -> None:
         """Have codecarbon write what it measured so far (a kill -9 then still leaves a row). Never raises."""
@@ -89,13 +106,13 @@ def measure(*, stage: str, kind: str, role: str, meters: Meters, run: RunInfo, s
     record (segment 2) for the work it did after resuming; readers sum a stage's segments. `clock` times
     the window (tests give a fake one).
     """
-    window = Window(stage, kind, role, segment, meters)
+    window = Window(stage, kind, role, segment, meters, run, clock)
     synchronize()
     started_at = utc_now()
     if meters.carbon is not None:
         meters.carbon.start(stage)
     meters.gpu.start()
-    start_s = clock()
+    start_s = window._start_s = clock()
     status, error = "ok", None
     try:
         yield window
@@ -191,6 +208,7 @@ def compose_record(*, window: Window, run: RunInfo, status: str, error: BaseExce
         "facility_energy_kwh": energy_kwh * run.pue if energy_kwh is not None else None,
         "co2_kg": co2_kg, "intensity_g_per_kwh": run.intensity_g_per_kwh,
         "intensity_source": run.intensity_source, "pue": run.pue, "country_iso_code": run.country_iso_code,
+        "tracking_mode": carbon.tracking_mode if carbon.cpu_energy_kwh is not None else None,
         "cpu_power_w": carbon.cpu_power_w, "ram_power_w": carbon.ram_power_w,
         "gpu_power_mean_w": _mean_power(gpu), "gpu_flags": list(gpu.flags), "gpu_devices": list(gpu.devices),
         "energy_incomplete": incomplete, **total.breakdown,

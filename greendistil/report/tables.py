@@ -348,13 +348,23 @@ def _environment_rows(records: pd.DataFrame) -> list[list[str]]:
             ["run directory", code(_distinct(records, "run_dir"))], ["git sha", code(_distinct(records, "git_sha"))],
             ["config hash", code(_distinct(records, "config_hash"))],
             ["grid", f"{text('country_iso_code')}, {text('intensity_g_per_kwh')} g/kWh "
-                     f"({text('intensity_source')}), PUE {text('pue')}"]]
+                     f"({text('intensity_source')}), PUE {text('pue')}"],
+            ["CPU/RAM attribution", _attribution(_distinct(records, "tracking_mode"))]]
     columns = sorted(records.columns)
     rows += [[f"hardware: {c.split('.', 1)[1]}", text(c)] for c in columns if c.startswith("hardware.")]
     versions = [f"{c.split('.', 1)[1]} {_distinct(records, c)}" for c in columns
                 if c.startswith("versions.") and _distinct(records, c)]
     rows.append(["versions", " · ".join(versions) or NOT_AVAILABLE])
     return rows
+
+
+def _attribution(mode: str | None) -> str:
+    """What codecarbon's tracking mode means for the CPU and RAM figures."""
+    meaning = {"machine": "the whole machine's CPU and RAM draw (other work on it included)",
+               "process": "this process's share: CPU by its share of the load, RAM by its own memory"}
+    if mode is None:
+        return "not recorded (runs before greendistil recorded it measured the whole machine)"
+    return "; ".join(f"{code(m)}: {meaning.get(m, m)}" for m in mode.split(" / "))
 
 
 def _distinct(records: pd.DataFrame, column: str) -> str | None:

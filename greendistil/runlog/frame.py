@@ -24,7 +24,7 @@ def load_runs(paths: str | Path | Iterable[str | Path], *, by_segment: bool = Fa
     """
     rows = []
     for run_dir in find_run_dirs(paths):
-        flat = [_flatten(record) for record in read_records(run_dir)]
+        flat = [flatten_record(record) for record in read_records(run_dir)]
         for row in (flat if by_segment else combine_segments(flat)):
             row["run_dir"] = str(run_dir)
             rows.append(row)
@@ -66,13 +66,13 @@ def combine_segments(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return combined
 
 
-def _flatten(record: dict[str, Any]) -> dict[str, Any]:
+def flatten_record(record: dict[str, Any]) -> dict[str, Any]:
     row: dict[str, Any] = {}
     for key, value in record.items():
         if key == "metrics" and isinstance(value, dict):
             row.update({f"metric.{name}": metric for name, metric in value.items()})
         elif isinstance(value, dict):
-            row.update({f"{key}.{name}": inner for name, inner in _flatten(value).items()})
+            row.update({f"{key}.{name}": inner for name, inner in flatten_record(value).items()})
         else:
             row[key] = value
     return row

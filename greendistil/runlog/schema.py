@@ -82,6 +82,8 @@ FIELDS: tuple[Field, ...] = (
     _f("intensity_source", doc="provenance of intensity_g_per_kwh"),
     _f("pue", "ratio", "data-centre power usage effectiveness applied to the energy"),
     _f("country_iso_code", doc="ISO 3166-1 alpha-3 code of the grid"),
+    _f("tracking_mode", doc="codecarbon's CPU/RAM attribution: machine (the whole machine) or process (this "
+                            "process's share); null when codecarbon did not measure"),
     _f("cpu_power_w", "W", "codecarbon's last CPU power figure"),
     _f("ram_power_w", "W", "codecarbon's RAM power figure"),
     _f("gpu_power_mean_w", "W", "mean of the NVML power samples, summed over devices"),

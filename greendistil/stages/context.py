@@ -35,6 +35,7 @@ from greendistil.models.mlm import HEAD_NOTE_KEY, head_note, load_mlm, load_teac
 from greendistil.models.sources import (LoadedModel, ResolvedTeacher, load_classifier, load_teacher, load_tokenizer,
                                         save_model)
 from greendistil.models.student import build_student
+from greendistil.runlog.tensorboard import ScalarLog
 from greendistil.runtime.signals import signals_deferred
 from greendistil.train.checkpoint import StateFile, discard_state
 
@@ -84,6 +85,7 @@ class StageContext:
     job_world_size: int = 1  # processes in the job, also where a stage runs on rank 0 alone (dist = SINGLE)
     show_progress: bool | None = None  # progress bars: None = only on a terminal
     clock: Clock = time.perf_counter  # the benchmark's timer
+    scalar_log: ScalarLog | None = None  # live scalars for TensorBoard (`run.tensorboard`), rank 0 only
     _encoded: dict[str, EncodedSplit] = field(default_factory=dict)
     _encoded_corpus: EncodedCorpus | None = None
 

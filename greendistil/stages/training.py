@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch.utils.data import DataLoader
@@ -23,7 +23,7 @@ from greendistil.measure.window import Window
 from greendistil.models.mlm import MlmScores
 from greendistil.models.sources import count_params
 from greendistil.stages.context import StageContext
-from greendistil.train.loop import StepFn, TrainSummary, train
+from greendistil.train.loop import LogPoint, StepFn, TrainSummary, train
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,7 +55,22 @@ def train_plan(ctx: StageContext, cfg: TrainingStage, window: Window, plan: Trai
     """Run the shared loop over the plan, into the window's counters."""
     return train(cfg=cfg, model=plan.trained or plan.model, loader=plan.loader, step_fn=plan.step, window=window,
                  analytic_flops_per_token=plan.analytic_flops_per_token, state=ctx.train_state(cfg.name),
-                 dist=ctx.dist, show_progress=ctx.show_progress)
+                 dist=ctx.dist, show_progress=ctx.show_progress, on_log=_live_scalars(ctx, window))
+
+
+def _live_scalars(ctx: StageContext, window: Window) -> Callable[[LogPoint], None] | None:
+    """Each log interval's scalars to the run's TensorBoard log, when `run.tensorboard` is on (rank 0)."""
+    log = ctx.scalar_log
+    if log is None or not ctx.dist.is_main:
+        return None
+    prefix = f"{ctx.task_folder}/{window.stage}" if ctx.task_folder else window.stage
+
+    def write(point: LogPoint) -> None:
+        scalars = {f"loss/{name}": value for name, value in point.losses.items()}
+        scalars |= {"learning_rate": point.learning_rate, "examples_per_s": point.examples_per_s}
+        scalars |= {f"so_far/{name}": value for name, value in window.live_scalars().items()}
+        log.add(prefix, point.step, scalars)
+    return write
 
 
 def publish_plan(ctx: StageContext, cfg: TrainingStage, window: Window, plan: TrainingPlan, summary: TrainSummary,

@@ -39,12 +39,26 @@ StepFn = Callable[[Batch, FlopScope], LossTerms]
 
 
 class TrainingWindow(Protocol):
-    """What the loop needs of the measurement window it runs in: its name, its counters, a meter flush."""
+    """What the loop needs of the measurement window it runs in: its name, its counters, a meter flush,
+    and what it has spent so far (for the progress bar)."""
 
     stage: str
     counters: StageCounters
 
     def flush_meters(self) -> None: ...
+
+    def live_scalars(self) -> dict[str, float]: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class LogPoint:
+    """One log interval of a stage, as the loop saw it (for live metrics such as TensorBoard)."""
+
+    step: int
+    total_steps: int
+    losses: dict[str, float]  # mean loss terms over the interval's steps
+    learning_rate: float
+    examples_per_s: float  # since the segment started
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -125,14 +139,15 @@ class LossLog:
 
 def train(*, cfg: TrainingStage, model: torch.nn.Module, loader: DataLoader, step_fn: StepFn,
           window: TrainingWindow, analytic_flops_per_token: float, state: StateFile | None = None,
-          dist: Dist = SINGLE, show_progress: bool | None = None) -> TrainSummary:
+          dist: Dist = SINGLE, show_progress: bool | None = None,
+          on_log: Callable[[LogPoint], None] | None = None) -> TrainSummary:
     """Train `model` for `cfg.epochs` over `loader`, recording counts and FLOPs into `window.counters`.
 
     `analytic_flops_per_token` (e.g. 6N for training, + 2N_teacher for distillation) is multiplied by the
     padded tokens of each batch: padding is computed too. With `state`, the training state is checkpointed
     every `cfg.checkpoint_every_steps` steps and at epoch ends, and (under `--resume`) an existing state is
     continued exactly: same data order, same RNG, same schedule. The counters hold this segment's work only.
-    `show_progress`: a bar (None: only on a terminal).
+    `show_progress`: a bar (None: only on a terminal). `on_log` gets each log interval's `LogPoint`.
 
     Under DDP (`dist`), `model` is the unwrapped model (the step function runs its DDP wrapper), `loader`
     yields this rank's rows, and only rank 0 writes the training state, holding every rank's RNG state.
@@ -189,7 +204,10 @@ def train(*, cfg: TrainingStage, model: torch.nn.Module, loader: DataLoader, ste
             if step % cfg.log_every_steps == 0 or step == total_steps:
                 interval = losses.read(step=step, stage=window.stage, dist=dist, device=device)
                 rate = counters.num_examples / max(time.perf_counter() - start_s, 1e-9)
-                bar.set_postfix(loss=f"{interval.get('loss', float('nan')):.4f}", ex_s=f"{rate:.0f}")
+                _show_interval(bar, interval, rate, window)
+                if on_log is not None:
+                    on_log(LogPoint(step=step, total_steps=total_steps, losses=interval, examples_per_s=rate,
+                                    learning_rate=float(scheduler.get_last_lr()[0])))
             faults.point(f"step:{window.stage}:{step}")
             if state is not None and step < total_steps and cfg.checkpoint_every_steps \
                     and step % cfg.checkpoint_every_steps == 0:
@@ -202,6 +220,17 @@ def train(*, cfg: TrainingStage, model: torch.nn.Module, loader: DataLoader, ste
     return TrainSummary(num_steps=step, final_loss=_mean(losses.recent_floats()),
                         mean_loss={k: v / max(step, 1) for k, v in losses.totals.items()},
                         examples_per_s=counters.num_examples / max(elapsed_s, 1e-9))
+
+
+def _show_interval(bar: tqdm, interval: dict[str, float], rate: float, window: TrainingWindow) -> None:
+    """Loss, examples/s and the energy spent so far on the progress bar (when it shows)."""
+    if bar.disable:
+        return
+    postfix = {"loss": f"{interval.get('loss', float('nan')):.4f}", "ex_s": f"{rate:.0f}"}
+    energy_kwh = window.live_scalars().get("energy_kwh")
+    if energy_kwh is not None:
+        postfix["kWh"] = f"{energy_kwh:.3g}"
+    bar.set_postfix(postfix)
 
 
 def _batches(loader: DataLoader, skip: int) -> Iterator[Batch]:
