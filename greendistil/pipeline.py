@@ -178,18 +178,24 @@ def _run_steps(config: Config, contexts: _Contexts, run: RunInfo, meters: Meters
                                   what=f"{stage.kind} stage {stage.name!r}")
             else:
                 runner(ctx, stage, opener)
-            if ctx.dist.is_main:
-                _write_model_cards(contexts.run_dir)
             faults.point(f"between-stages:{stage.name}")
+    except Exception:  # a failed stage: the models saved before it get their cards all the same
+        _write_model_cards(contexts)
+        raise
+    else:
+        _write_model_cards(contexts)
     finally:
         meters.gpu.close()
 
 
-def _write_model_cards(run_dir: Path) -> None:
-    """Rewrite the model cards from the run log (a student's card gets its scores once evaluate has run).
-    A card that cannot be written never stops the run: `greendistil card RUN_DIR` writes it later."""
+def _write_model_cards(contexts: _Contexts) -> None:
+    """Write the model cards from the run log once its stages are over (rank 0), so a student's card has
+    its scores. A card that cannot be written never stops the run: `greendistil card RUN_DIR` writes it."""
+    if not contexts.dist.is_main:
+        return
     from greendistil.report.model_card import write_cards
 
+    run_dir = contexts.run_dir
     try:
         write_cards(run_dir)
     except Exception as err:

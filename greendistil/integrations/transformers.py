@@ -196,10 +196,13 @@ class GreendistilCallback(TrainerCallback):
         """Energy, CO2 and mean power of the open window so far, for the Trainer's logs."""
         if self.session is None or self.session.open is None:
             return {}
-        live = self.session.live_scalars()
+        window = self.session.open.window
+        reading = window.so_far()
+        if reading is None or window.run is None:
+            return {}
+        live = reading.scalars(pue=window.run.pue, intensity_g_per_kwh=window.run.intensity_g_per_kwh)
         figures = {new: live[old] for old, new in LOG_KEYS.items() if old in live}
-        reading = self.session.open.window.so_far()
-        if reading is not None and reading.energy_kwh is not None and reading.elapsed_s > 0:
+        if reading.energy_kwh is not None and reading.elapsed_s > 0:
             figures["power_w_mean"] = reading.energy_kwh * J_PER_KWH / reading.elapsed_s
         return figures
 

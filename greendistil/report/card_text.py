@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+import tomli_w
 from huggingface_hub import ModelCardData
 
 from greendistil.report.costs import cost_totals
@@ -146,9 +147,8 @@ def _procedure_section(saved: SavedModel) -> str:
     stage = _stage_table(Path(str(saved.record["run_dir"])), str(saved.record["stage"]))
     if not stage:
         return ""
-    lines = [f"{key} = {_toml_value(found)}" for key, found in stage.items()]
     return ("## Training procedure\n\nThe stage's table in the run's resolved `config.toml` (its "
-            "defaults filled in):\n\n```toml\n[[stages]]\n" + "\n".join(lines) + "\n```")
+            "defaults filled in):\n\n```toml\n" + tomli_w.dumps({"stages": [stage]}).strip() + "\n```")
 
 
 def _stage_table(run_dir: Path, name: str) -> dict[str, Any]:
@@ -161,16 +161,6 @@ def _stage_table(run_dir: Path, name: str) -> dict[str, Any]:
         if stage.get("name", stage.get("kind")) == name:
             return dict(stage)
     return {}
-
-
-def _toml_value(found: Any) -> str:
-    if isinstance(found, bool):
-        return "true" if found else "false"
-    if isinstance(found, str):
-        return '"' + found.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(found, list):
-        return "[" + ", ".join(_toml_value(item) for item in found) + "]"
-    return str(found)
 
 
 def _grams_value(co2_kg: float | None) -> float | None:

@@ -7,8 +7,7 @@ metrics, the base model, license and tags. A model's emissions are those of ever
 for a teacher its own training stages, for a student the teacher's training too (`report.costs`). The body
 (`report.card_text`) says what the model is and what it cost.
 
-Cards are rewritten after each stage of a run (a student's card gets its scores once `evaluate` has run),
-and by `greendistil card RUN_DIR`.
+Cards are written when a run's stages are over (also after a failed stage), and by `greendistil card RUN_DIR`.
 """
 
 from __future__ import annotations
@@ -84,7 +83,7 @@ class SavedModel:
         prefix = f"metric.{self.evaluated_role}."
         return {column[len(prefix):]: float(found) for column, found in self.evaluate.items()
                 if column.startswith(prefix) and number(self.evaluate, column) is not None
-                and not column.endswith(".score") and column != f"{prefix}score"}
+                and not column.endswith(".score")}
 
 
 def saved_models(records: pd.DataFrame) -> list[SavedModel]:
