@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from greendistil import load_runs
+from greendistil.cli import main
 from greendistil.config import load_config
 from greendistil.preflight import preflight
 from greendistil.stages.context import StageContext
@@ -157,16 +158,15 @@ def test_interrupted_ddp_run_keeps_every_rank_and_resumes_exactly(runs: dict[str
     assert after[-1]["metrics"] == by_stage(runs["ddp"])["evaluate"]["metrics"]
 
 
-def test_resume_with_another_process_count_is_refused(runs: dict[str, Any]) -> None:
+def test_resume_with_another_process_count_is_refused(runs: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
     """A DDP checkpoint continued by one process would take other batches: the stage stops and says how to resume."""
     root, config = runs["root"], runs["config"]
     killed = torchrun("run", str(config), "--no-progress", "--run-id", "ddp-recount", cwd=root,
                       signal_at="step:finetune:4:SIGTERM")
     assert killed.returncode != 0
     run_dir = root / "runs" / "ddp-recount"
-    alone = single("run", "--resume", str(run_dir), "--no-progress", cwd=root)
-    assert alone.returncode == 1
-    assert "written by 2 process(es), this run has 1; resume with the same count" in alone.stderr
+    assert main(["run", "--resume", str(run_dir), "--no-progress"]) == 1  # one process, in this one
+    assert "written by 2 process(es), this run has 1; resume with the same count" in capsys.readouterr().err
     again = torchrun("run", "--resume", str(run_dir), "--no-progress", cwd=root)
     assert again.returncode == 0, again.stderr[-4000:]
     assert [r["status"] for r in records(run_dir) if r["stage"] == "finetune"] == ["interrupted", "failed", "ok"]
