@@ -1,6 +1,7 @@
 """`greendistil run|bench|report|card|runs`: argument parsing, exit codes and printing. Nothing else in the package prints.
 
-Exit codes: 0 ok; 1 a stage failed; 2 bad input (one line on stderr, no traceback); 130 SIGINT; 143 SIGTERM.
+Exit codes: 0 ok; 1 a stage failed; 2 bad input (one line on stderr, no traceback); 3 stopped at a budget
+(`run.max_energy_kwh` ...: continue with `--resume RUN_DIR --set` a higher one); 130 SIGINT; 143 SIGTERM.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from types import FrameType
 from typing import TYPE_CHECKING, Callable, Sequence, TypeVar
 
 if TYPE_CHECKING:
+    from greendistil.config import Config
     from greendistil.pipeline import RunHandle
 
 T = TypeVar("T")
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 2, 130, 143
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_BUDGET, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 2, 3, 130, 143
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -92,8 +94,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     command = shlex.join(["greendistil", *sys.argv[1:]])
     show_progress = False if args.no_progress else None
     if args.resume is not None:
-        _check_resume_args(args)
-        config = load_config(args.resume / "config.toml")
+        config = _resume_config(args)
         request = RunRequest(config=config, resume_dir=args.resume, command=command, show_progress=show_progress)
     else:
         if args.config is None:
@@ -133,8 +134,9 @@ def _is_main_rank() -> bool:
     return from_env(os.environ).is_main
 
 
-def _check_resume_args(args: argparse.Namespace) -> None:
-    """--resume continues a run with its own config: a config given too must be that one."""
+def _resume_config(args: argparse.Namespace) -> Config:
+    """--resume continues a run with its own config: a config given too (or --set) must be that one, except
+    for the budget keys (`run.max_energy_kwh`, `stages.<name>.max_co2_kg`, ...), which may be raised."""
     from greendistil.config import load_config
     from greendistil.errors import ConfigError, RunDirError
 
@@ -144,12 +146,16 @@ def _check_resume_args(args: argparse.Namespace) -> None:
     if not saved.is_file():
         raise RunDirError(f"--resume: {str(args.resume)!r} is not a run directory (no config.toml); give the folder "
                           "a run printed as 'run directory: ...'")
-    if args.config is not None or args.overrides:
-        given = load_config(args.config or saved, args.overrides)
-        if given.config_hash() != load_config(saved).config_hash():
-            raise ConfigError(f"run: {str(args.config or saved)!r} with {args.overrides or 'no'} overrides differs "
-                              f"from the config of the run in {str(args.resume)!r}; a resumed run keeps its own "
-                              "config: drop the config argument and --set")
+    own = load_config(saved)
+    if args.config is None and not args.overrides:
+        return own
+    given = load_config(args.config or saved, args.overrides)
+    if given.config_hash() != own.config_hash():
+        raise ConfigError(f"run: {str(args.config or saved)!r} with {args.overrides or 'no'} overrides differs "
+                          f"from the config of the run in {str(args.resume)!r}; a resumed run keeps its own "
+                          "config (only the budget keys max_energy_kwh, max_co2_kg, max_duration_s may change): "
+                          "drop the config argument and the other --set")
+    return own.with_budgets_of(given)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -284,7 +290,7 @@ def _interruptible(work: Callable[[], T], handle: RunHandle) -> tuple[T | None, 
     After an interruption, further signals stay ignored until the process exits: the exit code is the
     first signal's, whatever else arrives while the run shuts down.
     """
-    from greendistil.errors import RunInterrupted, StageError
+    from greendistil.errors import BudgetExceeded, RunInterrupted, StageError
 
     previous = signal.signal(signal.SIGTERM, _raise_interrupted)
     # Explicitly: a process started in the background by a non-interactive shell inherits SIGINT ignored.
@@ -301,6 +307,12 @@ def _interruptible(work: Callable[[], T], handle: RunHandle) -> tuple[T | None, 
     except RunInterrupted:
         print(f"greendistil: interrupted (SIGTERM); {kept}{_resume_hint(handle)}", file=sys.stderr)
         return None, EXIT_SIGTERM
+    except BudgetExceeded as stop:
+        hint = (f"; continue with a higher budget: greendistil run --resume {handle.run_dir} --set {stop.key}=<more>"
+                if handle.run_dir is not None else "")
+        print(f"greendistil: stopped at a budget: {stop}; what was spent is in the run log, the stopped stage's "
+              f"record marked 'stopped-budget'{hint}", file=sys.stderr)
+        result, code = None, EXIT_BUDGET
     else:
         code = None
     signal.signal(signal.SIGTERM, previous)

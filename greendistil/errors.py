@@ -34,3 +34,25 @@ class RunInterrupted(BaseException):
     def __init__(self, signal_number: int) -> None:
         super().__init__(f"interrupted by signal {signal_number}")
         self.signal_number = signal_number
+
+
+class BudgetExceeded(BaseException):
+    """A budget (`run.max_energy_kwh`, `stages.<name>.max_co2_kg`, ...) would be crossed by the next step.
+
+    Not an Exception, so that no `except Exception` in a stage swallows it: the open window records
+    'stopped-budget' with what was spent, and the CLI exits with its own code (3). `key` is the dotted
+    config key, `limit` and `spent` are in its unit (kWh, kg CO2eq or s); `checked_against` is the
+    provenance of the energy figure the budget was checked against (measured or estimated).
+    """
+
+    def __init__(self, *, key: str, limit: float, spent: float, unit: str, checked_against: str) -> None:
+        super().__init__(f"{key} = {limit:.6g} {unit} reached: {spent:.6g} {unit} spent "
+                         f"(energy {checked_against})")
+        self.key, self.limit, self.spent, self.unit, self.checked_against = key, limit, spent, unit, checked_against
+
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:  # picklable (DDP ranks receive rank 0's verdict)
+        return _budget_exceeded, (self.key, self.limit, self.spent, self.unit, self.checked_against)
+
+
+def _budget_exceeded(key: str, limit: float, spent: float, unit: str, checked_against: str) -> BudgetExceeded:
+    return BudgetExceeded(key=key, limit=limit, spent=spent, unit=unit, checked_against=checked_against)

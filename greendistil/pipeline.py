@@ -21,7 +21,8 @@ import torch
 from greendistil import distributed
 from greendistil.config import Config, StageConfig, WindowSpec, is_suite, suite_steps
 from greendistil.distributed import SINGLE, Dist
-from greendistil.errors import GreendistilError, RunDirError, StageError
+from greendistil.errors import BudgetExceeded, GreendistilError, RunDirError, StageError
+from greendistil.measure.budget import BudgetGuard, Limits, Spent, exhausted, live_energy
 from greendistil.measure.carbon import CarbonMeter
 from greendistil.measure.nvml import NvmlMeter
 from greendistil.measure.window import Clock, Meters, RunInfo, Window, measure
@@ -100,8 +101,10 @@ class WindowOpener:
     one record, numbered as the next segment of that window; a library error found mid-stage becomes a
     StageError (the run directory exists by then, so it is no longer exit 2's "nothing written")."""
 
-    def __init__(self, stage: StageConfig, run: RunInfo, meters: Meters, progress: RunProgress, clock: Clock) -> None:
+    def __init__(self, stage: StageConfig, run: RunInfo, meters: Meters, progress: RunProgress, clock: Clock,
+                 run_limits: Limits | None = None) -> None:
         self.stage, self.run, self.meters, self.progress, self.clock = stage, run, meters, progress, clock
+        self.run_limits = run_limits or Limits(scope="run")
 
     def is_done(self, spec: WindowSpec) -> bool:
         return self.progress.window_done(self.run.task, spec.name)
@@ -109,12 +112,29 @@ class WindowOpener:
     def alone(self) -> WindowOpener:
         """The same opener for rank 0 measuring alone (its records say world_size 1)."""
         return WindowOpener(self.stage, self.run, dataclasses.replace(self.meters, dist=SINGLE), self.progress,
-                            self.clock)
+                            self.clock, self.run_limits)
+
+    def _guard(self, spec: WindowSpec) -> BudgetGuard | None:
+        """The run's and the stage's budgets, against what the run and this stage's earlier segments spent."""
+        scopes = [self.run_limits, Limits.of(f"stages.{self.stage.name}", self.stage)]
+        if not any(scope.set_limits() for scope in scopes):
+            return None
+        records = read_records(self.run.run_dir)
+        earlier = [r for r in records if r.get("stage") == spec.name and r.get("task") == self.run.task]
+        stop = exhausted(scopes[1], Spent.of_records(earlier))
+        if stop is not None:  # its earlier segments spent the stage's budget: not even one more step
+            raise stop
+        meters = self.meters
+        return BudgetGuard(limits=scopes, before={"run": Spent.of_records(records),
+                                                  scopes[1].scope: Spent.of_records(earlier)},
+                           kg_co2_per_kwh=self.run.pue * self.run.intensity_g_per_kwh / 1000.0,
+                           energy_now=lambda: live_energy(meters), clock=self.clock)
 
     @contextmanager
     def __call__(self, spec: WindowSpec) -> Iterator[Window]:
         with measure(stage=spec.name, kind=self.stage.kind, role=spec.role, meters=self.meters, run=self.run,
-                     segment=self.progress.next_segment(self.run.task, spec.name), clock=self.clock) as window:
+                     segment=self.progress.next_segment(self.run.task, spec.name), clock=self.clock,
+                     guard=self._guard(spec)) as window:
             faults.point(f"stage-start:{spec.name}")
             try:
                 yield window
@@ -169,7 +189,14 @@ def _run_steps(config: Config, contexts: _Contexts, run: RunInfo, meters: Meters
             _set_threads(config.run.num_threads)
             ctx = contexts.get(step.task)
             step_run = dataclasses.replace(run, task=step.task, data_sources=contexts.checked.data_sources(step.task))
-            runner, opener = RUNNERS[stage.kind], WindowOpener(stage, step_run, meters, progress, clock)
+            run_limits = Limits.of("run", config.run)
+            # Rank 0 decides (it writes the run log; another rank could read it before the last record lands).
+            stop = distributed.broadcast(meters.dist, exhausted(run_limits, Spent.of_records(read_records(run.run_dir)))
+                                         if meters.dist.is_main else None)
+            if stop is not None:  # nothing left for this stage: stop before it starts (no record)
+                raise stop
+            runner = RUNNERS[stage.kind]
+            opener = WindowOpener(stage, step_run, meters, progress, clock, run_limits)
             if stage.one_process and ctx.dist.enabled:
                 # Rank 0 measures alone while the other ranks wait on the CPU (gloo), unmeasured: no record
                 # covers their idle draw meanwhile.
@@ -179,7 +206,7 @@ def _run_steps(config: Config, contexts: _Contexts, run: RunInfo, meters: Meters
             else:
                 runner(ctx, stage, opener)
             faults.point(f"between-stages:{stage.name}")
-    except Exception:  # a failed stage: the models saved before it get their cards all the same
+    except (Exception, BudgetExceeded):  # a failed or stopped stage: the models saved before it get their cards
         _write_model_cards(contexts)
         raise
     else:
@@ -216,6 +243,9 @@ def _claim_run_dir(request: RunRequest, checked: Preflight, dist: Dist) -> tuple
         if request.resume_dir is not None:
             lock = open_run_dir(request.resume_dir)
             check_disk_space(request.resume_dir, config, checked.teacher)
+            saved = request.resume_dir / "config.toml"
+            if saved.read_text(encoding="utf-8") != config.to_toml():  # a budget raised with --set: kept for later
+                saved.write_text(config.to_toml(), encoding="utf-8")
             return request.resume_dir, lock
         check_disk_space(Path(config.run.output_dir), config, checked.teacher)
         run_dir, lock = create_run_dir(Path(config.run.output_dir), request.run_id or new_run_id(config.run.name),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tomllib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from greendistil.config.corpus import CorpusSection, MaskingSection
 from greendistil.config.stages import STAGE_KINDS, StageConfig
 from greendistil.config.suite import SuiteSection, build_suite, check_suite
 from greendistil.config.tables import CarbonSection, RunSection, StudentSection, TaskSection, TeacherSection
-from greendistil.config.types import build_dataclass, parse_override_value
+from greendistil.config.types import BUDGET_KEYS, build_dataclass, parse_override_value
 from greendistil.errors import ConfigError
 
 
@@ -53,11 +53,21 @@ class Config:
         return tomli_w.dumps(_drop_none(self.to_dict()))
 
     def config_hash(self) -> str:
-        """A short, stable hash of everything that shapes the result (not the run's name or folder)."""
+        """A short, stable hash of everything that shapes the result: not the run's name or folder, nor its
+        budgets (a budget decides where a run stops, not what it computes; `--resume` may raise one)."""
         data = self.to_dict()
-        data["run"] = {k: v for k, v in data["run"].items() if k not in ("name", "output_dir", "report")}
+        data["run"] = {k: v for k, v in data["run"].items()
+                       if k not in ("name", "output_dir", "report", *BUDGET_KEYS)}
+        data["stages"] = [{k: v for k, v in stage.items() if k not in BUDGET_KEYS} for stage in data["stages"]]
         canonical = json.dumps(data, sort_keys=True, default=str)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def with_budgets_of(self, other: Config) -> Config:
+        """This config with `other`'s budget keys ([run] and per stage, matched by position)."""
+        budgets = {key: getattr(other.run, key) for key in BUDGET_KEYS}
+        stages = tuple(replace(mine, **{key: getattr(theirs, key) for key in BUDGET_KEYS})
+                       if hasattr(mine, BUDGET_KEYS[0]) else mine for mine, theirs in zip(self.stages, other.stages))
+        return replace(self, run=replace(self.run, **budgets), stages=stages)
 
 
 SECTIONS: dict[str, type] = {

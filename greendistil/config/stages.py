@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from greendistil.config.types import require as _require
+from greendistil.config.types import check_budgets, require as _require
 
 STAGE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 Role = Literal["teacher", "student", "general_student"]  # general_student: the student of the general route
@@ -55,8 +55,13 @@ class TrainingStage:
     flop_sample_every: int = 200  # ... and on every N-th step after; extrapolate by padded tokens
     checkpoint_every_steps: int = 500  # training state (model, optimizer, schedule, data position, RNG) for
     checkpoint_at_epoch_end: bool = True  # `--resume`; 0 = only at epoch ends (if set), never the final step
+    # This stage's budgets, over its segments (None: no limit); the run's [run] budgets apply as well.
+    max_energy_kwh: float | None = None
+    max_co2_kg: float | None = None
+    max_duration_s: float | None = None
 
     def __post_init__(self) -> None:
+        check_budgets(self)
         if not self.name:
             object.__setattr__(self, "name", getattr(self, "kind", "train"))
         _check_stage_name(self.name)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from greendistil.config.types import require as _require
+from greendistil.config.types import check_budgets, require as _require
 from greendistil.data.tasks import get_task
 
 TeacherSource = Literal["package", "hub", "local", "scratch"]
@@ -29,10 +29,17 @@ class RunSection:
     ddp_backend: Literal["auto", "gloo", "nccl"] = "auto"  # under torchrun; auto: nccl on GPUs, gloo on CPUs
     device: Device = "auto"  # auto: the GPU when torch sees one (LOCAL_RANK's under torchrun), else the CPU
     tensorboard: bool = False  # scalars per log interval under <run dir>/tensorboard (the `tensorboard` extra)
+    # Budgets over the whole run, every stage and segment so far (None: no limit). A training step that would
+    # cross one is not taken: the stage checkpoints and stops as "stopped-budget" (exit code 3).
+    max_energy_kwh: float | None = None
+    max_co2_kg: float | None = None
+    max_duration_s: float | None = None  # the windows' measured time, summed
 
     def __post_init__(self) -> None:
         _require(bool(self.name.strip()), "name", self.name, "a non-empty string")
         _require(self.num_threads >= 0, "num_threads", self.num_threads, ">= 0 (0 = torch default)")
+        check_budgets(self)
+
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -100,3 +100,14 @@ def parse_override_value(text: str) -> Any:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text
+
+
+BUDGET_KEYS = ("max_energy_kwh", "max_co2_kg", "max_duration_s")  # in [run] and in each training stage
+
+
+def check_budgets(table: object) -> None:
+    """`max_energy_kwh`, `max_co2_kg`, `max_duration_s` (of [run] or a training stage): unset or > 0."""
+    for key in BUDGET_KEYS:
+        limit = getattr(table, key)
+        if limit is not None:
+            require(limit > 0, key, limit, "> 0, or leave it out for no limit")

@@ -8,6 +8,7 @@ the PUE once, when it turns kWh into CO2. The meter never raises: a failure leav
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ class CarbonReading:
     ram_total_gb: float | None = None
     error: str | None = None
     tracking_mode: str | None = None  # machine | process: whose CPU/RAM draw the figures are
+    reading_age_s: float | None = None  # live readings: seconds since codecarbon's last power reading
 
 
 class CarbonMeter:
@@ -100,7 +102,8 @@ class CarbonMeter:
                 cpu_energy_kwh=float(tracker._total_cpu_energy.kWh), cpu_energy_source=_cpu_source(tracker),
                 ram_energy_kwh=float(tracker._total_ram_energy.kWh), ram_energy_source=RAM_SOURCE,
                 cpu_power_w=float(tracker._cpu_power.W), ram_power_w=float(tracker._ram_power.W),
-                tracking_mode=self._tracking_mode)
+                tracking_mode=self._tracking_mode,
+                reading_age_s=max(0.0, time.perf_counter() - float(tracker._last_measured_time)))
         except Exception as err:  # codecarbon's private totals moved: no live figure, never an error
             logger.debug("live codecarbon reading failed: %s", err)
             return None

@@ -19,7 +19,8 @@ from typing import Any, Iterator
 
 from greendistil import distributed
 from greendistil.distributed import SINGLE, Dist
-from greendistil.errors import RunInterrupted
+from greendistil.errors import BudgetExceeded, RunInterrupted
+from greendistil.measure.budget import BudgetGuard
 from greendistil.measure.carbon import CarbonMeter
 from greendistil.measure.counters import StageCounters
 from greendistil.measure.live import LiveReading, read_live
@@ -70,13 +71,18 @@ class Window:
     """Handed to the stage: `window.counters` is the stage's to fill."""
 
     def __init__(self, stage: str, kind: str, role: str, segment: int = 1, meters: Meters | None = None,
-                 run: RunInfo | None = None, clock: Clock = time.perf_counter) -> None:
+                 run: RunInfo | None = None, clock: Clock = time.perf_counter, guard: BudgetGuard | None = None) -> None:
         self.stage, self.kind, self.role, self.segment = stage, kind, role, segment
         self.counters = StageCounters()
         self.record: dict[str, Any] | None = None  # the record written when the window closed
         self.run = run
+        self.guard = guard
         self._meters, self._clock = meters, clock
         self._start_s: float | None = None
+
+    def over_budget(self, steps_ahead: int = 1) -> BudgetExceeded | None:
+        """The budget that `steps_ahead` more steps would cross (see `measure.budget`), else None."""
+        return self.guard.check(steps_ahead) if self.guard is not None else None
 
     def so_far(self) -> LiveReading | None:
         """What the window has spent until now (live figures, never a record's); None before it opened."""
@@ -99,25 +105,30 @@ class Window:
 
 @contextmanager
 def measure(*, stage: str, kind: str, role: str, meters: Meters, run: RunInfo, segment: int = 1,
-            clock: Clock = time.perf_counter) -> Iterator[Window]:
+            clock: Clock = time.perf_counter, guard: BudgetGuard | None = None) -> Iterator[Window]:
     """Measure one window. Yields a `Window`; appends one record when the block ends, however it ends.
 
     `segment` numbers the attempts at one stage: a stage resumed after an interruption writes a second
     record (segment 2) for the work it did after resuming; readers sum a stage's segments. `clock` times
-    the window (tests give a fake one).
+    the window (tests give a fake one). `guard` holds the budgets the window's steps are checked against.
     """
-    window = Window(stage, kind, role, segment, meters, run, clock)
+    window = Window(stage, kind, role, segment, meters, run, clock, guard)
     synchronize()
     started_at = utc_now()
     if meters.carbon is not None:
         meters.carbon.start(stage)
     meters.gpu.start()
     start_s = window._start_s = clock()
+    if guard is not None:
+        guard.open()
     status, error = "ok", None
     try:
         yield window
     except (KeyboardInterrupt, RunInterrupted) as err:
         status, error = "interrupted", err
+        raise
+    except BudgetExceeded as err:
+        status, error = "stopped-budget", err
         raise
     except BaseException as err:
         status, error = "failed", err
@@ -214,6 +225,7 @@ def compose_record(*, window: Window, run: RunInfo, status: str, error: BaseExce
         "energy_incomplete": incomplete, **total.breakdown,
         "codecarbon": {"co2_kg_at_pue_1": carbon.codecarbon_co2_kg, "gpu_energy_kwh": carbon.codecarbon_gpu_energy_kwh},
         "measurement_errors": errors, "metrics": c.metrics, "details": c.details, "artifacts": c.artifacts,
+        "budget": window.guard.summary() if window.guard is not None else None,
         "hardware": {**run.hardware, "cpu_model": carbon.cpu_model, "ram_total_gb": carbon.ram_total_gb},
         "config_hash": run.config_hash, "git_sha": run.git_sha, "versions": run.versions,
         "data_sources": run.data_sources,

@@ -44,7 +44,7 @@ FIELDS: tuple[Field, ...] = (
     _f("stage", doc="the window's name: the stage's, or <stage>.<role>.bs<batch size> for a benchmark window"),
     _f("kind", doc="pretrain | finetune | distill | evaluate | benchmark"),
     _f("role", doc="teacher | student | general_student, or several joined by + (evaluate)"),
-    _f("status", doc="ok | failed | interrupted"),
+    _f("status", doc="ok | failed | interrupted | stopped-budget (a budget stopped it: see `budget`)"),
     _f("segment", doc="1 for the first attempt at a stage, 2, 3, ... for each --resume"),
     _f("resumed_from_step", doc="the checkpoint step this segment continued, or null"),
     _f("num_checkpoints", "checkpoints", "training-state checkpoints written in this segment", additive=True),
@@ -106,6 +106,8 @@ FIELDS: tuple[Field, ...] = (
     _f("metrics", doc="dev metrics, benchmark latencies and rates, MLM figures", table=True),
     _f("details", doc="stage-specific: losses, layers, hyperparameters, checkpoints", table=True),
     _f("artifacts", doc="role -> model folder the stage wrote, relative to the run directory", table=True),
+    _f("budget", doc="the budgets in force (limit.<config key>), what was spent before the window, which one "
+                     "stopped it (stopped_by, spent_at_stop) and the provenance of the energy checked", table=True),
     _f("hardware", doc="platform, CPU, device, threads, GPU names", table=True),
     _f("config_hash", doc="hash of the resolved config (not the run's name or folder)"),
     _f("git_sha", doc="greendistil's own commit, '-dirty' when modified"),

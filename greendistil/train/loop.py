@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from greendistil.config import TrainingStage
 from greendistil.data.batching import Batch
-from greendistil.distributed import SINGLE, Dist, agree, all_finite, gather
+from greendistil.distributed import SINGLE, Dist, agree, all_finite, broadcast, gather
 from greendistil.errors import ConfigError, StageError
 from greendistil.measure.counters import StageCounters
 from greendistil.measure.flops import FlopSampler, FlopScope
@@ -48,6 +48,8 @@ class TrainingWindow(Protocol):
     def flush_meters(self) -> None: ...
 
     def live_scalars(self) -> dict[str, float]: ...
+
+    def over_budget(self, steps_ahead: int = 1) -> BaseException | None: ...
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -209,9 +211,15 @@ def train(*, cfg: TrainingStage, model: torch.nn.Module, loader: DataLoader, ste
                     on_log(LogPoint(step=step, total_steps=total_steps, losses=interval, examples_per_s=rate,
                                     learning_rate=float(scheduler.get_last_lr()[0])))
             faults.point(f"step:{window.stage}:{step}")
-            if state is not None and step < total_steps and cfg.checkpoint_every_steps \
-                    and step % cfg.checkpoint_every_steps == 0:
+            checkpointed = (state is not None and step < total_steps and cfg.checkpoint_every_steps > 0
+                            and step % cfg.checkpoint_every_steps == 0)
+            if checkpointed:
                 checkpoint(batch_in_epoch, epoch_generator_state)
+            stop = _budget_stop(window, step, total_steps, cfg.log_every_steps, dist)
+            if stop is not None:  # the next step would cross a budget: keep this position, then stop
+                if state is not None and not checkpointed:
+                    checkpoint(batch_in_epoch, epoch_generator_state)
+                raise stop
         epoch, skip = epoch + 1, 0
         if state is not None and step < total_steps and cfg.checkpoint_at_epoch_end:
             checkpoint(0, generator.get_state() if generator is not None else None)
@@ -220,6 +228,20 @@ def train(*, cfg: TrainingStage, model: torch.nn.Module, loader: DataLoader, ste
     return TrainSummary(num_steps=step, final_loss=_mean(losses.recent_floats()),
                         mean_loss={k: v / max(step, 1) for k, v in losses.totals.items()},
                         examples_per_s=counters.num_examples / max(elapsed_s, 1e-9))
+
+
+def _budget_stop(window: TrainingWindow, step: int, total_steps: int, log_every_steps: int,
+                 dist: Dist) -> BaseException | None:
+    """The budget the next step would cross, else None. One process checks after every step; under DDP
+    rank 0 decides at each log interval and every rank gets its verdict (one collective), so that all
+    ranks stop after the same step."""
+    if step >= total_steps:
+        return None
+    if not dist.enabled:
+        return window.over_budget(1)
+    if step % log_every_steps:
+        return None
+    return broadcast(dist, window.over_budget(log_every_steps) if dist.is_main else None)
 
 
 def _show_interval(bar: tqdm, interval: dict[str, float], rate: float, window: TrainingWindow) -> None:

@@ -1,0 +1,180 @@
+"""Energy, CO2 and time budgets (`run.max_*` and each training stage's): may the window take one more step?
+
+Checked after every training step. What counts as spent: the earlier records of the run (or of the stage's
+earlier segments), plus what this window has spent until now: codecarbon's CPU and RAM energy as of its last
+reading carried forward to now at the power it last measured, and the GPU's energy from NVML. The next step is
+assumed to cost what the window's steps have cost on average. A step that would cross a limit is not taken:
+the loop checkpoints and raises `BudgetExceeded`, and the window records "stopped-budget".
+
+Where CPU energy is only estimated (no RAPL) and there is no GPU, the budget is checked against the estimate;
+the record's `budget.checked_against` names the provenance of every component that was summed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from greendistil.config.types import BUDGET_KEYS
+from greendistil.errors import BudgetExceeded
+from greendistil.measure.carbon import RAM_SOURCE
+from greendistil.runtime.units import J_PER_KWH, joules_to_kwh
+
+if TYPE_CHECKING:
+    from greendistil.measure.window import Meters
+
+UNITS = {"max_energy_kwh": "kWh", "max_co2_kg": "kg CO2eq", "max_duration_s": "s"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Limits:
+    """The budgets of one scope: `run`, or a stage (`stages.<name>`). None: no limit."""
+
+    scope: str
+    max_energy_kwh: float | None = None
+    max_co2_kg: float | None = None
+    max_duration_s: float | None = None
+
+    @classmethod
+    def of(cls, scope: str, table: object) -> Limits:
+        """The budget keys of a config table ([run] or a training stage; a stage without them has none)."""
+        return cls(scope=scope, **{key: getattr(table, key, None) for key in BUDGET_KEYS})
+
+    def set_limits(self) -> dict[str, float]:
+        """The limits that are set, by dotted config key."""
+        return {f"{self.scope}.{key}": value for key in BUDGET_KEYS if (value := getattr(self, key)) is not None}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Spent:
+    """Energy (kWh), CO2 (kg CO2eq) and measured time (s) spent."""
+
+    energy_kwh: float = 0.0
+    co2_kg: float = 0.0
+    duration_s: float = 0.0
+
+    @classmethod
+    def of_records(cls, records: Iterable[Mapping[str, Any]]) -> Spent:
+        """Summed over records (any status: a failed stage's energy was spent too); a null figure adds 0."""
+        rows = list(records)
+        return cls(energy_kwh=sum(r.get("energy_kwh") or 0.0 for r in rows),
+                   co2_kg=sum(r.get("co2_kg") or 0.0 for r in rows),
+                   duration_s=sum(r.get("duration_s") or 0.0 for r in rows))
+
+    def value(self, key: str) -> float:
+        return {"max_energy_kwh": self.energy_kwh, "max_co2_kg": self.co2_kg, "max_duration_s": self.duration_s}[key]
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnergyNow:
+    """The open window's energy until now (kWh) and where each summed component came from."""
+
+    energy_kwh: float
+    sources: dict[str, str]  # component -> provenance, e.g. {"cpu": "measured:rapl", "ram": "estimated:ram-model"}
+
+
+def live_energy(meters: Meters) -> EnergyNow | None:
+    """CPU and RAM from codecarbon's last reading, carried forward to now at its last power reading; the GPU's
+    from NVML. None when no meter has a figure. Never raises."""
+    energy_kwh, sources = 0.0, {}
+    carbon = meters.carbon.so_far() if meters.carbon is not None else None
+    if carbon is not None and carbon.cpu_energy_kwh is not None:
+        age_s = carbon.reading_age_s or 0.0
+        for name, kwh, power_w, source in (("cpu", carbon.cpu_energy_kwh, carbon.cpu_power_w, carbon.cpu_energy_source),
+                                           ("ram", carbon.ram_energy_kwh, carbon.ram_power_w, RAM_SOURCE)):
+            if kwh is not None:
+                energy_kwh += kwh + (power_w or 0.0) * age_s / J_PER_KWH
+                sources[name] = source
+    gpu_kwh = joules_to_kwh(meters.gpu.energy_so_far_j())
+    if gpu_kwh is not None:
+        energy_kwh += gpu_kwh
+        sources["gpu"] = "measured:nvml"  # the counter, or its power samples integrated
+    return EnergyNow(energy_kwh=energy_kwh, sources=sources) if sources else None
+
+
+def exhausted(limits: Limits, spent: Spent) -> BudgetExceeded | None:
+    """The first limit of `limits` that `spent` (from the run log) has reached, else None: checked before a
+    stage starts, so that a run at its budget starts nothing new."""
+    for key in BUDGET_KEYS:
+        limit = getattr(limits, key)
+        if limit is not None and spent.value(key) >= limit:
+            return BudgetExceeded(key=f"{limits.scope}.{key}", limit=limit, spent=spent.value(key), unit=UNITS[key],
+                                  checked_against="as recorded in the run log")
+    return None
+
+
+class BudgetGuard:
+    """Checks one window against its scopes' limits. `before[scope]` is what that scope spent before this
+    window opened; `energy_now` reads the window's energy until now; `kg_co2_per_kwh` = PUE x intensity."""
+
+    def __init__(self, *, limits: Iterable[Limits], before: Mapping[str, Spent], kg_co2_per_kwh: float,
+                 energy_now: Callable[[], EnergyNow | None], clock: Callable[[], float]) -> None:
+        self.limits = [lim for lim in limits if lim.set_limits()]
+        self._before, self._kg_co2_per_kwh = dict(before), kg_co2_per_kwh
+        self._energy_now, self._clock = energy_now, clock
+        self._start_s: float | None = None
+        self._last_check_s = 0.0
+        self._sources: dict[str, str] = {}
+        self.stopped: BudgetExceeded | None = None
+
+    @property
+    def active(self) -> bool:
+        return bool(self.limits)
+
+    def open(self) -> None:
+        self._start_s = self._last_check_s = self._clock()
+
+    def check(self, steps_ahead: int = 1) -> BudgetExceeded | None:
+        """The limit that the next `steps_ahead` steps would cross, else None. A step is assumed to take as long
+        as the time since the last check (the first: since the window opened) and to draw the window's mean
+        power so far."""
+        if not self.limits or self._start_s is None:
+            return None
+        now_s = self._clock()
+        elapsed_s = max(now_s - self._start_s, 0.0)
+        step_s, self._last_check_s = max(now_s - self._last_check_s, 0.0) * steps_ahead, now_s
+        reading = self._energy_now() if any(lim.max_energy_kwh or lim.max_co2_kg for lim in self.limits) else None
+        energy_kwh = reading.energy_kwh if reading is not None else None
+        if reading is not None:
+            self._sources = reading.sources
+        # The next step at the window's mean power so far.
+        next_kwh = (energy_kwh * (1.0 + step_s / elapsed_s) if energy_kwh is not None and elapsed_s > 0
+                    else energy_kwh)
+        for lim in self.limits:
+            before = self._before.get(lim.scope, Spent())
+            spent = {"max_duration_s": (before.duration_s + elapsed_s, before.duration_s + elapsed_s + step_s)}
+            if energy_kwh is not None and next_kwh is not None:
+                spent["max_energy_kwh"] = (before.energy_kwh + energy_kwh, before.energy_kwh + next_kwh)
+                spent["max_co2_kg"] = (before.co2_kg + energy_kwh * self._kg_co2_per_kwh,
+                                       before.co2_kg + next_kwh * self._kg_co2_per_kwh)
+            for key in BUDGET_KEYS:
+                limit = getattr(lim, key)
+                if limit is None or key not in spent or spent[key][1] <= limit:
+                    continue
+                self.stopped = BudgetExceeded(key=f"{lim.scope}.{key}", limit=limit, spent=spent[key][0],
+                                              unit=UNITS[key], checked_against=self.checked_against())
+                return self.stopped
+        return None
+
+    def checked_against(self) -> str:
+        """The provenance of the energy the budget was checked against, per component summed."""
+        if not self._sources:
+            return "unavailable: no meter had a live figure (only max_duration_s can stop the stage)"
+        kind = "estimated" if any(s.startswith("estimated") for s in self._sources.values()) else "measured"
+        return f"{kind} ({', '.join(f'{name} {source}' for name, source in self._sources.items())})"
+
+    def summary(self) -> dict[str, Any] | None:
+        """The record's `budget` field (flat): each limit in force (`limit.<dotted key>`), what each scope had
+        spent before this window (`spent_before.<scope>.<figure>`), what stopped the window and at what spend,
+        and the provenance of the energy checked. None when no limit was set."""
+        if not self.limits:
+            return None
+        stopped = self.stopped
+        summary: dict[str, Any] = {f"limit.{k}": v for lim in self.limits for k, v in lim.set_limits().items()}
+        for lim in self.limits:
+            for name, value in asdict(self._before.get(lim.scope, Spent())).items():
+                summary[f"spent_before.{lim.scope}.{name}"] = value
+        return {**summary, "stopped_by": stopped.key if stopped is not None else None,
+                "spent_at_stop": stopped.spent if stopped is not None else None,
+                "checked_against": self.checked_against()}
