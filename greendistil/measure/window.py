@@ -20,7 +20,8 @@ from typing import Any, Iterator
 from greendistil import distributed
 from greendistil.distributed import SINGLE, Dist
 from greendistil.errors import BudgetExceeded, RunInterrupted
-from greendistil.measure.budget import BudgetGuard
+from greendistil.measure.budget import BudgetGuard, live_energy
+from greendistil.measure.forecast import Forecast, Forecaster
 from greendistil.measure.carbon import CarbonMeter
 from greendistil.measure.counters import StageCounters
 from greendistil.measure.live import LiveReading, read_live
@@ -77,8 +78,22 @@ class Window:
         self.record: dict[str, Any] | None = None  # the record written when the window closed
         self.run = run
         self.guard = guard
+        self.forecaster: Forecaster | None = None  # made at the first training step (it needs the step count)
         self._meters, self._clock = meters, clock
         self._start_s: float | None = None
+
+    def observe_step(self, step: int, *, first_step: int, total_steps: int) -> Forecast | None:
+        """After each training step (`step` of `total_steps` done; the segment started at `first_step`): the
+        forecast of the segment's end made at this step, if it reached one of `measure.forecast.FRACTIONS`."""
+        if self._meters is None or self._start_s is None or self.run is None:
+            return None
+        if self.forecaster is None:
+            meters = self._meters
+            self.forecaster = Forecaster(first_step=first_step, total_steps=total_steps,
+                                         energy_now=lambda: live_energy(meters), clock=self._clock,
+                                         start_s=self._start_s,
+                                         kg_co2_per_kwh=self.run.pue * self.run.intensity_g_per_kwh / 1000.0)
+        return self.forecaster.observe(step)
 
     def over_budget(self, steps_ahead: int = 1) -> BudgetExceeded | None:
         """The budget that `steps_ahead` more steps would cross (see `measure.budget`), else None."""
@@ -226,6 +241,7 @@ def compose_record(*, window: Window, run: RunInfo, status: str, error: BaseExce
         "codecarbon": {"co2_kg_at_pue_1": carbon.codecarbon_co2_kg, "gpu_energy_kwh": carbon.codecarbon_gpu_energy_kwh},
         "measurement_errors": errors, "metrics": c.metrics, "details": c.details, "artifacts": c.artifacts,
         "budget": window.guard.summary() if window.guard is not None else None,
+        "forecast": window.forecaster.summary() if window.forecaster is not None else None,
         "hardware": {**run.hardware, "cpu_model": carbon.cpu_model, "ram_total_gb": carbon.ram_total_gb},
         "config_hash": run.config_hash, "git_sha": run.git_sha, "versions": run.versions,
         "data_sources": run.data_sources,

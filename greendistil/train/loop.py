@@ -28,6 +28,7 @@ from greendistil.distributed import SINGLE, Dist, agree, all_finite, broadcast, 
 from greendistil.errors import ConfigError, StageError
 from greendistil.measure.counters import StageCounters
 from greendistil.measure.flops import FlopSampler, FlopScope
+from greendistil.measure.forecast import Forecast
 from greendistil.runtime.rng import rng_states
 from greendistil.testing import faults
 from greendistil.train.checkpoint import StateFile, TrainPosition, load_state, save_state
@@ -50,6 +51,8 @@ class TrainingWindow(Protocol):
     def live_scalars(self) -> dict[str, float]: ...
 
     def over_budget(self, steps_ahead: int = 1) -> BaseException | None: ...
+
+    def observe_step(self, step: int, *, first_step: int, total_steps: int) -> Forecast | None: ...
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -169,6 +172,7 @@ def train(*, cfg: TrainingStage, model: torch.nn.Module, loader: DataLoader, ste
     bar = tqdm(total=total_steps, initial=step, desc=window.stage, unit="step", leave=False,
                disable=(None if show_progress is None else not show_progress) if dist.is_main else True)
     start_s = time.perf_counter()
+    forecast: Forecast | None = None  # the latest forecast of the segment's end (for the progress bar)
 
     def checkpoint(batch_in_epoch: int, generator_state: torch.Tensor | None) -> None:
         losses.read(step=step, stage=window.stage, dist=dist, device=device)
@@ -203,10 +207,11 @@ def train(*, cfg: TrainingStage, model: torch.nn.Module, loader: DataLoader, ste
             counters.add_batch(num_examples=num_examples, num_tokens=num_tokens, num_padded_tokens=padded_tokens,
                                analytic_flops_per_token=analytic_flops_per_token)
             bar.update(1)
+            forecast = window.observe_step(step, first_step=first_step, total_steps=total_steps) or forecast
             if step % cfg.log_every_steps == 0 or step == total_steps:
                 interval = losses.read(step=step, stage=window.stage, dist=dist, device=device)
                 rate = counters.num_examples / max(time.perf_counter() - start_s, 1e-9)
-                _show_interval(bar, interval, rate, window)
+                _show_interval(bar, interval, rate, window, forecast)
                 if on_log is not None:
                     on_log(LogPoint(step=step, total_steps=total_steps, losses=interval, examples_per_s=rate,
                                     learning_rate=float(scheduler.get_last_lr()[0])))
@@ -244,14 +249,20 @@ def _budget_stop(window: TrainingWindow, step: int, total_steps: int, log_every_
     return broadcast(dist, window.over_budget(log_every_steps) if dist.is_main else None)
 
 
-def _show_interval(bar: tqdm, interval: dict[str, float], rate: float, window: TrainingWindow) -> None:
-    """Loss, examples/s and the energy spent so far on the progress bar (when it shows)."""
+def _show_interval(bar: tqdm, interval: dict[str, float], rate: float, window: TrainingWindow,
+                   forecast: Forecast | None = None) -> None:
+    """Loss, examples/s and the energy spent so far on the progress bar (when it shows), with the segment's
+    forecast energy and duration once one is made."""
     if bar.disable:
         return
     postfix = {"loss": f"{interval.get('loss', float('nan')):.4f}", "ex_s": f"{rate:.0f}"}
     energy_kwh = window.live_scalars().get("energy_kwh")
     if energy_kwh is not None:
         postfix["kWh"] = f"{energy_kwh:.3g}"
+        if forecast is not None and forecast.energy_kwh is not None:
+            postfix["kWh"] += f"/{forecast.energy_kwh:.3g} forecast"
+    if forecast is not None:
+        postfix["forecast_s"] = f"{forecast.duration_s:.0f}"
     bar.set_postfix(postfix)
 
 

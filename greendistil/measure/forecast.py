@@ -1,0 +1,113 @@
+"""In-run forecasts: what a training stage's segment will have cost when it ends, said while it runs.
+
+The first steps of a segment are its warm-up (lazy initialisation, first allocations, the optimizer's state):
+they are not typical, so the rate is measured from the end of the warm-up (`WARMUP_FRACTION` of the stage's
+steps, at least one step). At each of `FRACTIONS` of the stage's steps, the forecast is the spend so far
+plus the steps left at the time and energy per step measured since the warm-up ended: a linear
+extrapolation per step (the steps of a stage have the same size on average: fixed batch size, shuffled
+lengths). The record keeps each forecast beside the segment's actual figures, so their error can be read
+from the run log; every forecast figure's provenance is `forecast:linear-per-step-since-warmup`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from greendistil.measure.budget import EnergyNow
+
+FRACTIONS = (0.10, 0.25, 0.50, 0.75)  # of the stage's steps: where a forecast is kept in the record
+WARMUP_FRACTION = 0.05
+METHOD = "forecast:linear-per-step-since-warmup"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Forecast:
+    """The segment's figures at its end, as forecast at `at_step` (`at_fraction` of the stage's steps)."""
+
+    at_fraction: float
+    at_step: int
+    duration_s: float
+    energy_kwh: float | None  # None: no meter had a live figure
+    co2_kg: float | None
+
+    def fields(self) -> dict[str, Any]:
+        prefix = f"at_{self.at_fraction:g}"
+        return {f"{prefix}.step": self.at_step, f"{prefix}.duration_s": self.duration_s,
+                f"{prefix}.energy_kwh": self.energy_kwh, f"{prefix}.co2_kg": self.co2_kg}
+
+
+def _step_at(fraction: float, total_steps: int) -> int:
+    """The first step at or past `fraction` of the steps (the epsilon absorbs float error: 0.1 x 30)."""
+    return math.ceil(fraction * total_steps - 1e-9)
+
+
+@dataclass(frozen=True)
+class _Mark:
+    step: int
+    time_s: float
+    energy_kwh: float | None
+
+
+class Forecaster:
+    """Watches one segment's steps (`observe` after each) and forecasts at the fractions it passes.
+
+    `first_step`: the step the segment started from (0, or a resumed checkpoint's); `energy_now`: the
+    window's energy until now (or None); `clock`: the window's clock, read once per observed step.
+    """
+
+    def __init__(self, *, first_step: int, total_steps: int, energy_now: Callable[[], EnergyNow | None],
+                 clock: Callable[[], float], start_s: float, kg_co2_per_kwh: float,
+                 fractions: tuple[float, ...] = FRACTIONS, warmup_fraction: float = WARMUP_FRACTION) -> None:
+        self.first_step, self.total_steps = first_step, total_steps
+        self._energy_now, self._clock, self._kg_co2_per_kwh = energy_now, clock, kg_co2_per_kwh
+        self._start = _Mark(first_step, start_s, 0.0)
+        self._warm_end_step = first_step + max(1, math.ceil(warmup_fraction * total_steps))
+        self._warm: _Mark | None = None
+        self._pending = sorted(f for f in fractions if _step_at(f, total_steps) > self._warm_end_step)
+        self.forecasts: list[Forecast] = []
+
+    def observe(self, step: int) -> Forecast | None:
+        """After step `step` (1-based count of the stage's steps done): a new forecast when `step` reached the
+        next fraction, else None."""
+        if self._warm is None:
+            if step >= self._warm_end_step:
+                self._warm = self._mark(step)
+            return None
+        if not self._pending or step < _step_at(self._pending[0], self.total_steps):
+            return None
+        fraction = self._pending.pop(0)
+        while self._pending and step >= _step_at(self._pending[0], self.total_steps):
+            fraction = self._pending.pop(0)  # several fractions in one step (a tiny stage): the last one
+        forecast = self._forecast(fraction, self._mark(step))
+        self.forecasts.append(forecast)
+        return forecast
+
+    def _mark(self, step: int) -> _Mark:
+        reading = self._energy_now()
+        return _Mark(step, self._clock(), reading.energy_kwh if reading is not None else None)
+
+    def _forecast(self, fraction: float, now: _Mark) -> Forecast:
+        warm = self._warm
+        assert warm is not None
+        steps_done, steps_left = now.step - warm.step, self.total_steps - now.step
+        per_step_s = (now.time_s - warm.time_s) / steps_done
+        duration_s = (now.time_s - self._start.time_s) + steps_left * per_step_s
+        energy_kwh = None
+        if now.energy_kwh is not None and warm.energy_kwh is not None:
+            energy_kwh = now.energy_kwh + steps_left * (now.energy_kwh - warm.energy_kwh) / steps_done
+        co2_kg = energy_kwh * self._kg_co2_per_kwh if energy_kwh is not None else None
+        return Forecast(at_fraction=fraction, at_step=now.step, duration_s=duration_s, energy_kwh=energy_kwh,
+                        co2_kg=co2_kg)
+
+    def summary(self) -> dict[str, Any] | None:
+        """The record's `forecast` field (flat): the method and each forecast kept. None when none was made."""
+        if not self.forecasts:
+            return None
+        fields: dict[str, Any] = {"method": METHOD, "warmup_steps": self._warm_end_step - self.first_step,
+                                  "first_step": self.first_step, "total_steps": self.total_steps}
+        for forecast in self.forecasts:
+            fields |= forecast.fields()
+        return fields

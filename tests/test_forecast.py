@@ -1,0 +1,90 @@
+"""In-run forecasts: the per-step extrapolation on a fake clock and fake meters, and the forecast fields of
+a real tiny run's records."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from builders import read_records_strict as records
+from conftest import write_sst2, write_tiny_config
+from fakes import FakeClock
+from greendistil.cli import main
+from greendistil.measure.budget import EnergyNow
+from greendistil.measure.forecast import METHOD, Forecaster
+
+
+class Meter:
+    """Energy that the test sets; the clock the test advances."""
+
+    def __init__(self) -> None:
+        self.energy_kwh = 0.0
+
+    def __call__(self) -> EnergyNow:
+        return EnergyNow(energy_kwh=self.energy_kwh, sources={"cpu": "measured:rapl"})
+
+
+def run_steps(forecaster: Forecaster, clock: FakeClock, meter: Meter, steps: range, step_s: float,
+              step_kwh: float) -> list[int]:
+    made = []
+    for step in steps:
+        clock.advance(step_s)
+        meter.energy_kwh += step_kwh
+        if forecaster.observe(step) is not None:
+            made.append(step)
+    return made
+
+
+def test_the_rate_after_the_warm_up_extrapolates_over_the_steps_left() -> None:
+    clock, meter = FakeClock(start_s=0.0), Meter()
+    forecaster = Forecaster(first_step=0, total_steps=100, energy_now=meter, clock=clock, start_s=0.0,
+                            kg_co2_per_kwh=0.4)
+    # The warm-up (5 steps) is slow and costly; after it every step takes 2 s and 0.001 kWh.
+    assert run_steps(forecaster, clock, meter, range(1, 6), step_s=10.0, step_kwh=0.01) == []
+    made = run_steps(forecaster, clock, meter, range(6, 101), step_s=2.0, step_kwh=0.001)
+    assert made == [10, 25, 50, 75]
+    first = forecaster.forecasts[0]
+    # Actual end: 5 x 10 s + 95 x 2 s = 240 s; 5 x 0.01 + 95 x 0.001 = 0.145 kWh. A linear rate since the
+    # warm-up forecasts it exactly, from the 10% mark on.
+    assert (first.at_fraction, first.at_step) == (0.1, 10)
+    assert first.duration_s == pytest.approx(240.0)
+    assert first.energy_kwh == pytest.approx(0.145) and first.co2_kg == pytest.approx(0.145 * 0.4)
+    summary = forecaster.summary()
+    assert summary is not None and summary["method"] == METHOD and summary["warmup_steps"] == 5
+    assert summary["at_0.5.step"] == 50 and summary["at_0.75.duration_s"] == pytest.approx(240.0)
+
+
+def test_a_resumed_segment_forecasts_its_own_end() -> None:
+    clock, meter = FakeClock(start_s=0.0), Meter()
+    forecaster = Forecaster(first_step=40, total_steps=100, energy_now=meter, clock=clock, start_s=0.0,
+                            kg_co2_per_kwh=1.0)
+    made = run_steps(forecaster, clock, meter, range(41, 101), step_s=1.0, step_kwh=0.002)
+    assert made == [50, 75]  # 10% and 25% were passed before the segment began
+    assert forecaster.forecasts[0].duration_s == pytest.approx(60.0)  # this segment's 60 steps
+    assert forecaster.forecasts[0].energy_kwh == pytest.approx(0.12)
+
+
+def test_without_energy_the_duration_is_still_forecast() -> None:
+    clock = FakeClock(start_s=0.0)
+    forecaster = Forecaster(first_step=0, total_steps=20, energy_now=lambda: None, clock=clock, start_s=0.0,
+                            kg_co2_per_kwh=1.0)
+    for step in range(1, 21):
+        clock.advance(1.0)
+        forecaster.observe(step)
+    assert [f.at_step for f in forecaster.forecasts] == [2, 5, 10, 15]
+    assert all(f.energy_kwh is None and f.co2_kg is None for f in forecaster.forecasts)
+    assert forecaster.forecasts[-1].duration_s == pytest.approx(20.0)
+
+
+def test_a_real_run_records_its_forecasts_beside_its_figures(tmp_path: Path) -> None:
+    config = write_tiny_config(tmp_path, write_sst2(tmp_path / "glue", num_train=160),
+                               {"stages": [{"kind": "finetune", "role": "teacher", "batch_size": 8, "epochs": 1},
+                                           {"kind": "evaluate", "roles": ["teacher"]}]})
+    assert main(["run", str(config), "--no-progress", "--run-id", "forecast"]) == 0
+    finetune, evaluate = records(tmp_path / "runs" / "forecast")
+    forecast = finetune["forecast"]
+    assert forecast["method"] == METHOD and forecast["total_steps"] == finetune["num_steps"] == 20
+    assert [forecast[f"at_{f:g}.step"] for f in (0.1, 0.25, 0.5, 0.75)] == [2, 5, 10, 15]
+    assert all(forecast[f"at_{f:g}.duration_s"] > 0 for f in (0.1, 0.25, 0.5, 0.75))
+    assert evaluate["forecast"] is None  # evaluation has no steps to forecast
