@@ -174,6 +174,11 @@ def test_resume_with_a_raised_budget_ends_with_the_unbudgeted_weights(budget_run
     row = frame[frame["stage"] == "distill"].iloc[0]
     assert row["energy_kwh"] == pytest.approx(sum(r["energy_kwh"] for r in distill))
     assert "stopped-budget" in row["segment_statuses"] and row["status"] == "ok"
+    from greendistil.report import write_report
+
+    report = write_report([run_dir], run_dir / "report").read_text(encoding="utf-8")
+    assert "Budgets in force: `stages.distill.max_duration_s`" in report
+    assert "`distill` of budgeted (segment 1) stopped at `stages.distill.max_duration_s` = 4.5" in report
     plain, resumed = student_weights(budget_runs["plain"]), student_weights(run_dir)
     assert all(torch.equal(plain[k], resumed[k]) for k in plain)  # bit for bit the run nobody stopped
 

@@ -88,3 +88,6 @@ def test_a_real_run_records_its_forecasts_beside_its_figures(tmp_path: Path) -> 
     assert [forecast[f"at_{f:g}.step"] for f in (0.1, 0.25, 0.5, 0.75)] == [2, 5, 10, 15]
     assert all(forecast[f"at_{f:g}.duration_s"] > 0 for f in (0.1, 0.25, 0.5, 0.75))
     assert evaluate["forecast"] is None  # evaluation has no steps to forecast
+    report = (tmp_path / "runs" / "forecast" / "report" / "report.md").read_text(encoding="utf-8")
+    section = report.split("## Forecasts and budgets", 1)[1].split("\n## ", 1)[0]
+    assert "| forecast | `finetune (sst2)` | 1 | 10% (step 2) |" in section and "Budgets in force" not in section

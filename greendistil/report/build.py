@@ -17,6 +17,7 @@ from greendistil.report import plots, tables
 from greendistil.report.compare import teacher_student
 from greendistil.report.costs import cost_totals, model_points
 from greendistil.report.distributed import distributed_section
+from greendistil.report.forecasts import forecasts_section
 from greendistil.report.frame import first_value, iter_runs, iter_tasks, iter_units, load_report_frame, task_order, unit_title
 from greendistil.report.markdown import fmt_number, fmt_percent, table
 from greendistil.report.provenance import energy_kinds
@@ -59,6 +60,7 @@ def write_report(paths: list[Path], out_dir: Path, *, name: str | None = None) -
         _glance(frame),
         tables.cost_section(frame), _figure_block(figures["cost"]),
         distributed_section(frame),  # the cost table's distributed and GPU stages, per node and per GPU
+        forecasts_section(frame),
         tables.teacher_student_section(frame), _figure_block(figures["teacher_student"]),
         routes_section(frame),
         _serving_block(frame, out_dir),

@@ -1,0 +1,75 @@
+"""Forecasts and budgets: what each training segment forecast for itself while it ran, against what it
+then spent, and which stages a budget stopped.
+
+A forecast is made at fixed fractions of a stage's steps (`measure.forecast`), for the segment it belongs
+to: it is compared with that segment's own record, not with the stage's sum over segments.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from greendistil.report.frame import first_value, iter_runs
+from greendistil.report.markdown import fmt_number, fmt_percent, table
+from greendistil.runlog.store import read_records
+
+_HEADERS = ("run", "stage", "segment", "forecast at", "forecast s", "actual s", "error", "forecast kWh",
+            "actual kWh", "error")
+
+
+def forecasts_section(frame: pd.DataFrame) -> str:
+    """'## Forecasts and budgets' ("" when no record has a forecast or a budget)."""
+    records = [(str(first_value(run, "run_id")), r) for run in iter_runs(frame)
+               for r in read_records(Path(str(first_value(run, "run_dir"))))]
+    rows = [row for run_id, record in records for row in _forecast_rows(run_id, record)]
+    stops = [_stop_line(run_id, r) for run_id, r in records if r.get("status") == "stopped-budget"]
+    budgeted = [r for _, r in records if r.get("budget")]
+    if not rows and not budgeted:
+        return ""
+    parts = ["## Forecasts and budgets"]
+    if rows:
+        method = next(r["forecast"]["method"] for _, r in records if r.get("forecast"))
+        parts += ["While a training stage runs, it forecasts its segment's duration and energy from the rate "
+                  f"measured since its warm-up (`{method}`), at fixed fractions of its steps. Each forecast is "
+                  "shown beside what the segment then spent (error = forecast / actual - 1). The actual kWh "
+                  "carries the provenance of the cost table (measured or estimated).",
+                  table(_HEADERS, rows, right_align_from=3)]
+    if budgeted:
+        limits = sorted({key.removeprefix("limit.") for r in budgeted for key in r["budget"] if key.startswith("limit.")})
+        parts.append("Budgets in force: " + ", ".join(f"`{key}`" for key in limits) + ". " + (
+            " ".join(stops) if stops else "No stage was stopped by one."))
+    return "\n\n".join(parts)
+
+
+def _forecast_rows(run_id: str, record: dict[str, Any]) -> list[list[str]]:
+    forecast = record.get("forecast") or {}
+    fractions = sorted(float(key.removeprefix("at_").removesuffix(".step"))
+                       for key in forecast if key.startswith("at_") and key.endswith(".step"))
+    stage = record["stage"] if not record.get("task") else f"{record['stage']} ({record['task']})"
+    rows = []
+    for fraction in fractions:
+        prefix = f"at_{fraction:g}"
+        duration, energy = forecast.get(f"{prefix}.duration_s"), forecast.get(f"{prefix}.energy_kwh")
+        rows.append([run_id, f"`{stage}`", str(record.get("segment")),
+                     f"{fraction:.0%} (step {forecast.get(f'{prefix}.step')})",
+                     fmt_number(duration), fmt_number(record.get("duration_s")), _error(duration, record.get("duration_s")),
+                     fmt_number(energy), fmt_number(record.get("energy_kwh")), _error(energy, record.get("energy_kwh"))])
+    return rows
+
+
+def _error(forecast: float | None, actual: float | None) -> str:
+    if forecast is None or actual is None or actual == 0:
+        return "n/a"
+    return ("+" if forecast >= actual else "") + fmt_percent(forecast / actual - 1.0)
+
+
+def _stop_line(run_id: str, record: dict[str, Any]) -> str:
+    budget = record.get("budget") or {}
+    key = budget.get("stopped_by")
+    limit = budget.get(f"limit.{key}")
+    return (f"`{record['stage']}` of {run_id} (segment {record.get('segment')}) stopped at `{key}` = "
+            f"{fmt_number(limit)} after {record.get('num_steps')} steps, with {fmt_number(budget.get('spent_at_stop'))} "
+            f"spent (energy {budget.get('checked_against')}).")
