@@ -45,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the stages of a config, each measured into the run log")
     run.add_argument("config", type=Path, nargs="?", help="a TOML config, e.g. configs/base.toml "
-                     "(with --resume: optional, and must match the run's own config.toml)")
+                     "(with --resume: optional, and must match the run's own config.toml, budgets aside)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config key, e.g. --set task.max_train_examples=500 (repeatable)")
     run.add_argument("--run-id", help="name the run directory (default: <run.name>-<UTC time>-<random>)")
@@ -309,7 +309,7 @@ def _interruptible(work: Callable[[], T], handle: RunHandle) -> tuple[T | None, 
         return None, EXIT_SIGTERM
     except BudgetExceeded as stop:
         hint = (f"; continue with a higher budget: greendistil run --resume {handle.run_dir} --set {stop.key}=<more>"
-                if handle.run_dir is not None else "")
+                if handle.run_dir is not None and handle.resumable else _resume_hint(handle))
         print(f"greendistil: stopped at a budget: {stop}; what was spent is in the run log, the stopped stage's "
               f"record marked 'stopped-budget'{hint}", file=sys.stderr)
         result, code = None, EXIT_BUDGET

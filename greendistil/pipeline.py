@@ -22,13 +22,15 @@ from greendistil import distributed
 from greendistil.config import Config, StageConfig, WindowSpec, is_suite, suite_steps
 from greendistil.distributed import SINGLE, Dist
 from greendistil.errors import BudgetExceeded, GreendistilError, RunDirError, StageError
-from greendistil.measure.budget import BudgetGuard, Limits, Spent, exhausted, live_energy
+from greendistil.measure.budget import BudgetGuard, Limits, Spent, exhausted
+from greendistil.measure.live import live_energy
 from greendistil.measure.carbon import CarbonMeter
 from greendistil.measure.nvml import NvmlMeter
 from greendistil.measure.window import Clock, Meters, RunInfo, Window, measure
 from greendistil.preflight import Preflight, check_disk_space, preflight
 from greendistil.runlog.progress import RunAlreadyComplete, RunProgress
-from greendistil.runlog.store import RunLock, create_run_dir, new_run_id, node_emissions_file, open_run_dir, read_records
+from greendistil.runlog.store import (RunLock, create_run_dir, new_run_id, node_emissions_file, open_run_dir,
+                                      read_records, write_text_atomically)
 from greendistil.runlog.tensorboard import ScalarLog
 from greendistil.runtime.environment import git_sha, hardware, versions
 from greendistil.runtime.rng import seed_everything
@@ -119,16 +121,19 @@ class WindowOpener:
         scopes = [self.run_limits, Limits.of(f"stages.{self.stage.name}", self.stage)]
         if not any(scope.set_limits() for scope in scopes):
             return None
-        records = read_records(self.run.run_dir)
-        earlier = [r for r in records if r.get("stage") == spec.name and r.get("task") == self.run.task]
+        dist = self.meters.dist
+        # Rank 0 reads the run log and every rank gets its figures (another rank could read it torn or late).
+        records = distributed.broadcast(dist, read_records(self.run.run_dir) if dist.is_main else [])
+        # A suite's stage budget is per task: each task's segments of the stage count against it.
+        earlier = [r for r in records if r.get("stage") == spec.name and r.get("task") in (self.run.task, None)]
         stop = exhausted(scopes[1], Spent.of_records(earlier))
         if stop is not None:  # its earlier segments spent the stage's budget: not even one more step
             raise stop
         meters = self.meters
         return BudgetGuard(limits=scopes, before={"run": Spent.of_records(records),
                                                   scopes[1].scope: Spent.of_records(earlier)},
-                           kg_co2_per_kwh=self.run.pue * self.run.intensity_g_per_kwh / 1000.0,
-                           energy_now=lambda: live_energy(meters), clock=self.clock)
+                           kg_co2_per_kwh=self.run.kg_co2_per_kwh, energy_now=lambda: live_energy(meters),
+                           clock=self.clock)
 
     @contextmanager
     def __call__(self, spec: WindowSpec) -> Iterator[Window]:
@@ -179,22 +184,23 @@ def _run_steps(config: Config, contexts: _Contexts, run: RunInfo, meters: Meters
     """Each (task, stage) not yet done, in `suite_steps` order; each starts from a seed of its own (the
     stage's position in [[stages]]), so a stage gives the same result whether or not the stages before it
     ran in this process."""
+    run_limits = Limits.of("run", config.run)
     try:
         for step in suite_steps(config):
             stage = step.stage
             if progress.is_done(step):
                 logger.info("%s%s: done in an earlier segment; skipped", stage.name, _of_task(step.task))
                 continue
+            if run_limits.set_limits():  # the same on every rank: every rank takes part in the broadcast or none
+                # Rank 0 decides (it writes the run log; another rank could read it before the last record lands).
+                stop = distributed.broadcast(meters.dist, exhausted(run_limits, Spent.of_records(read_records(
+                    run.run_dir))) if meters.dist.is_main else None)
+                if stop is not None:  # nothing left for this stage: stop before it starts (no record)
+                    raise stop
             seed_everything(config.run.seed + step.index)
             _set_threads(config.run.num_threads)
             ctx = contexts.get(step.task)
             step_run = dataclasses.replace(run, task=step.task, data_sources=contexts.checked.data_sources(step.task))
-            run_limits = Limits.of("run", config.run)
-            # Rank 0 decides (it writes the run log; another rank could read it before the last record lands).
-            stop = distributed.broadcast(meters.dist, exhausted(run_limits, Spent.of_records(read_records(run.run_dir)))
-                                         if meters.dist.is_main else None)
-            if stop is not None:  # nothing left for this stage: stop before it starts (no record)
-                raise stop
             runner = RUNNERS[stage.kind]
             opener = WindowOpener(stage, step_run, meters, progress, clock, run_limits)
             if stage.one_process and ctx.dist.enabled:
@@ -220,10 +226,10 @@ def _write_model_cards(contexts: _Contexts) -> None:
     its scores. A card that cannot be written never stops the run: `greendistil card RUN_DIR` writes it."""
     if not contexts.dist.is_main:
         return
-    from greendistil.report.model_card import write_cards
-
     run_dir = contexts.run_dir
     try:
+        from greendistil.report.model_card import write_cards  # the report's libraries: inside the guard too
+
         write_cards(run_dir)
     except Exception as err:
         logger.warning("model cards not written (%s: %s); write them with: greendistil card %s",
@@ -245,7 +251,7 @@ def _claim_run_dir(request: RunRequest, checked: Preflight, dist: Dist) -> tuple
             check_disk_space(request.resume_dir, config, checked.teacher)
             saved = request.resume_dir / "config.toml"
             if saved.read_text(encoding="utf-8") != config.to_toml():  # a budget raised with --set: kept for later
-                saved.write_text(config.to_toml(), encoding="utf-8")
+                write_text_atomically(saved, config.to_toml())
             return request.resume_dir, lock
         check_disk_space(Path(config.run.output_dir), config, checked.teacher)
         run_dir, lock = create_run_dir(Path(config.run.output_dir), request.run_id or new_run_id(config.run.name),

@@ -18,7 +18,8 @@ from greendistil import load_runs
 from greendistil.cli import EXIT_BUDGET, main
 from greendistil.config import load_config
 from greendistil.errors import BudgetExceeded
-from greendistil.measure.budget import BudgetGuard, EnergyNow, Limits, Spent, exhausted
+from greendistil.measure.budget import BudgetGuard, Limits, Spent, exhausted
+from greendistil.measure.live import EnergyNow
 
 KG_PER_KWH = 0.5  # PUE 1 x 500 g/kWh
 
@@ -44,9 +45,10 @@ def guard(clock: FakeClock, *, before: Spent | None = None, power_w: float = 360
 
 
 def steps_until_stop(made: BudgetGuard, clock: FakeClock, step_s: float = 1.0, limit: int = 1000) -> int:
+    assert made.check(0) is None  # before the first step: where the steps begin
     for step in range(1, limit):
         clock.advance(step_s)
-        if made.check() is not None:
+        if made.check(step) is not None:
             return step
     raise AssertionError("the guard never stopped")
 
@@ -82,10 +84,11 @@ def test_earlier_segments_count_against_the_stage_and_the_run() -> None:
     run_guard = BudgetGuard(limits=[Limits(scope="run", max_duration_s=10.0)], before={"run": Spent(duration_s=9.0)},
                             kg_co2_per_kwh=KG_PER_KWH, energy_now=lambda: None, clock=clock)
     run_guard.open()
+    assert run_guard.check(0) is None
     clock.advance(0.4)
-    assert run_guard.check() is None  # 9.4 s spent, a step of 0.4 s would end at 9.8 s
+    assert run_guard.check(1) is None  # 9.4 s spent, a step of 0.4 s would end at 9.8 s
     clock.advance(0.4)
-    stop = run_guard.check()  # 9.8 s spent: the next would end at 10.2 s > 10 s
+    stop = run_guard.check(2)  # 9.8 s spent: the next would end at 10.2 s > 10 s
     assert stop is not None and stop.key == "run.max_duration_s" and stop.spent == pytest.approx(9.8)
 
 
@@ -94,11 +97,27 @@ def test_without_energy_figures_only_time_can_stop_and_the_record_says_why() -> 
     made = BudgetGuard(limits=[Limits(scope="run", max_energy_kwh=1e-9)], before={}, kg_co2_per_kwh=KG_PER_KWH,
                        energy_now=lambda: None, clock=clock)
     made.open()
+    assert made.check(0) is None
     clock.advance(100.0)
-    assert made.check() is None
+    assert made.check(1) is None
     summary = made.summary()
     assert summary is not None and summary["checked_against"].startswith("unavailable")
     assert summary["limit.run.max_energy_kwh"] == 1e-9 and summary["stopped_by"] is None
+
+
+def test_setup_before_the_first_step_is_spent_but_not_a_steps_cost() -> None:
+    clock = FakeClock()
+    made = guard(clock, max_duration_s=20.0)
+    clock.advance(15.0)  # loading models and data
+    assert made.check(0) is None  # 15 s spent; nothing projected before a step
+    stops = []
+    for step in range(1, 10):
+        clock.advance(1.0)
+        stops.append(made.check(step))
+    # Steps of 1 s: 20 s spent after step 5, and a 6th would end at 21 s. Were the setup taken for a step's
+    # cost, step 1 would already project 16 s more and stop.
+    assert [stop is not None for stop in stops].index(True) + 1 == 5
+    assert stops[4] is not None and stops[4].spent == pytest.approx(20.0)
 
 
 def test_no_limit_no_guard_and_a_spent_run_starts_nothing() -> None:
@@ -124,10 +143,11 @@ def budget_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
     root = tmp_path_factory.mktemp("budget")
     config_path = write_tiny_config(root, write_sst2(root / "glue"), BUDGET_CONFIG)
-    plain = execute(RunRequest(config=load_config(config_path), run_id="plain", clock=FakeClock(step_s=1.0)))
+    plain = execute(RunRequest(config=load_config(config_path), run_id="plain", clock=FakeClock(step_s=1.0),
+                               show_progress=False))
     budgeted = load_config(config_path, ["stages.distill.max_duration_s=4.5"])
     with pytest.raises(BudgetExceeded) as stopped:
-        execute(RunRequest(config=budgeted, run_id="budgeted", clock=FakeClock(step_s=1.0)))
+        execute(RunRequest(config=budgeted, run_id="budgeted", clock=FakeClock(step_s=1.0), show_progress=False))
     return {"root": root, "config": config_path, "plain": plain, "budgeted": root / "runs" / "budgeted",
             "stop": stopped.value}
 
@@ -144,8 +164,7 @@ def test_a_stopped_stage_keeps_its_spend_and_its_checkpoint(budget_runs: dict[st
     assert budget["checked_against"]  # the energy's provenance (estimated on a machine without RAPL)
     assert (run_dir / "checkpoints" / "distill.state.pt").is_file()
     assert budget_runs["stop"].key == "stages.distill.max_duration_s"
-    # The finetune record of a budgeted run says which budgets it ran under, and that none stopped it.
-    assert records(run_dir)[0]["budget"] is None  # finetune had no budget of its own and the run none
+    assert records(run_dir)[0]["budget"] is None  # finetune had no budget of its own, and the run none
 
 
 def test_resume_with_a_raised_budget_ends_with_the_unbudgeted_weights(budget_runs: dict[str, Any],
@@ -178,7 +197,8 @@ def test_resume_with_a_raised_budget_ends_with_the_unbudgeted_weights(budget_run
 
     report = write_report([run_dir], run_dir / "report").read_text(encoding="utf-8")
     assert "Budgets in force: `stages.distill.max_duration_s`" in report
-    assert "`distill` of budgeted (segment 1) stopped at `stages.distill.max_duration_s` = 4.5" in report
+    assert "`distill (sst2)` of budgeted (segment 1) stopped at `stages.distill.max_duration_s` = 4.5 s at step" in report
+    assert "| budgeted | `distill (sst2)` | 1 (stopped-budget) |" in report and "n/a (stopped)" in report
     plain, resumed = student_weights(budget_runs["plain"]), student_weights(run_dir)
     assert all(torch.equal(plain[k], resumed[k]) for k in plain)  # bit for bit the run nobody stopped
 

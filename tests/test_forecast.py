@@ -11,7 +11,7 @@ from builders import read_records_strict as records
 from conftest import write_sst2, write_tiny_config
 from fakes import FakeClock
 from greendistil.cli import main
-from greendistil.measure.budget import EnergyNow
+from greendistil.measure.live import EnergyNow
 from greendistil.measure.forecast import METHOD, Forecaster
 
 

@@ -172,6 +172,28 @@ def test_resume_with_another_process_count_is_refused(runs: dict[str, Any], caps
     assert [r["status"] for r in records(run_dir) if r["stage"] == "finetune"] == ["interrupted", "failed", "ok"]
 
 
+def test_a_budget_stops_every_rank_together_and_a_raised_one_resumes_exactly(runs: dict[str, Any]) -> None:
+    """Rank 0's verdict reaches every rank (no rank waits for a peer that stopped); the stopped window is
+    gathered like a finished one; the run-level energy budget sums the ranks' live readings (a collective at
+    each log interval) without deadlocking; a raised budget resumes to the unbroken DDP run's weights."""
+    root, config = runs["root"], runs["config"]
+    stopped = torchrun("run", str(config), "--no-progress", "--run-id", "ddp-budget", "--set", "run.max_energy_kwh=1000",
+                       "--set", "stages.distill.max_duration_s=0.001", cwd=root)  # spent by loading, before a step
+    assert stopped.returncode != 0 and "stopped at a budget: stages.distill.max_duration_s" in stopped.stderr, \
+        stopped.stderr[-4000:]
+    run_dir = root / "runs" / "ddp-budget"
+    assert [(r["stage"], r["status"]) for r in records(run_dir)] == [("finetune", "ok"), ("distill", "stopped-budget")]
+    stop = records(run_dir)[-1]
+    assert stop["num_steps"] == 0 and not stop["ranks_missing"] and stop["world_size"] == 2
+    assert stop["budget"]["stopped_by"] == "stages.distill.max_duration_s"
+    resumed = torchrun("run", "--resume", str(run_dir), "--no-progress", "--set", "stages.distill.max_duration_s=1000",
+                       cwd=root)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert [r["status"] for r in records(run_dir) if r["stage"] == "distill"] == ["stopped-budget", "ok"]
+    reference, weights = student_weights(runs["ddp"]), student_weights(run_dir)
+    assert all(torch.equal(weights[k], reference[k]) for k in reference)
+
+
 def records_of(path: Path) -> list[dict[str, Any]]:
     import json
 

@@ -1,10 +1,11 @@
 """Energy, CO2 and time budgets (`run.max_*` and each training stage's): may the window take one more step?
 
-Checked after every training step. What counts as spent: the earlier records of the run (or of the stage's
-earlier segments), plus what this window has spent until now: codecarbon's CPU and RAM energy as of its last
-reading carried forward to now at the power it last measured, and the GPU's energy from NVML. The next step is
-assumed to cost what the window's steps have cost on average. A step that would cross a limit is not taken:
-the loop checkpoints and raises `BudgetExceeded`, and the window records "stopped-budget".
+Checked before the first training step and after every step. What counts as spent: the earlier records of
+the run (or of the stage's earlier segments), plus what this window has spent until now (`measure.live`:
+codecarbon's CPU and RAM energy carried forward to now at the power it last read, the GPUs' from NVML, every
+rank's under torchrun). The next step is assumed to cost what the window's steps have cost on average. A step
+that would cross a limit is not taken: the loop checkpoints and raises `BudgetExceeded`, and the window
+records "stopped-budget".
 
 Where CPU energy is only estimated (no RAPL) and there is no GPU, the budget is checked against the estimate;
 the record's `budget.checked_against` names the provenance of every component that was summed.
@@ -14,15 +15,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from greendistil.config.types import BUDGET_KEYS
 from greendistil.errors import BudgetExceeded
-from greendistil.measure.carbon import RAM_SOURCE
-from greendistil.runtime.units import J_PER_KWH, joules_to_kwh
-
-if TYPE_CHECKING:
-    from greendistil.measure.window import Meters
+from greendistil.measure.live import EnergyNow
 
 UNITS = {"max_energy_kwh": "kWh", "max_co2_kg": "kg CO2eq", "max_duration_s": "s"}
 
@@ -66,33 +63,6 @@ class Spent:
         return {"max_energy_kwh": self.energy_kwh, "max_co2_kg": self.co2_kg, "max_duration_s": self.duration_s}[key]
 
 
-@dataclass(frozen=True, kw_only=True)
-class EnergyNow:
-    """The open window's energy until now (kWh) and where each summed component came from."""
-
-    energy_kwh: float
-    sources: dict[str, str]  # component -> provenance, e.g. {"cpu": "measured:rapl", "ram": "estimated:ram-model"}
-
-
-def live_energy(meters: Meters) -> EnergyNow | None:
-    """CPU and RAM from codecarbon's last reading, carried forward to now at its last power reading; the GPU's
-    from NVML. None when no meter has a figure. Never raises."""
-    energy_kwh, sources = 0.0, {}
-    carbon = meters.carbon.so_far() if meters.carbon is not None else None
-    if carbon is not None and carbon.cpu_energy_kwh is not None:
-        age_s = carbon.reading_age_s or 0.0
-        for name, kwh, power_w, source in (("cpu", carbon.cpu_energy_kwh, carbon.cpu_power_w, carbon.cpu_energy_source),
-                                           ("ram", carbon.ram_energy_kwh, carbon.ram_power_w, RAM_SOURCE)):
-            if kwh is not None:
-                energy_kwh += kwh + (power_w or 0.0) * age_s / J_PER_KWH
-                sources[name] = source
-    gpu_kwh = joules_to_kwh(meters.gpu.energy_so_far_j())
-    if gpu_kwh is not None:
-        energy_kwh += gpu_kwh
-        sources["gpu"] = "measured:nvml"  # the counter, or its power samples integrated
-    return EnergyNow(energy_kwh=energy_kwh, sources=sources) if sources else None
-
-
 def exhausted(limits: Limits, spent: Spent) -> BudgetExceeded | None:
     """The first limit of `limits` that `spent` (from the run log) has reached, else None: checked before a
     stage starts, so that a run at its budget starts nothing new."""
@@ -114,7 +84,7 @@ class BudgetGuard:
         self._before, self._kg_co2_per_kwh = dict(before), kg_co2_per_kwh
         self._energy_now, self._clock = energy_now, clock
         self._start_s: float | None = None
-        self._last_check_s = 0.0
+        self._first_step: tuple[float, float | None] | None = None  # (time, energy) when the steps began
         self._sources: dict[str, str] = {}
         self.stopped: BudgetExceeded | None = None
 
@@ -122,32 +92,38 @@ class BudgetGuard:
     def active(self) -> bool:
         return bool(self.limits)
 
-    def open(self) -> None:
-        self._start_s = self._last_check_s = self._clock()
+    def open(self, start_s: float | None = None) -> None:
+        """The window opened at `start_s` (default: now)."""
+        self._start_s = self._clock() if start_s is None else start_s
 
-    def check(self, steps_ahead: int = 1) -> BudgetExceeded | None:
-        """The limit that the next `steps_ahead` steps would cross, else None. A step is assumed to take as long
-        as the time since the last check (the first: since the window opened) and to draw the window's mean
-        power so far."""
+    def check(self, steps_done: int, steps_ahead: int = 1) -> BudgetExceeded | None:
+        """The limit that `steps_ahead` more steps would cross, else None. `steps_done`: the steps this window
+        has taken; 0 before the first, which marks where the steps begin (what came before, loading models and
+        data, is spent but not a step's cost). A step is assumed to cost the mean time and energy of the
+        window's steps so far; before the first step only what is already spent is checked."""
         if not self.limits or self._start_s is None:
             return None
         now_s = self._clock()
-        elapsed_s = max(now_s - self._start_s, 0.0)
-        step_s, self._last_check_s = max(now_s - self._last_check_s, 0.0) * steps_ahead, now_s
-        reading = self._energy_now() if any(lim.max_energy_kwh or lim.max_co2_kg for lim in self.limits) else None
+        wants_energy = any(lim.max_energy_kwh is not None or lim.max_co2_kg is not None for lim in self.limits)
+        reading = self._energy_now() if wants_energy else None
         energy_kwh = reading.energy_kwh if reading is not None else None
         if reading is not None:
             self._sources = reading.sources
-        # The next step at the window's mean power so far.
-        next_kwh = (energy_kwh * (1.0 + step_s / elapsed_s) if energy_kwh is not None and elapsed_s > 0
-                    else energy_kwh)
+        if self._first_step is None or steps_done == 0:
+            self._first_step = (now_s, energy_kwh)
+        began_s, began_kwh = self._first_step
+        step_s = (now_s - began_s) / steps_done if steps_done > 0 else 0.0
+        step_kwh = ((energy_kwh - began_kwh) / steps_done if steps_done > 0 and energy_kwh is not None
+                    and began_kwh is not None else 0.0)
+        elapsed_s = max(now_s - self._start_s, 0.0)
+        ahead_s, ahead_kwh = step_s * steps_ahead, max(step_kwh, 0.0) * steps_ahead
         for lim in self.limits:
             before = self._before.get(lim.scope, Spent())
-            spent = {"max_duration_s": (before.duration_s + elapsed_s, before.duration_s + elapsed_s + step_s)}
-            if energy_kwh is not None and next_kwh is not None:
-                spent["max_energy_kwh"] = (before.energy_kwh + energy_kwh, before.energy_kwh + next_kwh)
+            spent = {"max_duration_s": (before.duration_s + elapsed_s, before.duration_s + elapsed_s + ahead_s)}
+            if energy_kwh is not None:
+                spent["max_energy_kwh"] = (before.energy_kwh + energy_kwh, before.energy_kwh + energy_kwh + ahead_kwh)
                 spent["max_co2_kg"] = (before.co2_kg + energy_kwh * self._kg_co2_per_kwh,
-                                       before.co2_kg + next_kwh * self._kg_co2_per_kwh)
+                                       before.co2_kg + (energy_kwh + ahead_kwh) * self._kg_co2_per_kwh)
             for key in BUDGET_KEYS:
                 limit = getattr(lim, key)
                 if limit is None or key not in spent or spent[key][1] <= limit:

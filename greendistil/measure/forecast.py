@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from greendistil.measure.budget import EnergyNow
+from greendistil.measure.live import EnergyNow
 
 FRACTIONS = (0.10, 0.25, 0.50, 0.75)  # of the stage's steps: where a forecast is kept in the record
 WARMUP_FRACTION = 0.05

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from greendistil import distributed
+from greendistil.measure.carbon import RAM_SOURCE
 from greendistil.measure.counters import StageCounters
 from greendistil.runtime.units import J_PER_KWH, joules_to_kwh
 
@@ -75,3 +77,43 @@ def read_live(meters: Meters, counters: StageCounters, elapsed_s: float) -> Live
         flops=float(flops) if flops is not None else None,
     )
 
+
+@dataclass(frozen=True, kw_only=True)
+class EnergyNow:
+    """The open window's energy until now (kWh) and where each summed component came from."""
+
+    energy_kwh: float
+    sources: dict[str, str]  # component -> provenance, e.g. {"cpu": "measured:rapl", "ram": "estimated:ram-model"}
+
+
+def live_energy(meters: Meters) -> EnergyNow | None:
+    """The window's energy until now, every rank's under torchrun (a collective: every rank calls it at the
+    same step; CPU/RAM come once per node, from the rank that meters them, and each rank adds its GPU).
+    None when no meter has a figure."""
+    mine = _own_energy(meters)
+    if not meters.dist.enabled:
+        return mine
+    readings = [r for r in distributed.all_gather(meters.dist, mine) if r is not None]
+    if not readings:
+        return None
+    sources = {name: source for r in readings for name, source in r.sources.items()}
+    return EnergyNow(energy_kwh=sum(r.energy_kwh for r in readings), sources=sources)
+
+
+def _own_energy(meters: Meters) -> EnergyNow | None:
+    """This process's view: CPU and RAM from codecarbon's last reading, carried forward to now at its last
+    power reading; its GPU's from NVML. Never raises."""
+    energy_kwh, sources = 0.0, {}
+    carbon = meters.carbon.so_far() if meters.carbon is not None else None
+    if carbon is not None and carbon.cpu_energy_kwh is not None:
+        age_s = carbon.reading_age_s or 0.0
+        for name, kwh, power_w, source in (("cpu", carbon.cpu_energy_kwh, carbon.cpu_power_w, carbon.cpu_energy_source),
+                                           ("ram", carbon.ram_energy_kwh, carbon.ram_power_w, RAM_SOURCE)):
+            if kwh is not None:
+                energy_kwh += kwh + (power_w or 0.0) * age_s / J_PER_KWH
+                sources[name] = source
+    gpu_kwh = joules_to_kwh(meters.gpu.energy_so_far_j())
+    if gpu_kwh is not None:
+        energy_kwh += gpu_kwh
+        sources["gpu"] = "measured:nvml"  # the counter, or its power samples integrated
+    return EnergyNow(energy_kwh=energy_kwh, sources=sources) if sources else None

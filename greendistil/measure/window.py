@@ -20,11 +20,11 @@ from typing import Any, Iterator
 from greendistil import distributed
 from greendistil.distributed import SINGLE, Dist
 from greendistil.errors import BudgetExceeded, RunInterrupted
-from greendistil.measure.budget import BudgetGuard, live_energy
+from greendistil.measure.budget import BudgetGuard
 from greendistil.measure.forecast import Forecast, Forecaster
 from greendistil.measure.carbon import CarbonMeter
 from greendistil.measure.counters import StageCounters
-from greendistil.measure.live import LiveReading, read_live
+from greendistil.measure.live import LiveReading, live_energy, read_live
 from greendistil.measure.nvml import GpuReading, NvmlMeter
 from greendistil.measure.ranks import RankReading, Work, combine, flop_figures
 from greendistil.runlog.schema import SCHEMA_VERSION, new_record
@@ -56,6 +56,11 @@ class RunInfo:
     command: str | None = None  # the exact command line, for reproduction
     task: str | None = None  # the GLUE task, so a record stands on its own
     data_sources: dict[str, str] = field(default_factory=dict)  # split -> TSV path or hub dataset
+
+    @property
+    def kg_co2_per_kwh(self) -> float:
+        """CO2 per kWh drawn: PUE x grid intensity, in kg CO2eq/kWh."""
+        return self.pue * self.intensity_g_per_kwh / 1000.0
 
 
 @dataclass
@@ -92,12 +97,12 @@ class Window:
             self.forecaster = Forecaster(first_step=first_step, total_steps=total_steps,
                                          energy_now=lambda: live_energy(meters), clock=self._clock,
                                          start_s=self._start_s,
-                                         kg_co2_per_kwh=self.run.pue * self.run.intensity_g_per_kwh / 1000.0)
+                                         kg_co2_per_kwh=self.run.kg_co2_per_kwh)
         return self.forecaster.observe(step)
 
-    def over_budget(self, steps_ahead: int = 1) -> BudgetExceeded | None:
-        """The budget that `steps_ahead` more steps would cross (see `measure.budget`), else None."""
-        return self.guard.check(steps_ahead) if self.guard is not None else None
+    def over_budget(self, steps_done: int, steps_ahead: int = 1) -> BudgetExceeded | None:
+        """The budget that `steps_ahead` more steps would cross, after `steps_done` (see `measure.budget`)."""
+        return self.guard.check(steps_done, steps_ahead) if self.guard is not None else None
 
     def so_far(self) -> LiveReading | None:
         """What the window has spent until now (live figures, never a record's); None before it opened."""
@@ -135,7 +140,7 @@ def measure(*, stage: str, kind: str, role: str, meters: Meters, run: RunInfo, s
     meters.gpu.start()
     start_s = window._start_s = clock()
     if guard is not None:
-        guard.open()
+        guard.open(start_s)
     status, error = "ok", None
     try:
         yield window
@@ -183,7 +188,7 @@ def _gather(me: Dist, mine: RankReading, status: str) -> tuple[list[RankReading]
     reading, rank 0 in the run log, the others in ranks/rank-<r>.jsonl, and the error says so."""
     if not me.enabled:
         return [mine], None
-    if status != "ok":
+    if status not in ("ok", "stopped-budget"):  # a budget stops every rank after the same step: they can gather
         return None, (f"stage ended {status!r} on rank {me.rank}: readings were not gathered; this record holds "
                       f"rank {me.rank}'s own, the other ranks' are in ranks/rank-<r>.jsonl")
     try:
@@ -209,7 +214,7 @@ def compose_record(*, window: Window, run: RunInfo, status: str, error: BaseExce
     components = {"cpu": carbon.cpu_energy_kwh, "gpu": gpu_energy_kwh, "ram": carbon.ram_energy_kwh}
     known = [v for v in components.values() if v is not None]
     energy_kwh = sum(known) if known else None
-    co2_kg = energy_kwh * run.pue * run.intensity_g_per_kwh / 1000.0 if energy_kwh is not None else None
+    co2_kg = energy_kwh * run.kg_co2_per_kwh if energy_kwh is not None else None
     work, flops = total.work, total.work.flops
     errors = {k: v for k, v in {"carbon": carbon.error, "gpu": gpu.error, "flops": flops.error,
                                 "distributed": gather_error}.items() if v}

@@ -34,13 +34,16 @@ def forecasts_section(frame: pd.DataFrame) -> str:
         method = next(r["forecast"]["method"] for _, r in records if r.get("forecast"))
         parts += ["While a training stage runs, it forecasts its segment's duration and energy from the rate "
                   f"measured since its warm-up (`{method}`), at fixed fractions of its steps. Each forecast is "
-                  "shown beside what the segment then spent (error = forecast / actual - 1). The actual kWh "
-                  "carries the provenance of the cost table (measured or estimated).",
+                  "shown beside what the segment then spent (error = forecast / actual - 1; none for a segment "
+                  "that stopped before its end). The forecast extrapolates the training steps; the actual figures "
+                  "also hold the segment's model loading and saving, so errors lean negative on short stages. The "
+                  "actual kWh carries the provenance of the cost table (measured or estimated).",
                   table(_HEADERS, rows, right_align_from=3)]
     if budgeted:
         limits = sorted({key.removeprefix("limit.") for r in budgeted for key in r["budget"] if key.startswith("limit.")})
         parts.append("Budgets in force: " + ", ".join(f"`{key}`" for key in limits) + ". " + (
-            " ".join(stops) if stops else "No stage was stopped by one."))
+            " ".join(stops) if stops else "No stage's record says it was stopped by one (a run stopped before a "
+            "stage began has no record of that stage: the cost table lacks it)."))
     return "\n\n".join(parts)
 
 
@@ -49,27 +52,38 @@ def _forecast_rows(run_id: str, record: dict[str, Any]) -> list[list[str]]:
     fractions = sorted(float(key.removeprefix("at_").removesuffix(".step"))
                        for key in forecast if key.startswith("at_") and key.endswith(".step"))
     stage = record["stage"] if not record.get("task") else f"{record['stage']} ({record['task']})"
+    # A segment that stopped early (a budget, a signal, a failure) never did the steps its forecasts cover.
+    ended = record.get("status") == "ok"
+    segment = str(record.get("segment")) + ("" if ended else f" ({record.get('status')})")
     rows = []
     for fraction in fractions:
         prefix = f"at_{fraction:g}"
         duration, energy = forecast.get(f"{prefix}.duration_s"), forecast.get(f"{prefix}.energy_kwh")
-        rows.append([run_id, f"`{stage}`", str(record.get("segment")),
-                     f"{fraction:.0%} (step {forecast.get(f'{prefix}.step')})",
-                     fmt_number(duration), fmt_number(record.get("duration_s")), _error(duration, record.get("duration_s")),
-                     fmt_number(energy), fmt_number(record.get("energy_kwh")), _error(energy, record.get("energy_kwh"))])
+        rows.append([run_id, f"`{stage}`", segment, f"{fraction:.0%} (step {forecast.get(f'{prefix}.step')})",
+                     fmt_number(duration), fmt_number(record.get("duration_s")),
+                     _error(duration, record.get("duration_s"), ended),
+                     fmt_number(energy), fmt_number(record.get("energy_kwh")),
+                     _error(energy, record.get("energy_kwh"), ended)])
     return rows
 
 
-def _error(forecast: float | None, actual: float | None) -> str:
+def _error(forecast: float | None, actual: float | None, ended: bool) -> str:
+    if not ended:
+        return "n/a (stopped)"
     if forecast is None or actual is None or actual == 0:
         return "n/a"
     return ("+" if forecast >= actual else "") + fmt_percent(forecast / actual - 1.0)
 
 
+_UNITS = {"max_energy_kwh": "kWh", "max_co2_kg": "kg CO2eq", "max_duration_s": "s"}
+
+
 def _stop_line(run_id: str, record: dict[str, Any]) -> str:
     budget = record.get("budget") or {}
-    key = budget.get("stopped_by")
-    limit = budget.get(f"limit.{key}")
-    return (f"`{record['stage']}` of {run_id} (segment {record.get('segment')}) stopped at `{key}` = "
-            f"{fmt_number(limit)} after {record.get('num_steps')} steps, with {fmt_number(budget.get('spent_at_stop'))} "
-            f"spent (energy {budget.get('checked_against')}).")
+    key = str(budget.get("stopped_by"))
+    unit = _UNITS.get(key.rsplit(".", 1)[-1], "")
+    stage = record["stage"] if not record.get("task") else f"{record['stage']} ({record['task']})"
+    at_step = (record.get("resumed_from_step") or 0) + (record.get("num_steps") or 0)
+    return (f"`{stage}` of {run_id} (segment {record.get('segment')}) stopped at `{key}` = "
+            f"{fmt_number(budget.get(f'limit.{key}'))} {unit} at step {at_step}, with "
+            f"{fmt_number(budget.get('spent_at_stop'))} {unit} spent (energy {budget.get('checked_against')}).")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from greendistil.report.compare import INFERENCE_KINDS, teacher_training_records
 from greendistil.report.costs import student_training_records
 from greendistil.report.frame import load_report_frame, number, value
 from greendistil.report.provenance import source_kind
+from greendistil.runlog.store import write_text_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -249,12 +249,5 @@ def write_cards(run_dir: Path, *, stage: str | None = None) -> list[Path]:
             continue
         data = card_data(records, saved, run_dir)
         card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{card_body(records, saved, data)}")
-        written.append(_write_atomically(folder / CARD_FILE, str(card)))
+        written.append(write_text_atomically(folder / CARD_FILE, str(card)))
     return written
-
-
-def _write_atomically(path: Path, text: str) -> Path:
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)
-    return path

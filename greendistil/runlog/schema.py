@@ -15,7 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-SCHEMA_VERSION = 3  # 3: `task` is null for a suite's shared stage; 2: the field table (power samples in power.csv)
+SCHEMA_VERSION = 4  # 4: status stopped-budget, `budget`, `forecast`; 3: `task` is null for a suite's shared stage;
+# 2: the field table (power samples in power.csv)
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,7 @@ FIELDS: tuple[Field, ...] = (
     _f("forecast", "s, kWh, kg CO2eq", "the segment's duration, energy and CO2 as forecast while it ran, at "
        "fractions of the stage's steps (at_<fraction>.<figure>; method: its provenance)", table=True),
     _f("hardware", doc="platform, CPU, device, threads, GPU names", table=True),
-    _f("config_hash", doc="hash of the resolved config (not the run's name or folder)"),
+    _f("config_hash", doc="hash of the resolved config (not the run's name or folder, nor its budgets)"),
     _f("git_sha", doc="greendistil's own commit, '-dirty' when modified"),
     _f("versions", doc="python and package versions", table=True),
     _f("data_sources", doc="split -> the TSV file or hub dataset it was read from", table=True),

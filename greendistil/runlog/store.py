@@ -177,3 +177,15 @@ def _json_default(value: Any) -> Any:
 
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def write_text_atomically(path: Path, text: str) -> Path:
+    """Write `path` through a temporary file in its folder, fsync'd, then renamed over it: a reader (or a
+    crash) sees the old file or the new one, never half of one."""
+    partial = path.with_name(f".{path.name}.partial")
+    with open(partial, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(partial, path)
+    return path

@@ -50,7 +50,7 @@ class TrainingWindow(Protocol):
 
     def live_scalars(self) -> dict[str, float]: ...
 
-    def over_budget(self, steps_ahead: int = 1) -> BaseException | None: ...
+    def over_budget(self, steps_done: int, steps_ahead: int = 1) -> BaseException | None: ...
 
     def observe_step(self, step: int, *, first_step: int, total_steps: int) -> Forecast | None: ...
 
@@ -180,6 +180,10 @@ def train(*, cfg: TrainingStage, model: torch.nn.Module, loader: DataLoader, ste
             step=step, epoch=epoch, batch_in_epoch=batch_in_epoch, epoch_generator_state=generator_state,
             loss_sums=losses.totals, recent_losses=losses.recent_floats(), world_size=dist.world_size))
 
+    stop = _budget_stop(window, 0, step, total_steps, cfg.log_every_steps, dist)
+    if stop is not None:  # spent before the first step (e.g. a resume with the budget unchanged)
+        bar.close()
+        raise stop
     while step < total_steps:
         if hasattr(loader.batch_sampler, "set_epoch"):
             loader.batch_sampler.set_epoch(epoch)
@@ -220,10 +224,11 @@ def train(*, cfg: TrainingStage, model: torch.nn.Module, loader: DataLoader, ste
                             and step % cfg.checkpoint_every_steps == 0)
             if checkpointed:
                 checkpoint(batch_in_epoch, epoch_generator_state)
-            stop = _budget_stop(window, step, total_steps, cfg.log_every_steps, dist)
+            stop = _budget_stop(window, step - first_step, step, total_steps, cfg.log_every_steps, dist)
             if stop is not None:  # the next step would cross a budget: keep this position, then stop
                 if state is not None and not checkpointed:
                     checkpoint(batch_in_epoch, epoch_generator_state)
+                bar.close()
                 raise stop
         epoch, skip = epoch + 1, 0
         if state is not None and step < total_steps and cfg.checkpoint_at_epoch_end:
@@ -235,18 +240,20 @@ def train(*, cfg: TrainingStage, model: torch.nn.Module, loader: DataLoader, ste
                         examples_per_s=counters.num_examples / max(elapsed_s, 1e-9))
 
 
-def _budget_stop(window: TrainingWindow, step: int, total_steps: int, log_every_steps: int,
+def _budget_stop(window: TrainingWindow, steps_done: int, step: int, total_steps: int, log_every_steps: int,
                  dist: Dist) -> BaseException | None:
-    """The budget the next step would cross, else None. One process checks after every step; under DDP
-    rank 0 decides at each log interval and every rank gets its verdict (one collective), so that all
+    """The budget the next step would cross, else None; checked before the segment's first step too
+    (`steps_done` = 0). One process checks after every step. Under DDP the check is at each log interval, on
+    every rank (the spend so far sums the ranks' readings), and rank 0's verdict goes to all, so that all
     ranks stop after the same step."""
     if step >= total_steps:
         return None
     if not dist.enabled:
-        return window.over_budget(1)
-    if step % log_every_steps:
+        return window.over_budget(steps_done, 1)
+    if steps_done and step % log_every_steps:
         return None
-    return broadcast(dist, window.over_budget(log_every_steps) if dist.is_main else None)
+    verdict = window.over_budget(steps_done, log_every_steps)
+    return broadcast(dist, verdict if dist.is_main else None)
 
 
 def _show_interval(bar: tqdm, interval: dict[str, float], rate: float, window: TrainingWindow,
