@@ -133,7 +133,7 @@ class WindowOpener:
         return BudgetGuard(limits=scopes, before={"run": Spent.of_records(records),
                                                   scopes[1].scope: Spent.of_records(earlier)},
                            kg_co2_per_kwh=self.run.kg_co2_per_kwh, energy_now=lambda: live_energy(meters),
-                           clock=self.clock)
+                           clock=self.clock, step_estimate=Spent.per_step(earlier))
 
     @contextmanager
     def __call__(self, spec: WindowSpec) -> Iterator[Window]:

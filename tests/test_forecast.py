@@ -3,6 +3,7 @@ a real tiny run's records."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,11 @@ def test_a_real_run_records_its_forecasts_beside_its_figures(tmp_path: Path) -> 
     report = (tmp_path / "runs" / "forecast" / "report" / "report.md").read_text(encoding="utf-8")
     section = report.split("## Forecasts and budgets", 1)[1].split("\n## ", 1)[0]
     assert "| forecast | `finetune (sst2)` | 1 | 10% (step 2) |" in section and "Budgets in force" not in section
+
+    from greendistil.report.forecasts import forecasts_section  # a segment that stopped early: no error figure
+    stopped = {**finetune, "status": "stopped-budget", "budget": {"stopped_by": "run.max_co2_kg",
+                                                                  "limit.run.max_co2_kg": 1.0}}
+    (tmp_path / "runs" / "forecast" / "records.jsonl").write_text(json.dumps(stopped) + "\n", encoding="utf-8")
+    from greendistil.report.frame import load_report_frame
+    text = forecasts_section(load_report_frame([tmp_path / "runs" / "forecast"]))
+    assert "| 1 (stopped-budget) |" in text and "n/a (stopped)" in text and "stopped at `run.max_co2_kg` = 1 kg CO2eq" in text

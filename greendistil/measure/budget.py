@@ -59,6 +59,17 @@ class Spent:
                    co2_kg=sum(r.get("co2_kg") or 0.0 for r in rows),
                    duration_s=sum(r.get("duration_s") or 0.0 for r in rows))
 
+    @classmethod
+    def per_step(cls, records: Iterable[Mapping[str, Any]]) -> Spent | None:
+        """The mean cost of a step over the records that took steps (a resumed stage's earlier segments), or
+        None when none did."""
+        stepped = [r for r in records if (r.get("num_steps") or 0) > 0]
+        if not stepped:
+            return None
+        total, num_steps = cls.of_records(stepped), sum(r["num_steps"] for r in stepped)
+        return cls(energy_kwh=total.energy_kwh / num_steps, co2_kg=total.co2_kg / num_steps,
+                   duration_s=total.duration_s / num_steps)
+
     def value(self, key: str) -> float:
         return {"max_energy_kwh": self.energy_kwh, "max_co2_kg": self.co2_kg, "max_duration_s": self.duration_s}[key]
 
@@ -79,8 +90,12 @@ class BudgetGuard:
     window opened; `energy_now` reads the window's energy until now; `kg_co2_per_kwh` = PUE x intensity."""
 
     def __init__(self, *, limits: Iterable[Limits], before: Mapping[str, Spent], kg_co2_per_kwh: float,
-                 energy_now: Callable[[], EnergyNow | None], clock: Callable[[], float]) -> None:
+                 energy_now: Callable[[], EnergyNow | None], clock: Callable[[], float],
+                 step_estimate: Spent | None = None) -> None:
+        """`step_estimate`: a step's cost before this window has taken one (a resumed stage: its earlier
+        segment's mean), else the first step is not projected."""
         self.limits = [lim for lim in limits if lim.set_limits()]
+        self._step_estimate = step_estimate
         self._before, self._kg_co2_per_kwh = dict(before), kg_co2_per_kwh
         self._energy_now, self._clock = energy_now, clock
         self._start_s: float | None = None
@@ -115,6 +130,8 @@ class BudgetGuard:
         step_s = (now_s - began_s) / steps_done if steps_done > 0 else 0.0
         step_kwh = ((energy_kwh - began_kwh) / steps_done if steps_done > 0 and energy_kwh is not None
                     and began_kwh is not None else 0.0)
+        if steps_done == 0 and self._step_estimate is not None:
+            step_s, step_kwh = self._step_estimate.duration_s, self._step_estimate.energy_kwh
         elapsed_s = max(now_s - self._start_s, 0.0)
         ahead_s, ahead_kwh = step_s * steps_ahead, max(step_kwh, 0.0) * steps_ahead
         for lim in self.limits:
