@@ -23,8 +23,8 @@ from greendistil.config import Config, StageConfig, WindowSpec, is_suite, suite_
 from greendistil.distributed import SINGLE, Dist
 from greendistil.errors import BudgetExceeded, GreendistilError, RunDirError, StageError
 from greendistil.measure.budget import BudgetGuard, Limits, Spent, exhausted
-from greendistil.measure.live import live_energy
 from greendistil.measure.carbon import CarbonMeter
+from greendistil.measure.live import live_energy
 from greendistil.measure.nvml import NvmlMeter
 from greendistil.measure.window import Clock, Meters, RunInfo, Window, measure
 from greendistil.preflight import Preflight, check_disk_space, preflight

@@ -41,7 +41,6 @@ class RunSection:
         check_budgets(self)
 
 
-
 @dataclass(frozen=True, kw_only=True)
 class CarbonSection:
     """How energy turns into CO2: grid intensity of a country (codecarbon's offline data) and PUE."""

@@ -103,6 +103,7 @@ def parse_override_value(text: str) -> Any:
 
 
 BUDGET_KEYS = ("max_energy_kwh", "max_co2_kg", "max_duration_s")  # in [run] and in each training stage
+BUDGET_UNITS = {"max_energy_kwh": "kWh", "max_co2_kg": "kg CO2eq", "max_duration_s": "s"}
 
 
 def check_budgets(table: object) -> None:

@@ -17,12 +17,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from greendistil.config.types import BUDGET_KEYS
+from greendistil.config.types import BUDGET_KEYS, BUDGET_UNITS
 from greendistil.errors import BudgetExceeded
 from greendistil.measure.live import EnergyNow
-
-UNITS = {"max_energy_kwh": "kWh", "max_co2_kg": "kg CO2eq", "max_duration_s": "s"}
-
 
 @dataclass(frozen=True, kw_only=True)
 class Limits:
@@ -80,7 +77,7 @@ def exhausted(limits: Limits, spent: Spent) -> BudgetExceeded | None:
     for key in BUDGET_KEYS:
         limit = getattr(limits, key)
         if limit is not None and spent.value(key) >= limit:
-            return BudgetExceeded(key=f"{limits.scope}.{key}", limit=limit, spent=spent.value(key), unit=UNITS[key],
+            return BudgetExceeded(key=f"{limits.scope}.{key}", limit=limit, spent=spent.value(key), unit=BUDGET_UNITS[key],
                                   checked_against="as recorded in the run log")
     return None
 
@@ -146,7 +143,7 @@ class BudgetGuard:
                 if limit is None or key not in spent or spent[key][1] <= limit:
                     continue
                 self.stopped = BudgetExceeded(key=f"{lim.scope}.{key}", limit=limit, spent=spent[key][0],
-                                              unit=UNITS[key], checked_against=self.checked_against())
+                                              unit=BUDGET_UNITS[key], checked_against=self.checked_against())
                 return self.stopped
         return None
 

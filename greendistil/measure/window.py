@@ -21,9 +21,9 @@ from greendistil import distributed
 from greendistil.distributed import SINGLE, Dist
 from greendistil.errors import BudgetExceeded, RunInterrupted
 from greendistil.measure.budget import BudgetGuard
-from greendistil.measure.forecast import Forecast, Forecaster
 from greendistil.measure.carbon import CarbonMeter
 from greendistil.measure.counters import StageCounters
+from greendistil.measure.forecast import Forecast, Forecaster
 from greendistil.measure.live import LiveReading, live_energy, read_live
 from greendistil.measure.nvml import GpuReading, NvmlMeter
 from greendistil.measure.ranks import RankReading, Work, combine, flop_figures

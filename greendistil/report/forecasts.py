@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from greendistil.config.types import BUDGET_UNITS
 from greendistil.report.frame import first_value, iter_runs
 from greendistil.report.markdown import fmt_number, fmt_percent, table
 from greendistil.runlog.store import read_records
@@ -51,7 +52,7 @@ def _forecast_rows(run_id: str, record: dict[str, Any]) -> list[list[str]]:
     forecast = record.get("forecast") or {}
     fractions = sorted(float(key.removeprefix("at_").removesuffix(".step"))
                        for key in forecast if key.startswith("at_") and key.endswith(".step"))
-    stage = record["stage"] if not record.get("task") else f"{record['stage']} ({record['task']})"
+    stage = _stage_label(record)
     # A segment that stopped early (a budget, a signal, a failure) never did the steps its forecasts cover.
     ended = record.get("status") == "ok"
     segment = str(record.get("segment")) + ("" if ended else f" ({record.get('status')})")
@@ -67,6 +68,10 @@ def _forecast_rows(run_id: str, record: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def _stage_label(record: dict[str, Any]) -> str:
+    return record["stage"] if not record.get("task") else f"{record['stage']} ({record['task']})"
+
+
 def _error(forecast: float | None, actual: float | None, ended: bool) -> str:
     if not ended:
         return "n/a (stopped)"
@@ -75,14 +80,11 @@ def _error(forecast: float | None, actual: float | None, ended: bool) -> str:
     return ("+" if forecast >= actual else "") + fmt_percent(forecast / actual - 1.0)
 
 
-_UNITS = {"max_energy_kwh": "kWh", "max_co2_kg": "kg CO2eq", "max_duration_s": "s"}
-
-
 def _stop_line(run_id: str, record: dict[str, Any]) -> str:
     budget = record.get("budget") or {}
     key = str(budget.get("stopped_by"))
-    unit = _UNITS.get(key.rsplit(".", 1)[-1], "")
-    stage = record["stage"] if not record.get("task") else f"{record['stage']} ({record['task']})"
+    unit = BUDGET_UNITS.get(key.rsplit(".", 1)[-1], "")
+    stage = _stage_label(record)
     at_step = (record.get("resumed_from_step") or 0) + (record.get("num_steps") or 0)
     return (f"`{stage}` of {run_id} (segment {record.get('segment')}) stopped at `{key}` = "
             f"{fmt_number(budget.get(f'limit.{key}'))} {unit} at step {at_step}, with "
