@@ -1,4 +1,4 @@
-"""`greendistil run|bench|report|card|runs`: argument parsing, exit codes and printing. Nothing else in the package prints.
+"""`greendistil run|plan|bench|report|card|runs`: argument parsing, exit codes and printing. Nothing else in the package prints.
 
 Exit codes: 0 ok; 1 a stage failed; 2 bad input (one line on stderr, no traceback); 3 stopped at a budget
 (`run.max_energy_kwh` ...: continue with `--resume RUN_DIR --set` a higher one); 130 SIGINT; 143 SIGTERM.
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Callable, Sequence, TypeVar
 
 if TYPE_CHECKING:
     from greendistil.config import Config
-    from greendistil.pipeline import RunHandle
+    from greendistil.pipeline import RunHandle, RunRequest
 
 T = TypeVar("T")
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_BUDGET, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 2, 3, 130, 143
@@ -54,7 +54,22 @@ def _parser() -> argparse.ArgumentParser:
                      help="continue an interrupted or failed run: done stages are skipped, the stage that stopped "
                           "continues from its last checkpoint, each new segment gets its own record")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--plan", type=Path, metavar="PLAN_JSON",
+                     help="the plan to keep beside the run's figures (default: the one `greendistil plan` saved for "
+                          "this config under <run.output_dir>/plans/, if any)")
     run.set_defaults(handler=_cmd_run)
+    plan = commands.add_parser("plan", help="forecast a config's work, FLOPs, time, kWh and CO2 before running it",
+                               description="A dry run: every stage is calibrated for a few steps on this machine "
+                               "(the real models and batches, in a measurement window, in a throwaway directory), "
+                               "then extrapolated by padded tokens. Writes plan.json; no run directory.")
+    plan.add_argument("config", type=Path, help="a TOML config, e.g. configs/base.toml")
+    plan.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a config key, as for `run` (repeatable)")
+    plan.add_argument("--calibrate-steps", type=int, default=None, metavar="N",
+                      help="timed steps per training stage after its warm-up (default 10)")
+    plan.add_argument("--out", type=Path, help="where to write the plan (default: <run.output_dir>/plans/"
+                      "<run.name>-<config hash>.json, where `greendistil run` of the same config finds it)")
+    plan.set_defaults(handler=_cmd_plan)
     bench = commands.add_parser("bench", help="inference latency, throughput and energy of a teacher and a student",
                                 description="Benchmark saved models on the task's first dev sentences: latency "
                                 "(p50/p95), throughput, FLOPs and energy per 1,000 examples, one measured window "
@@ -104,6 +119,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         config = load_config(args.config, args.overrides)
         request = RunRequest(config=config, run_id=args.run_id, force=args.force, command=command,
                              show_progress=show_progress)
+    request = _with_plan(request, args.plan)
     handle = RunHandle()
     try:
         run_dir, exit_code = _interruptible(lambda: execute(request, handle), handle)
@@ -125,6 +141,45 @@ def _cmd_run(args: argparse.Namespace) -> int:
         except Exception as err:  # the run and its records are complete; a report can be rebuilt later
             print(f"greendistil: the run finished but its report failed ({type(err).__name__}: {err}); "
                   f"rebuild it with: greendistil report {run_dir} --out {run_dir / 'report'}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _with_plan(request: RunRequest, path: Path | None) -> RunRequest:
+    """The request with the config's plan (given, or saved by `greendistil plan`), and the plan's budget
+    warnings on stderr, one line each, before anything runs."""
+    import dataclasses
+
+    from greendistil.planning import budget_warnings
+    from greendistil.runlog.plans import default_plan_path, read_plan
+
+    config = request.config
+    if path is None:
+        path = default_plan_path(config.run.output_dir, config.run.name, config.config_hash())
+        if not path.is_file():
+            return request
+    plan = read_plan(path, config_hash=config.config_hash())
+    if _is_main_rank():
+        for warning in budget_warnings(config, plan):
+            print(f"greendistil: warning: {warning}", file=sys.stderr)
+    return dataclasses.replace(request, plan=plan)
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from greendistil.config import load_config
+    from greendistil.planning import DEFAULT_CALIBRATE_STEPS, PlanRequest, make_plan
+    from greendistil.report.plan import plan_table
+    from greendistil.runlog.plans import default_plan_path, write_plan
+
+    config = load_config(args.config, args.overrides)
+    steps = DEFAULT_CALIBRATE_STEPS if args.calibrate_steps is None else args.calibrate_steps
+    plan = make_plan(PlanRequest(config=config, calibrate_steps=steps,
+                                 command=shlex.join(["greendistil", *sys.argv[1:]])))
+    out = args.out or default_plan_path(config.run.output_dir, config.run.name, config.config_hash())
+    write_plan(out, plan)
+    print(plan_table(plan))
+    print(f"plan: {out}")
+    for warning in plan["budget_warnings"]:
+        print(f"greendistil: warning: {warning}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -162,6 +217,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from greendistil.config import BenchmarkStage, apply_override, build_config
     from greendistil.errors import ConfigError
     from greendistil.pipeline import RunHandle, RunRequest, execute
+    from greendistil.report.console import bench_text
     from greendistil.runlog.store import read_records
 
     roles = args.roles or ["teacher", "student"][:len(args.sources)]
@@ -183,38 +239,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if exit_code is not None:
         return exit_code
     print(f"run directory: {run_dir}")
-    print(_bench_table(read_records(run_dir)))
+    print(bench_text(read_records(run_dir)))
     return EXIT_OK
-
-
-def _bench_table(records: list[dict]) -> str:
-    from greendistil.report.markdown import fmt_number
-    from greendistil.report.reference import DISTILBERT
-    from greendistil.report.serving import InputsMismatchError, benchmark_summary, throughput_ratios
-
-    rows = benchmark_summary(records)
-    headers = ("role", "batch", "p50 ms", "p95 ms", "examples/s", "J/1k ex", "FLOPs/ex", "GFLOP/s", "passes")
-    body = [[str(r["role"]), str(r["batch_size"]), fmt_number(r["latency_ms_p50"]), fmt_number(r["latency_ms_p95"]),
-             f"{fmt_number(r['examples_per_s'])} ± {fmt_number(r['examples_per_s_std'], 2)}",
-             fmt_number(r["energy_j_per_1k_examples"]), fmt_number(r["flops_per_example"]),
-             fmt_number(r["gflops_per_s"]), str(r["passes"])] for r in rows]
-    widths = [max(len(str(line[i])) for line in [headers, *body]) for i in range(len(headers))]
-    lines = ["  ".join(str(cell).rjust(width) for cell, width in zip(line, widths)) for line in [headers, *body]]
-    try:
-        for ratio in throughput_ratios(rows):
-            lines.append(f"batch {ratio['batch_size']}: student/teacher throughput {fmt_number(ratio['speedup'])}x, "
-                         f"energy per 1k examples {fmt_number(ratio['energy_per_1k_ratio'])}x "
-                         f"({DISTILBERT.student_name}/{DISTILBERT.teacher_name}, paper: "
-                         f"{DISTILBERT.inference_speedup:.2f}x on CPU at batch 1)")
-    except InputsMismatchError as err:
-        lines.append(f"no student/teacher ratio: {err}")
-    lines += [f"{r['stage']}: {flag}" for r in rows for flag in r["flags"]]
-    lines += [f"{role}: {model}" for role, model in dict((r["role"], r["model"]) for r in rows).items()]
-    fast_paths = sorted({str(r["fast_path"]) for r in rows})
-    kinds = sorted({kind for r in rows for kind in r["energy_kinds"]}) or ["not available"]
-    lines.append(f"fast path: {', '.join(fast_paths)}; energy ({' + '.join(kinds)}) per 1k examples = window energy "
-                 "/ examples in it")
-    return "\n".join(lines)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -241,46 +267,22 @@ def _cmd_card(args: argparse.Namespace) -> int:
 
 def _cmd_runs(args: argparse.Namespace) -> int:
     from greendistil.errors import GreendistilError
+    from greendistil.report.console import runs_table
     from greendistil.runlog.frame import load_runs
 
     frame = load_runs(args.paths)
     if frame.empty:
         raise GreendistilError(f"no runs found under {', '.join(map(str, args.paths))}; "
                                "give a run directory (holding records.jsonl) or a folder of them")
-    print(_format_records(frame))
+    print(runs_table(frame))
     return EXIT_OK
 
 
 def _summary_table(run_dir: Path) -> str:
+    from greendistil.report.console import runs_table
     from greendistil.runlog.frame import load_runs
 
-    return _format_records(load_runs(run_dir))
-
-
-def _format_records(frame) -> str:
-    from greendistil.report.provenance import energy_kinds
-
-    suite = "task" in frame and (frame["task"].nunique(dropna=False) > 1 or frame["task"].isna().any())
-    # A suite's table keeps one score per model (the task's GLUE score) beside a task column: each task has
-    # metrics of its own, and all of them would make the table as wide as the tasks' union.
-    endings = (".score",) if suite else (".accuracy", ".score", ".mcc", ".f1", ".pearson", ".spearman")
-    metric_columns = [c for c in frame.columns if c.startswith("metric.") and c.endswith(endings)]
-    columns = ["run_id", *(["task"] if suite else []), "stage", "role", "status", "duration_s", "flops", "energy_kwh",
-               "co2_kg", *metric_columns]
-    table = frame[[c for c in columns if c in frame.columns]].copy()
-    if suite:
-        table["task"] = table["task"].fillna("shared")
-    kinds = frame.apply(lambda row: energy_kinds(row.to_frame().T), axis=1)  # ' (est.)': never a bare estimate
-    for column, fmt in (("duration_s", "{:.1f}"), ("flops", "{:.3g}"), ("energy_kwh", "{:.3g}"), ("co2_kg", "{:.3g}")):
-        if column in table:
-            table[column] = table[column].map(lambda v, f=fmt: "-" if v is None or v != v else f.format(v))
-    for column in ("energy_kwh", "co2_kg"):
-        if column in table:
-            table[column] = table[column] + kinds.where(table[column] != "-", "")
-    for column in metric_columns:
-        table[column] = table[column].map(lambda v: "-" if v is None or v != v else f"{v:.4f}")
-    table.columns = [c.removeprefix("metric.") for c in table.columns]
-    return table.to_string(index=False)
+    return runs_table(load_runs(run_dir))
 
 
 def _interruptible(work: Callable[[], T], handle: RunHandle) -> tuple[T | None, int | None]:

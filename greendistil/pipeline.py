@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -28,6 +29,7 @@ from greendistil.measure.live import live_energy
 from greendistil.measure.nvml import NvmlMeter
 from greendistil.measure.window import Clock, Meters, RunInfo, Window, measure
 from greendistil.preflight import Preflight, check_disk_space, preflight
+from greendistil.runlog.plans import plan_entry
 from greendistil.runlog.progress import RunAlreadyComplete, RunProgress
 from greendistil.runlog.store import (RunLock, create_run_dir, new_run_id, node_emissions_file, open_run_dir,
                                       read_records, write_text_atomically)
@@ -39,7 +41,7 @@ from greendistil.testing import faults
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RunAlreadyComplete", "RunHandle", "RunRequest", "WindowOpener", "execute"]
+__all__ = ["Contexts", "RunAlreadyComplete", "RunHandle", "RunRequest", "WindowOpener", "execute", "start_run"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,6 +57,7 @@ class RunRequest:
     command: str | None = None  # the command line, for the records
     show_progress: bool | None = None  # progress bars: None = only on a terminal
     clock: Clock = time.perf_counter  # times every window (tests: a fake clock)
+    plan: dict[str, Any] | None = None  # `greendistil plan`'s forecasts, kept in each window's record
 
 
 @dataclass
@@ -84,9 +87,9 @@ def execute(request: RunRequest, handle: RunHandle | None = None) -> Path:
         handle.run_dir = run_dir
         try:
             progress = RunProgress.from_records(run_dir, read_records(run_dir)) if request.resume_dir else RunProgress()
-            run, meters, device = _start_run(config, checked, run_dir, command=request.command, dist=dist)
+            run, meters, device = start_run(config, checked, run_dir, command=request.command, dist=dist)
             scalar_log = ScalarLog(run_dir) if config.run.tensorboard and dist.is_main else None
-            contexts = _Contexts(request, checked, run_dir, device, progress, dist, scalar_log)
+            contexts = Contexts(request, checked, run_dir, device, progress, dist, scalar_log)
             try:
                 _run_steps(config, contexts, run, meters, progress, request.clock)
             finally:
@@ -104,9 +107,10 @@ class WindowOpener:
     StageError (the run directory exists by then, so it is no longer exit 2's "nothing written")."""
 
     def __init__(self, stage: StageConfig, run: RunInfo, meters: Meters, progress: RunProgress, clock: Clock,
-                 run_limits: Limits | None = None) -> None:
+                 run_limits: Limits | None = None, plan: dict[str, Any] | None = None) -> None:
         self.stage, self.run, self.meters, self.progress, self.clock = stage, run, meters, progress, clock
         self.run_limits = run_limits or Limits(scope="run")
+        self.plan = plan
 
     def is_done(self, spec: WindowSpec) -> bool:
         return self.progress.window_done(self.run.task, spec.name)
@@ -114,7 +118,7 @@ class WindowOpener:
     def alone(self) -> WindowOpener:
         """The same opener for rank 0 measuring alone (its records say world_size 1)."""
         return WindowOpener(self.stage, self.run, dataclasses.replace(self.meters, dist=SINGLE), self.progress,
-                            self.clock, self.run_limits)
+                            self.clock, self.run_limits, self.plan)
 
     def _guard(self, spec: WindowSpec) -> BudgetGuard | None:
         """The run's and the stage's budgets, against what the run and this stage's earlier segments spent."""
@@ -139,7 +143,7 @@ class WindowOpener:
     def __call__(self, spec: WindowSpec) -> Iterator[Window]:
         with measure(stage=spec.name, kind=self.stage.kind, role=spec.role, meters=self.meters, run=self.run,
                      segment=self.progress.next_segment(self.run.task, spec.name), clock=self.clock,
-                     guard=self._guard(spec)) as window:
+                     guard=self._guard(spec), plan_forecast=plan_entry(self.plan, self.run.task, spec.name)) as window:
             faults.point(f"stage-start:{spec.name}")
             try:
                 yield window
@@ -147,7 +151,7 @@ class WindowOpener:
                 raise StageError(f"stage {self.stage.name!r}{_of_task(self.run.task)}: {err}") from err
 
 
-class _Contexts:
+class Contexts:
     """The StageContext of each task of the run (built when its first stage runs, so only one task's
     encoded data is held at a time), and of the suite's shared stages. Artifacts: a task's stages see their
     own over the shared stages' ones."""
@@ -179,7 +183,7 @@ class _Contexts:
             show_progress=self.request.show_progress, clock=self.request.clock, scalar_log=self.scalar_log)
 
 
-def _run_steps(config: Config, contexts: _Contexts, run: RunInfo, meters: Meters, progress: RunProgress,
+def _run_steps(config: Config, contexts: Contexts, run: RunInfo, meters: Meters, progress: RunProgress,
                clock: Clock) -> None:
     """Each (task, stage) not yet done, in `suite_steps` order; each starts from a seed of its own (the
     stage's position in [[stages]]), so a stage gives the same result whether or not the stages before it
@@ -202,7 +206,7 @@ def _run_steps(config: Config, contexts: _Contexts, run: RunInfo, meters: Meters
             ctx = contexts.get(step.task)
             step_run = dataclasses.replace(run, task=step.task, data_sources=contexts.checked.data_sources(step.task))
             runner = RUNNERS[stage.kind]
-            opener = WindowOpener(stage, step_run, meters, progress, clock, run_limits)
+            opener = WindowOpener(stage, step_run, meters, progress, clock, run_limits, contexts.request.plan)
             if stage.one_process and ctx.dist.enabled:
                 # Rank 0 measures alone while the other ranks wait on the CPU (gloo), unmeasured: no record
                 # covers their idle draw meanwhile.
@@ -221,7 +225,7 @@ def _run_steps(config: Config, contexts: _Contexts, run: RunInfo, meters: Meters
         meters.gpu.close()
 
 
-def _write_model_cards(contexts: _Contexts) -> None:
+def _write_model_cards(contexts: Contexts) -> None:
     """Write the model cards from the run log once its stages are over (rank 0), so a student's card has
     its scores. A card that cannot be written never stops the run: `greendistil card RUN_DIR` writes it."""
     if not contexts.dist.is_main:
@@ -264,7 +268,7 @@ def _claim_run_dir(request: RunRequest, checked: Preflight, dist: Dist) -> tuple
     return Path(run_dir), made[1] if made is not None else None
 
 
-def _start_run(config: Config, checked: Preflight, run_dir: Path, *, command: str | None,
+def start_run(config: Config, checked: Preflight, run_dir: Path, *, command: str | None,
                dist: Dist = SINGLE) -> tuple[RunInfo, Meters, torch.device]:
     """Describe the run (what every record shares) and set up this process's meters."""
     _set_threads(config.run.num_threads)

@@ -137,3 +137,25 @@ def test_explicit_sampler_decides_the_order() -> None:
 def test_batch_size_is_validated() -> None:
     with pytest.raises(ConfigError, match="batch_size: 0"):
         make_loader(_synthetic_split([3]), batch_size=0, pad_token_id=PAD, shuffle=False, seed=0)
+
+
+def test_planned_steps_replay_the_training_order_without_disturbing_it() -> None:
+    from greendistil.data.batching import planned_steps
+
+    lengths = [3 + (i * 7) % 20 for i in range(50)]
+    split = EncodedSplit(input_ids=[[1] * n for n in lengths], token_type_ids=[[0] * n for n in lengths],
+                         labels=torch.zeros(50, dtype=torch.long))
+    for group in (True, False):
+        loader = make_loader(split, batch_size=8, pad_token_id=0, shuffle=True, seed=3, group_by_length=group)
+        planned = planned_steps(loader, 14)  # two epochs of 7 batches
+        assert planned is not None and len(planned) == 14
+        seen = []
+        for epoch in range(2):
+            if hasattr(loader.batch_sampler, "set_epoch"):
+                loader.batch_sampler.set_epoch(epoch)
+            seen += [batch for batch in loader]
+        assert planned.rows == [b["input_ids"].shape[0] for b in seen]
+        assert planned.padded_tokens == [b["input_ids"].numel() for b in seen]
+        assert planned.tokens == [int(b["attention_mask"].sum()) for b in seen]
+    evaluation = make_loader(split, batch_size=8, pad_token_id=0, shuffle=False, seed=0, sampler=list(range(50)))
+    assert planned_steps(evaluation, 7) is None

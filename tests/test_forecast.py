@@ -13,7 +13,7 @@ from conftest import write_sst2, write_tiny_config
 from fakes import FakeClock
 from greendistil.cli import main
 from greendistil.measure.live import EnergyNow
-from greendistil.measure.forecast import METHOD, Forecaster
+from greendistil.measure.forecast import METHODS, Forecaster
 
 
 class Meter:
@@ -52,8 +52,25 @@ def test_the_rate_after_the_warm_up_extrapolates_over_the_steps_left() -> None:
     assert first.duration_s == pytest.approx(240.0)
     assert first.energy_kwh == pytest.approx(0.145) and first.co2_kg == pytest.approx(0.145 * 0.4)
     summary = forecaster.summary()
-    assert summary is not None and summary["method"] == METHOD and summary["warmup_steps"] == 5
+    assert summary is not None and summary["method"] == METHODS["steps"] and summary["warmup_steps"] == 5
     assert summary["at_0.5.step"] == 50 and summary["at_0.75.duration_s"] == pytest.approx(240.0)
+
+
+def test_by_padded_tokens_a_short_first_batch_sample_does_not_bias_the_forecast() -> None:
+    clock, meter = FakeClock(start_s=0.0), Meter()
+    # Steps alternate 100 and 300 padded tokens, but the first 10 steps are all short ones; time and energy
+    # are proportional to padded tokens (0.01 s and 1e-6 kWh each).
+    tokens = [100] * 10 + [300, 100] * 45
+    forecaster = Forecaster(first_step=0, total_steps=100, energy_now=meter, clock=clock, start_s=0.0,
+                            kg_co2_per_kwh=1.0, padded_tokens_per_step=tokens)
+    for step, padded in enumerate(tokens, start=1):
+        clock.advance(0.01 * padded)
+        meter.energy_kwh += 1e-6 * padded
+        forecaster.observe(step)
+    first = forecaster.forecasts[0]
+    assert first.at_step == 10 and first.duration_s == pytest.approx(0.01 * sum(tokens))  # per step: 100 s, -50%
+    assert first.energy_kwh == pytest.approx(1e-6 * sum(tokens))
+    assert forecaster.summary()["method"] == METHODS["padded_tokens"]
 
 
 def test_a_resumed_segment_forecasts_its_own_end() -> None:
@@ -85,7 +102,7 @@ def test_a_real_run_records_its_forecasts_beside_its_figures(tmp_path: Path) -> 
     assert main(["run", str(config), "--no-progress", "--run-id", "forecast"]) == 0
     finetune, evaluate = records(tmp_path / "runs" / "forecast")
     forecast = finetune["forecast"]
-    assert forecast["method"] == METHOD and forecast["total_steps"] == finetune["num_steps"] == 20
+    assert forecast["method"] == METHODS["padded_tokens"] and forecast["total_steps"] == finetune["num_steps"] == 20
     assert [forecast[f"at_{f:g}.step"] for f in (0.1, 0.25, 0.5, 0.75)] == [2, 5, 10, 15]
     assert all(forecast[f"at_{f:g}.duration_s"] > 0 for f in (0.1, 0.25, 0.5, 0.75))
     assert evaluate["forecast"] is None  # evaluation has no steps to forecast

@@ -195,6 +195,50 @@ class ShardedBatchSampler(Sampler[list[int]]):
             yield batch[self.rank::self.world_size]
 
 
+@dataclass(frozen=True, kw_only=True)
+class PlannedSteps:
+    """The shapes of a training stage's steps, known before it starts: per step, the rows (examples), the
+    real tokens and the padded tokens (rows x the batch's longest sequence: what the model computes on)."""
+
+    rows: list[int]
+    tokens: list[int]
+    padded_tokens: list[int]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def planned_steps(loader: DataLoader, num_steps: int) -> PlannedSteps | None:
+    """The shapes of a training loader's first `num_steps` batches, epoch after epoch, as training will
+    draw them; the loader's state is left as it was. None for a loader whose order cannot be replayed
+    without drawing from it (an explicit sampler, DDP shards): the caller then knows only the step count."""
+    split, batches = loader.dataset, loader.batch_sampler
+    if not isinstance(split, EncodedSplit) or num_steps < 1:
+        return None
+    lengths = np.asarray(split.lengths, dtype=np.int64)
+    drawn: list[list[int]] = []
+    if isinstance(batches, LengthGroupedBatchSampler):
+        epoch = 0
+        while len(drawn) < num_steps:
+            drawn += batches.batches(epoch)
+            epoch += 1
+    elif isinstance(batches, BatchSampler) and isinstance(loader.generator, torch.Generator):
+        saved = loader.generator.get_state()
+        try:  # an epoch's iterator draws its base seed from the generator, then the sampler its permutation
+            while len(drawn) < num_steps:
+                epoch_batches = getattr(iter(loader), "_sampler_iter", None)
+                if epoch_batches is None:  # a torch whose iterator hides its index sampler
+                    return None
+                drawn += list(epoch_batches)
+        finally:
+            loader.generator.set_state(saved)
+    else:
+        return None
+    shapes = [lengths[batch] for batch in drawn[:num_steps]]
+    return PlannedSteps(rows=[len(b) for b in shapes], tokens=[int(b.sum()) for b in shapes],
+                        padded_tokens=[len(b) * int(b.max()) for b in shapes])
+
+
 def make_loader(
     split: EncodedSplit,
     *,

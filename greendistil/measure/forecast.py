@@ -3,16 +3,18 @@
 The first steps of a segment are its warm-up (lazy initialisation, first allocations, the optimizer's state):
 they are not typical, so the rate is measured from the end of the warm-up (`WARMUP_FRACTION` of the stage's
 steps, at least one step). At each of `FRACTIONS` of the stage's steps, the forecast is the spend so far
-plus the steps left at the time and energy per step measured since the warm-up ended: a linear
-extrapolation per step (the steps of a stage have the same size on average: fixed batch size, shuffled
-lengths). The record keeps each forecast beside the segment's actual figures, so their error can be read
-from the run log; every forecast figure's provenance is `forecast:linear-per-step-since-warmup`.
+plus the work left at the time and energy per unit of work measured since the warm-up ended. The unit is
+the padded token (rows x padded length: what the model computes on) when the loop knows each step's padded
+tokens in advance (`data.batching.padded_tokens_per_step`), else the step. The record keeps each forecast
+beside the segment's actual figures, so their error can be read from the run log; every forecast figure's
+provenance is the method named in `METHODS`.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +22,8 @@ from greendistil.measure.live import EnergyNow
 
 FRACTIONS = (0.10, 0.25, 0.50, 0.75)  # of the stage's steps: where a forecast is kept in the record
 WARMUP_FRACTION = 0.05
-METHOD = "forecast:linear-per-step-since-warmup"
+METHODS = {"padded_tokens": "forecast:linear-per-padded-token-since-warmup",
+           "steps": "forecast:linear-per-step-since-warmup"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,21 +52,28 @@ class _Mark:
     step: int
     time_s: float
     energy_kwh: float | None
+    work: float  # padded tokens (or steps) done by `step`
 
 
 class Forecaster:
     """Watches one segment's steps (`observe` after each) and forecasts at the fractions it passes.
 
     `first_step`: the step the segment started from (0, or a resumed checkpoint's); `energy_now`: the
-    window's energy until now (or None); `clock`: the window's clock, read once per observed step.
+    window's energy until now (or None); `clock`: the window's clock, read once per observed step;
+    `padded_tokens_per_step`: each of the stage's steps' padded tokens (None: extrapolate per step).
     """
 
     def __init__(self, *, first_step: int, total_steps: int, energy_now: Callable[[], EnergyNow | None],
                  clock: Callable[[], float], start_s: float, kg_co2_per_kwh: float,
-                 fractions: tuple[float, ...] = FRACTIONS, warmup_fraction: float = WARMUP_FRACTION) -> None:
+                 padded_tokens_per_step: Sequence[int] | None = None, fractions: tuple[float, ...] = FRACTIONS,
+                 warmup_fraction: float = WARMUP_FRACTION) -> None:
         self.first_step, self.total_steps = first_step, total_steps
         self._energy_now, self._clock, self._kg_co2_per_kwh = energy_now, clock, kg_co2_per_kwh
-        self._start = _Mark(first_step, start_s, 0.0)
+        usable = padded_tokens_per_step is not None and len(padded_tokens_per_step) >= total_steps
+        self.unit = "padded_tokens" if usable else "steps"
+        # work done after k steps: cumulative padded tokens (or k itself)
+        self._work = list(itertools.accumulate(padded_tokens_per_step[:total_steps], initial=0)) if usable else None
+        self._start = _Mark(first_step, start_s, 0.0, self._work_at(first_step))
         self._warm_end_step = first_step + max(1, math.ceil(warmup_fraction * total_steps))
         self._warm: _Mark | None = None
         self._pending = sorted(f for f in fractions if _step_at(f, total_steps) > self._warm_end_step)
@@ -85,19 +95,23 @@ class Forecaster:
         self.forecasts.append(forecast)
         return forecast
 
+    def _work_at(self, step: int) -> float:
+        return float(self._work[step]) if self._work is not None else float(step)
+
     def _mark(self, step: int) -> _Mark:
         reading = self._energy_now()
-        return _Mark(step, self._clock(), reading.energy_kwh if reading is not None else None)
+        return _Mark(step, self._clock(), reading.energy_kwh if reading is not None else None, self._work_at(step))
 
     def _forecast(self, fraction: float, now: _Mark) -> Forecast:
         warm = self._warm
         assert warm is not None
-        steps_done, steps_left = now.step - warm.step, self.total_steps - now.step
-        per_step_s = (now.time_s - warm.time_s) / steps_done
-        duration_s = (now.time_s - self._start.time_s) + steps_left * per_step_s
+        work_done, work_left = now.work - warm.work, self._work_at(self.total_steps) - now.work
+        if work_done <= 0:  # steps of no padded tokens cannot happen; guard the division anyway
+            work_done, work_left = float(now.step - warm.step), float(self.total_steps - now.step)
+        duration_s = (now.time_s - self._start.time_s) + work_left * (now.time_s - warm.time_s) / work_done
         energy_kwh = None
         if now.energy_kwh is not None and warm.energy_kwh is not None:
-            energy_kwh = now.energy_kwh + steps_left * (now.energy_kwh - warm.energy_kwh) / steps_done
+            energy_kwh = now.energy_kwh + work_left * (now.energy_kwh - warm.energy_kwh) / work_done
         co2_kg = energy_kwh * self._kg_co2_per_kwh if energy_kwh is not None else None
         return Forecast(at_fraction=fraction, at_step=now.step, duration_s=duration_s, energy_kwh=energy_kwh,
                         co2_kg=co2_kg)
@@ -106,7 +120,7 @@ class Forecaster:
         """The record's `forecast` field (flat): the method and each forecast kept. None when none was made."""
         if not self.forecasts:
             return None
-        fields: dict[str, Any] = {"method": METHOD, "warmup_steps": self._warm_end_step - self.first_step,
+        fields: dict[str, Any] = {"method": METHODS[self.unit], "warmup_steps": self._warm_end_step - self.first_step,
                                   "first_step": self.first_step, "total_steps": self.total_steps}
         for forecast in self.forecasts:
             fields |= forecast.fields()

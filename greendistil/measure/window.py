@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from greendistil import distributed
+from greendistil.data.batching import PlannedSteps
 from greendistil.distributed import SINGLE, Dist
 from greendistil.errors import BudgetExceeded, RunInterrupted
 from greendistil.measure.budget import BudgetGuard
@@ -77,8 +78,10 @@ class Window:
     """Handed to the stage: `window.counters` is the stage's to fill."""
 
     def __init__(self, stage: str, kind: str, role: str, segment: int = 1, meters: Meters | None = None,
-                 run: RunInfo | None = None, clock: Clock = time.perf_counter, guard: BudgetGuard | None = None) -> None:
+                 run: RunInfo | None = None, clock: Clock = time.perf_counter, guard: BudgetGuard | None = None,
+                 plan_forecast: dict[str, Any] | None = None) -> None:
         self.stage, self.kind, self.role, self.segment = stage, kind, role, segment
+        self.plan_forecast = plan_forecast  # the plan's forecast of this window's stage (`greendistil plan`), if one was made
         self.counters = StageCounters()
         self.record: dict[str, Any] | None = None  # the record written when the window closed
         self.run = run
@@ -87,18 +90,24 @@ class Window:
         self._meters, self._clock = meters, clock
         self._start_s: float | None = None
 
-    def observe_step(self, step: int, *, first_step: int, total_steps: int) -> Forecast | None:
+    def observe_step(self, step: int, *, first_step: int, total_steps: int,
+                     planned: PlannedSteps | None = None) -> Forecast | None:
         """After each training step (`step` of `total_steps` done; the segment started at `first_step`): the
-        forecast of the segment's end made at this step, if it reached one of `measure.forecast.FRACTIONS`."""
+        forecast of the segment's end made at this step, if it reached one of `measure.forecast.FRACTIONS`.
+        `planned` (each step's shape, known in advance): forecast by padded tokens, not by steps."""
         if self._meters is None or self._start_s is None or self.run is None:
             return None
         if self.forecaster is None:
             meters = self._meters
             self.forecaster = Forecaster(first_step=first_step, total_steps=total_steps,
                                          energy_now=lambda: live_energy(meters), clock=self._clock,
-                                         start_s=self._start_s,
-                                         kg_co2_per_kwh=self.run.kg_co2_per_kwh)
+                                         start_s=self._start_s, kg_co2_per_kwh=self.run.kg_co2_per_kwh,
+                                         padded_tokens_per_step=planned.padded_tokens if planned is not None else None)
         return self.forecaster.observe(step)
+
+    def elapsed_s(self) -> float | None:
+        """Seconds since the window opened, on its clock (None before it opened)."""
+        return self._clock() - self._start_s if self._start_s is not None else None
 
     def over_budget(self, steps_done: int, steps_ahead: int = 1) -> BudgetExceeded | None:
         """The budget that `steps_ahead` more steps would cross, after `steps_done` (see `measure.budget`)."""
@@ -125,14 +134,16 @@ class Window:
 
 @contextmanager
 def measure(*, stage: str, kind: str, role: str, meters: Meters, run: RunInfo, segment: int = 1,
-            clock: Clock = time.perf_counter, guard: BudgetGuard | None = None) -> Iterator[Window]:
+            clock: Clock = time.perf_counter, guard: BudgetGuard | None = None,
+            plan_forecast: dict[str, Any] | None = None) -> Iterator[Window]:
     """Measure one window. Yields a `Window`; appends one record when the block ends, however it ends.
 
     `segment` numbers the attempts at one stage: a stage resumed after an interruption writes a second
     record (segment 2) for the work it did after resuming; readers sum a stage's segments. `clock` times
-    the window (tests give a fake one). `guard` holds the budgets the window's steps are checked against.
+    the window (tests give a fake one). `guard` holds the budgets the window's steps are checked against;
+    `plan_forecast`, the plan's forecast of the stage, goes into the record's `forecast` field beside the in-run ones.
     """
-    window = Window(stage, kind, role, segment, meters, run, clock, guard)
+    window = Window(stage, kind, role, segment, meters, run, clock, guard, plan_forecast)
     synchronize()
     started_at = utc_now()
     if meters.carbon is not None:
@@ -246,13 +257,20 @@ def compose_record(*, window: Window, run: RunInfo, status: str, error: BaseExce
         "codecarbon": {"co2_kg_at_pue_1": carbon.codecarbon_co2_kg, "gpu_energy_kwh": carbon.codecarbon_gpu_energy_kwh},
         "measurement_errors": errors, "metrics": c.metrics, "details": c.details, "artifacts": c.artifacts,
         "budget": window.guard.summary() if window.guard is not None else None,
-        "forecast": window.forecaster.summary() if window.forecaster is not None else None,
+        "forecast": _forecast_field(window),
         "hardware": {**run.hardware, "cpu_model": carbon.cpu_model, "ram_total_gb": carbon.ram_total_gb},
         "config_hash": run.config_hash, "git_sha": run.git_sha, "versions": run.versions,
         "data_sources": run.data_sources,
         "command": run.command,
     })
     return _finite(record), gpu.power_samples
+
+
+def _forecast_field(window: Window) -> dict[str, Any] | None:
+    """The in-run forecasts and (prefixed `plan.`) the plan's, flat; None when there is neither."""
+    fields = (window.forecaster.summary() if window.forecaster is not None else None) or {}
+    fields |= {f"plan.{key}": value for key, value in (window.plan_forecast or {}).items()}
+    return fields or None
 
 
 def _expected(component: str, run: RunInfo) -> bool:

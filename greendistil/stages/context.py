@@ -86,6 +86,7 @@ class StageContext:
     show_progress: bool | None = None  # progress bars: None = only on a terminal
     clock: Clock = time.perf_counter  # the benchmark's timer
     scalar_log: ScalarLog | None = None  # live scalars for TensorBoard (`run.tensorboard`), rank 0 only
+    max_train_steps: int | None = None  # a plan's calibration: each training stage stops after this many steps
     _encoded: dict[str, EncodedSplit] = field(default_factory=dict)
     _encoded_corpus: EncodedCorpus | None = None
 

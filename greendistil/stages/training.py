@@ -55,7 +55,8 @@ def train_plan(ctx: StageContext, cfg: TrainingStage, window: Window, plan: Trai
     """Run the shared loop over the plan, into the window's counters."""
     return train(cfg=cfg, model=plan.trained or plan.model, loader=plan.loader, step_fn=plan.step, window=window,
                  analytic_flops_per_token=plan.analytic_flops_per_token, state=ctx.train_state(cfg.name),
-                 dist=ctx.dist, show_progress=ctx.show_progress, on_log=_live_scalars(ctx, window))
+                 dist=ctx.dist, show_progress=ctx.show_progress, on_log=_live_scalars(ctx, window),
+                 max_steps=ctx.max_train_steps)
 
 
 def _live_scalars(ctx: StageContext, window: Window) -> Callable[[LogPoint], None] | None:

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from greendistil.config import TrainingStage
-from greendistil.data.batching import Batch
+from greendistil.data.batching import Batch, PlannedSteps, planned_steps
 from greendistil.distributed import SINGLE, Dist, agree, all_finite, broadcast, gather
 from greendistil.errors import ConfigError, StageError
 from greendistil.measure.counters import StageCounters
@@ -52,7 +52,8 @@ class TrainingWindow(Protocol):
 
     def over_budget(self, steps_done: int, steps_ahead: int = 1) -> BaseException | None: ...
 
-    def observe_step(self, step: int, *, first_step: int, total_steps: int) -> Forecast | None: ...
+    def observe_step(self, step: int, *, first_step: int, total_steps: int,
+                     planned: PlannedSteps | None = None) -> Forecast | None: ...
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -145,7 +146,7 @@ class LossLog:
 def train(*, cfg: TrainingStage, model: torch.nn.Module, loader: DataLoader, step_fn: StepFn,
           window: TrainingWindow, analytic_flops_per_token: float, state: StateFile | None = None,
           dist: Dist = SINGLE, show_progress: bool | None = None,
-          on_log: Callable[[LogPoint], None] | None = None) -> TrainSummary:
+          on_log: Callable[[LogPoint], None] | None = None, max_steps: int | None = None) -> TrainSummary:
     """Train `model` for `cfg.epochs` over `loader`, recording counts and FLOPs into `window.counters`.
 
     `analytic_flops_per_token` (e.g. 6N for training, + 2N_teacher for distillation) is multiplied by the
@@ -153,12 +154,14 @@ def train(*, cfg: TrainingStage, model: torch.nn.Module, loader: DataLoader, ste
     every `cfg.checkpoint_every_steps` steps and at epoch ends, and (under `--resume`) an existing state is
     continued exactly: same data order, same RNG, same schedule. The counters hold this segment's work only.
     `show_progress`: a bar (None: only on a terminal). `on_log` gets each log interval's `LogPoint`.
+    `max_steps` (a plan's calibration): stop after that many steps of the stage, its schedule unchanged.
 
     Under DDP (`dist`), `model` is the unwrapped model (the step function runs its DDP wrapper), `loader`
     yields this rank's rows, and only rank 0 writes the training state, holding every rank's RNG state.
     """
     device = next(model.parameters()).device
     total_steps = max(1, math.ceil(len(loader) * cfg.epochs))
+    stop_at = total_steps if max_steps is None else min(total_steps, max_steps)
     optimizer = make_optimizer(model, learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = linear_schedule(optimizer, total_steps=total_steps, warmup_steps=int(cfg.warmup_ratio * total_steps))
     position = _start_position(state, model, optimizer, scheduler, window, dist)
@@ -173,6 +176,7 @@ def train(*, cfg: TrainingStage, model: torch.nn.Module, loader: DataLoader, ste
                disable=(None if show_progress is None else not show_progress) if dist.is_main else True)
     start_s = time.perf_counter()
     forecast: Forecast | None = None  # the latest forecast of the segment's end (for the progress bar)
+    planned = planned_steps(loader, total_steps)  # each step's shape, for the forecasts (and a plan)
 
     def checkpoint(batch_in_epoch: int, generator_state: torch.Tensor | None) -> None:
         losses.read(step=step, stage=window.stage, dist=dist, device=device)
@@ -184,7 +188,7 @@ def train(*, cfg: TrainingStage, model: torch.nn.Module, loader: DataLoader, ste
     if stop is not None:  # spent before the first step (e.g. a resume with the budget unchanged)
         bar.close()
         raise stop
-    while step < total_steps:
+    while step < stop_at:
         if hasattr(loader.batch_sampler, "set_epoch"):
             loader.batch_sampler.set_epoch(epoch)
         generator = getattr(loader, "generator", None)  # the shuffled order of a plain DataLoader
@@ -194,7 +198,7 @@ def train(*, cfg: TrainingStage, model: torch.nn.Module, loader: DataLoader, ste
         epoch_generator_state = generator.get_state() if generator is not None else None
         batch_in_epoch = skip
         for cpu_batch in _batches(loader, skip):
-            if step >= total_steps:
+            if step >= stop_at:
                 break
             num_examples, num_tokens = cpu_batch["input_ids"].shape[0], int(cpu_batch["attention_mask"].numpy().sum())
             batch = {k: v.to(device, non_blocking=True) for k, v in cpu_batch.items()}
@@ -211,8 +215,9 @@ def train(*, cfg: TrainingStage, model: torch.nn.Module, loader: DataLoader, ste
             counters.add_batch(num_examples=num_examples, num_tokens=num_tokens, num_padded_tokens=padded_tokens,
                                analytic_flops_per_token=analytic_flops_per_token)
             bar.update(1)
-            forecast = window.observe_step(step, first_step=first_step, total_steps=total_steps) or forecast
-            if step % cfg.log_every_steps == 0 or step == total_steps:
+            forecast = window.observe_step(step, first_step=first_step, total_steps=total_steps,
+                                           planned=planned) or forecast
+            if step % cfg.log_every_steps == 0 or step == stop_at:
                 interval = losses.read(step=step, stage=window.stage, dist=dist, device=device)
                 rate = counters.num_examples / max(time.perf_counter() - start_s, 1e-9)
                 _show_interval(bar, interval, rate, window, forecast)
@@ -231,7 +236,7 @@ def train(*, cfg: TrainingStage, model: torch.nn.Module, loader: DataLoader, ste
                 bar.close()
                 raise stop
         epoch, skip = epoch + 1, 0
-        if state is not None and step < total_steps and cfg.checkpoint_at_epoch_end:
+        if state is not None and step < stop_at and cfg.checkpoint_at_epoch_end:
             checkpoint(0, generator.get_state() if generator is not None else None)
     bar.close()  # the last step logged: nothing is pending
     elapsed_s = time.perf_counter() - start_s

@@ -1,0 +1,145 @@
+"""A plan's forecasts: a few real steps of a stage, measured in a window, extrapolated to the whole stage.
+
+Training stage. The calibration runs the stage's first steps on the real models and the real batches, in
+the order training will draw them, inside a measurement window (the same meters as a run). The window's
+time falls into three parts, each carried over in its own way:
+- the head: from the window's opening to the end of the warm-up steps (loading the models, encoding the
+  data, the first and slower steps): the same work the real stage does first, so it is carried over as is;
+- the timed steps after the warm-up: seconds per padded token, applied to the padded tokens the real
+  stage has left after its warm-up (`data.batching.PlannedSteps` counts them exactly);
+- the tail: from the last step to the window's closing (saving the model), carried over as is.
+Energy is the window's mean power per component times the forecast duration; FLOPs are the calibration's
+counted FLOPs per padded token times the stage's padded tokens. Every figure's provenance starts with
+`forecast:` and names its method and what it was calibrated on.
+
+Forward passes (evaluation, the benchmark): seconds per padded token of forward passes timed at the stage's
+batch size, times the stage's padded tokens; a benchmark window repeats whole passes until both `repeats`
+and `min_window_s` are reached, as the benchmark does.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+COMPONENTS = ("cpu", "gpu", "ram")
+DURATION_METHOD = "forecast:calibrated-head-plus-s-per-padded-token-plus-tail"
+FORWARD_METHOD = "forecast:calibrated-forward-s-per-padded-token"
+ENERGY_METHOD = "forecast:calibrated-mean-power-x-duration"
+FLOPS_METHOD = "forecast:calibrated-counted-flops-per-padded-token"
+FORWARD_FLOPS_METHOD = "estimated:2N-per-padded-token"
+
+
+@dataclass(frozen=True)
+class StepMark:
+    """After training step `step` of the calibration: seconds since its window opened, padded tokens so far."""
+
+    step: int
+    time_s: float
+    padded_tokens: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class WindowCost:
+    """What a calibration window measured: its duration, its energy by component (kWh; None: not measured)
+    and where each came from, and its counted FLOPs over `padded_tokens`."""
+
+    duration_s: float
+    energy_kwh: dict[str, float | None]
+    energy_sources: dict[str, str | None]
+    flops: float | None = None
+    padded_tokens: int = 0
+
+    @classmethod
+    def of_record(cls, record: dict[str, Any]) -> WindowCost:
+        return cls(duration_s=float(record["duration_s"]),
+                   energy_kwh={c: record.get(f"{c}_energy_kwh") for c in COMPONENTS},
+                   energy_sources={c: record.get(f"{c}_energy_source") for c in COMPONENTS},
+                   flops=record.get("flops"), padded_tokens=int(record.get("num_padded_tokens") or 0))
+
+    def power_kw(self) -> dict[str, float]:
+        """Mean power per measured component over the window, in kW (kWh per hour)."""
+        hours = self.duration_s / 3600.0
+        return {c: e / hours for c, e in self.energy_kwh.items() if e is not None and hours > 0}
+
+
+@dataclass(frozen=True, kw_only=True)
+class CostForecast:
+    """A stage's (or window's) forecast figures, each with its method."""
+
+    duration_s: float
+    energy_kwh: dict[str, float]  # by component; only the components the calibration measured
+    energy_basis: dict[str, str | None]  # component -> the calibration window's own provenance
+    co2_kg: float | None
+    flops: float | None
+    duration_method: str
+    detail: dict[str, Any]
+    flops_method: str | None = FLOPS_METHOD
+
+    @property
+    def total_energy_kwh(self) -> float | None:
+        return sum(self.energy_kwh.values()) if self.energy_kwh else None
+
+    def fields(self) -> dict[str, Any]:
+        """Flat figures for plan.json and the record's `forecast` field (units in the names)."""
+        return {"duration_s": self.duration_s, "energy_kwh": self.total_energy_kwh, "co2_kg": self.co2_kg,
+                "flops": self.flops, **{f"{c}_energy_kwh": e for c, e in self.energy_kwh.items()},
+                "duration_method": self.duration_method, "energy_method": ENERGY_METHOD,
+                "energy_basis": {c: b for c, b in self.energy_basis.items() if c in self.energy_kwh},
+                "flops_method": self.flops_method if self.flops is not None else None, **self.detail}
+
+
+def _energy(cost: WindowCost, duration_s: float) -> dict[str, float]:
+    return {c: kw * duration_s / 3600.0 for c, kw in cost.power_kw().items()}
+
+
+def _co2(energy_kwh: dict[str, float], kg_co2_per_kwh: float) -> float | None:
+    return sum(energy_kwh.values()) * kg_co2_per_kwh if energy_kwh else None
+
+
+def training_forecast(*, marks: list[StepMark], cost: WindowCost, warmup_steps: int, total_steps: int,
+                      total_padded_tokens: int, kg_co2_per_kwh: float) -> CostForecast:
+    """The whole training stage's figures from its calibration (see the module's docstring). `marks`: one
+    after each calibration step, in order; `warmup_steps`: the first steps left out of the rate (at least
+    one is kept out; fewer timed steps than that: the rate is taken over every step after the first)."""
+    if not marks:
+        raise ValueError("a calibration needs at least one step")
+    last = marks[-1]
+    flops = (cost.flops / cost.padded_tokens * total_padded_tokens
+             if cost.flops is not None and cost.padded_tokens > 0 else None)
+    if last.step >= total_steps:  # the calibration ran the whole stage: its figures are the forecast
+        energy = _energy(cost, cost.duration_s)
+        return CostForecast(duration_s=cost.duration_s, energy_kwh=energy, energy_basis=cost.energy_sources,
+                            co2_kg=_co2(energy, kg_co2_per_kwh), flops=flops,
+                            duration_method="forecast:calibration-ran-the-whole-stage",
+                            detail={"calibration_steps": last.step, "timed_steps": 0})
+    if len(marks) < 2:
+        raise ValueError("a calibration that stops before the stage ends needs at least two steps")
+    warm = marks[min(max(1, warmup_steps), len(marks) - 1) - 1]
+    timed_tokens = last.padded_tokens - warm.padded_tokens
+    s_per_token = (last.time_s - warm.time_s) / timed_tokens if timed_tokens > 0 else math.nan
+    head_s, tail_s = warm.time_s, max(0.0, cost.duration_s - last.time_s)
+    duration_s = head_s + (total_padded_tokens - warm.padded_tokens) * s_per_token + tail_s
+    energy = _energy(cost, duration_s)
+    return CostForecast(duration_s=duration_s, energy_kwh=energy, energy_basis=cost.energy_sources,
+                        co2_kg=_co2(energy, kg_co2_per_kwh), flops=flops, duration_method=DURATION_METHOD,
+                        detail={"calibration_steps": last.step, "timed_steps": last.step - warm.step,
+                                "head_s": head_s, "tail_s": tail_s, "s_per_million_padded_tokens": s_per_token * 1e6,
+                                "calibration_mean_power_w": {c: kw * 1000.0 for c, kw in cost.power_kw().items()}})
+
+
+def forward_forecast(*, s_per_padded_token: float, padded_tokens: int, cost: WindowCost, kg_co2_per_kwh: float,
+                     flops: float | None, setup_s: float = 0.0, passes: int = 1,
+                     min_window_s: float = 0.0) -> CostForecast:
+    """Forward passes over `padded_tokens` (per pass), repeated `passes` times and more until they last
+    `min_window_s` (the benchmark's rule), at the timed rate; `setup_s` before them (loading the models)."""
+    pass_s = padded_tokens * s_per_padded_token
+    num_passes = max(passes, math.ceil(min_window_s / pass_s) if pass_s > 0 else passes)
+    duration_s = setup_s + num_passes * pass_s
+    energy = _energy(cost, duration_s)
+    return CostForecast(duration_s=duration_s, energy_kwh=energy, energy_basis=cost.energy_sources,
+                        co2_kg=_co2(energy, kg_co2_per_kwh), flops=flops * num_passes if flops is not None else None,
+                        duration_method=FORWARD_METHOD, flops_method=FORWARD_FLOPS_METHOD,
+                        detail={"passes": num_passes, "s_per_million_padded_tokens": s_per_padded_token * 1e6,
+                                "setup_s": setup_s})
