@@ -1,4 +1,4 @@
-"""`greendistil run|plan|bench|report|card|runs`: argument parsing, exit codes and printing. Nothing else in the package prints.
+"""`greendistil run|plan|sweep|bench|report|card|runs`: argument parsing, exit codes and printing. Nothing else in the package prints.
 
 Exit codes: 0 ok; 1 a stage failed; 2 bad input (one line on stderr, no traceback); 3 stopped at a budget
 (`run.max_energy_kwh` ...: continue with `--resume RUN_DIR --set` a higher one); 130 SIGINT; 143 SIGTERM.
@@ -10,11 +10,9 @@ import argparse
 import logging
 import os
 import shlex
-import signal
 import sys
 import warnings
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Callable, Sequence, TypeVar
 
 if TYPE_CHECKING:
@@ -66,10 +64,29 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                       help="override a config key, as for `run` (repeatable)")
     plan.add_argument("--calibrate-steps", type=int, default=None, metavar="N",
-                      help="timed steps per training stage after its warm-up (default 10)")
+                      help="timed steps per training stage after its warm-up (default 20)")
     plan.add_argument("--out", type=Path, help="where to write the plan (default: <run.output_dir>/plans/"
                       "<run.name>-<config hash>.json, where `greendistil run` of the same config finds it)")
     plan.set_defaults(handler=_cmd_plan)
+    sweep = commands.add_parser("sweep", help="run a grid (or a seeded random draw) of a config's values, each "
+                                "trial a measured run, and the sweep's report",
+                                description="Each trial is a run of its own under <run.output_dir>/sweeps/"
+                                "<sweep id>/; the same command again continues the sweep (finished trials are "
+                                "not rerun). Axes come from --grid and the config's [sweep.grid].")
+    sweep.add_argument("config", type=Path, help="a TOML config, e.g. configs/sweep.toml")
+    sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                       help="an axis: a config key and its values, e.g. --grid stages.distill.temperature=1,2,4 "
+                            "or --grid 'student.layers=[0,2,4],[0,5]' (repeatable; the trials are the grid; given, "
+                            "they replace the config's [sweep.grid])")
+    sweep.add_argument("--share-teacher", choices=("auto", "true", "false"),
+                       help="one teacher run for every trial: auto (default) when no axis changes the teacher; "
+                            "true also across run.seed values (the seeds then vary the students only)")
+    sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key for every trial, as for `run` (repeatable)")
+    sweep.add_argument("--sweep-id", help="name the sweep folder (default: the config's run.name)")
+    sweep.add_argument("--force", action="store_true", help="start an existing sweep folder over")
+    sweep.add_argument("--no-progress", action="store_true", help="no progress bars")
+    sweep.set_defaults(handler=_cmd_sweep)
     bench = commands.add_parser("bench", help="inference latency, throughput and energy of a teacher and a student",
                                 description="Benchmark saved models on the task's first dev sentences: latency "
                                 "(p50/p95), throughput, FLOPs and energy per 1,000 examples, one measured window "
@@ -170,6 +187,11 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     from greendistil.report.plan import plan_table
     from greendistil.runlog.plans import default_plan_path, write_plan
 
+    if _world_size() > 1:
+        from greendistil.errors import ConfigError
+
+        raise ConfigError(f"plan: WORLD_SIZE={_world_size()} (torchrun); a plan calibrates one process: run "
+                          "`greendistil plan CONFIG` without torchrun")
     config = load_config(args.config, args.overrides)
     steps = DEFAULT_CALIBRATE_STEPS if args.calibrate_steps is None else args.calibrate_steps
     plan = make_plan(PlanRequest(config=config, calibrate_steps=steps,
@@ -183,10 +205,48 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from greendistil.pipeline import RunHandle
+    from greendistil.sweeping import SweepRequest, TrialOutcome, run_sweep
+
+    if _world_size() > 1:
+        from greendistil.errors import ConfigError
+
+        raise ConfigError("sweep: run `greendistil sweep` as one process; under torchrun, run each trial's config "
+                          "with `greendistil run`")
+    share = {"true": True, "false": False}.get(args.share_teacher, args.share_teacher)
+    request = SweepRequest(config_path=args.config, overrides=tuple(args.overrides), grid=tuple(args.grid),
+                           share_teacher=share,
+                           sweep_id=args.sweep_id, force=args.force, show_progress=False if args.no_progress else None,
+                           command=shlex.join(["greendistil", *sys.argv[1:]]))
+
+    def heard(outcome: TrialOutcome) -> None:
+        note = f": {outcome.message}" if outcome.message else ""
+        print(f"{outcome.trial_id} ({outcome.label}): {outcome.status}{note}", flush=True)
+
+    done, exit_code = _interruptible(lambda: run_sweep(request, heard), RunHandle())
+    if done is None:
+        print("greendistil: the same `greendistil sweep` command continues the sweep", file=sys.stderr)
+        return exit_code if exit_code is not None else EXIT_FAILED
+    sweep_dir, outcomes = done
+    from greendistil.report import write_report
+
+    print(f"sweep directory: {sweep_dir}")
+    print(f"report: {write_report([sweep_dir], sweep_dir / 'report')}")
+    statuses = {outcome.status for outcome in outcomes}
+    return EXIT_FAILED if "failed" in statuses else EXIT_BUDGET if "stopped-budget" in statuses else EXIT_OK
+
+
 def _is_main_rank() -> bool:
     from greendistil.distributed import from_env
 
     return from_env(os.environ).is_main
+
+
+def _world_size() -> int:
+    from greendistil.distributed import from_env
+
+    return from_env(os.environ).world_size
 
 
 def _resume_config(args: argparse.Namespace) -> Config:
@@ -287,22 +347,17 @@ def _summary_table(run_dir: Path) -> str:
 
 def _interruptible(work: Callable[[], T], handle: RunHandle) -> tuple[T | None, int | None]:
     """Run `work` with SIGTERM turned into `RunInterrupted`: (its result, None) or (None, the exit code).
-    `handle` says which run directory the work made, for the hint on how to continue it.
-
-    After an interruption, further signals stay ignored until the process exits: the exit code is the
-    first signal's, whatever else arrives while the run shuts down.
-    """
+    `handle` says which run directory the work made, for the hint on how to continue it."""
     from greendistil.errors import BudgetExceeded, RunInterrupted, StageError
+    from greendistil.runtime.signals import signals_raise
 
-    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
-    # Explicitly: a process started in the background by a non-interactive shell inherits SIGINT ignored.
-    previous_int = signal.signal(signal.SIGINT, _raise_keyboard_interrupt)
     kept = "what was measured until then is in the run log, the stopped stage's record marked 'interrupted'"
     try:
-        result = work()
+        with signals_raise():
+            return work(), None
     except StageError as err:
         print(f"greendistil: stage failed: {err}{_resume_hint(handle)}", file=sys.stderr)
-        result, code = None, EXIT_FAILED
+        return None, EXIT_FAILED
     except KeyboardInterrupt:
         print(f"greendistil: interrupted (SIGINT); {kept}{_resume_hint(handle)}", file=sys.stderr)
         return None, EXIT_SIGINT
@@ -314,12 +369,7 @@ def _interruptible(work: Callable[[], T], handle: RunHandle) -> tuple[T | None, 
                 if handle.run_dir is not None and handle.resumable else _resume_hint(handle))
         print(f"greendistil: stopped at a budget: {stop}; what was spent is in the run log, the stopped stage's "
               f"record marked 'stopped-budget'{hint}", file=sys.stderr)
-        result, code = None, EXIT_BUDGET
-    else:
-        code = None
-    signal.signal(signal.SIGTERM, previous)
-    signal.signal(signal.SIGINT, previous_int)
-    return result, code
+        return None, EXIT_BUDGET
 
 
 def _resume_hint(handle: RunHandle) -> str:
@@ -327,25 +377,6 @@ def _resume_hint(handle: RunHandle) -> str:
     if run_dir is not None and not handle.resumable:
         return f"; its records so far are in {run_dir}"
     return f"; continue with: greendistil run --resume {run_dir}" if run_dir is not None else ""
-
-
-def _raise_interrupted(signal_number: int, frame: FrameType | None) -> None:
-    from greendistil.errors import RunInterrupted
-
-    _ignore_further_signals()
-    raise RunInterrupted(signal_number)
-
-
-def _raise_keyboard_interrupt(signal_number: int, frame: FrameType | None) -> None:
-    _ignore_further_signals()
-    raise KeyboardInterrupt
-
-
-def _ignore_further_signals() -> None:
-    """After the first SIGINT/SIGTERM the run is shutting down: a second one (of either kind) must not cut
-    short the writing of the stopped stage's record."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _quiet_libraries(verbose: bool) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import tempfile
 import time
 from contextlib import contextmanager
@@ -49,8 +50,9 @@ from greendistil.stages import RUNNERS, StageContext
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CALIBRATE_STEPS = 10  # timed steps per training stage, after its warm-up
-FORWARD_TIMED_BATCHES = 4  # forward batches timed per model and batch size
+DEFAULT_CALIBRATE_STEPS = 20  # timed steps per training stage, after its warm-up
+FORWARD_TIMED_BATCHES = 4  # forward batches timed per model and batch size, at least ...
+FORWARD_TIMED_EXAMPLES = 64  # ... this many examples' worth: a batch of 1 takes milliseconds, too few to time
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,7 +92,8 @@ def make_plan(request: PlanRequest) -> dict[str, Any]:
         "world_size": 1, "country_iso_code": run.country_iso_code, "pue": run.pue,
         "intensity_g_per_kwh": run.intensity_g_per_kwh, "intensity_source": run.intensity_source,
         "calibration": {"duration_s": clock() - started_s, "calibrate_steps": request.calibrate_steps,
-                        "forward_timed_batches": FORWARD_TIMED_BATCHES},
+                        "forward_timed_batches": FORWARD_TIMED_BATCHES,
+                        "forward_timed_examples": FORWARD_TIMED_EXAMPLES},
         "stages": entries, "total": _total(entries),
     }
     plan["budget_warnings"] = budget_warnings(config, plan)
@@ -276,7 +279,8 @@ def _plan_benchmark(ctx: StageContext, stage: BenchmarkStage, run: RunInfo, mete
             rows = [np.arange(i, min(i + size, len(encoded))) for i in range(0, len(encoded), size)]
             lengths = np.asarray(encoded.lengths)
             padded = sum(len(r) * int(lengths[r].max()) for r in rows)
-            timed = _batches(encoded, rows[:FORWARD_TIMED_BATCHES], model, loaded.tokenizer.pad_token_id, ctx.device)
+            count = max(FORWARD_TIMED_BATCHES, math.ceil(FORWARD_TIMED_EXAMPLES / size))
+            timed = _batches(encoded, rows[:count], model, loaded.tokenizer.pad_token_id, ctx.device)
             rates.append((spec, len(encoded), padded, _time_forward(model, timed, clock),
                           2.0 * count_nonembedding_params(model) * padded))
     entries = []

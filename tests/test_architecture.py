@@ -38,9 +38,9 @@ FORBIDDEN = [
     ("greendistil.integrations", "greendistil.train"),
 ]
 MAX_MODULE_LINES = 400
-# planning.py: the `plan` path beside pipeline.py's `run` path (both drive stages through measurement windows)
+# planning.py, sweeping.py: the `plan` and `sweep` paths beside pipeline.py's `run` path
 ROOT_MODULES = {"__init__.py", "__main__.py", "cli.py", "errors.py", "distributed.py", "preflight.py", "pipeline.py",
-                "planning.py"}
+                "planning.py", "sweeping.py"}
 
 
 def module_name(path: Path) -> str:

@@ -97,6 +97,9 @@ def build_config(raw: dict[str, Any]) -> Config:
     from difflib import get_close_matches
 
     valid = [*SECTIONS, "suite", "stages"]
+    if "sweep" in raw:
+        raise ConfigError("sweep: a [sweep] table makes the config a sweep of many runs; run it with `greendistil "
+                          "sweep CONFIG` (`run` and `plan` take one configuration: remove [sweep] for them)")
     for key in raw:
         if key not in valid:
             near = get_close_matches(key, valid, n=1)

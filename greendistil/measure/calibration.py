@@ -5,8 +5,11 @@ the order training will draw them, inside a measurement window (the same meters 
 time falls into three parts, each carried over in its own way:
 - the head: from the window's opening to the end of the warm-up steps (loading the models, encoding the
   data, the first and slower steps): the same work the real stage does first, so it is carried over as is;
-- the timed steps after the warm-up: seconds per padded token, applied to the padded tokens the real
-  stage has left after its warm-up (`data.batching.PlannedSteps` counts them exactly);
+- the timed steps after the warm-up: each step's time as a fixed cost per step (the optimizer, the
+  launches) plus a cost per padded token, fitted robustly (Theil-Sen: a slow step or two do not move it)
+  and applied to the steps and padded tokens the real stage has left after its warm-up
+  (`data.batching.PlannedSteps` counts them exactly). A per-token rate alone over-forecasts an epoch
+  whose calibration drew short batches: the fixed cost is a larger share of a short step;
 - the tail: from the last step to the window's closing (saving the model), carried over as is.
 Energy is the window's mean power per component times the forecast duration; FLOPs are the calibration's
 counted FLOPs per padded token times the stage's padded tokens. Every figure's provenance starts with
@@ -23,8 +26,11 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+from scipy.stats import theilslopes
+
 COMPONENTS = ("cpu", "gpu", "ram")
-DURATION_METHOD = "forecast:calibrated-head-plus-s-per-padded-token-plus-tail"
+DURATION_METHOD = "forecast:calibrated-head-plus-theil-sen-s-per-step-and-per-padded-token-plus-tail"
 FORWARD_METHOD = "forecast:calibrated-forward-s-per-padded-token"
 ENERGY_METHOD = "forecast:calibrated-mean-power-x-duration"
 FLOPS_METHOD = "forecast:calibrated-counted-flops-per-padded-token"
@@ -116,17 +122,37 @@ def training_forecast(*, marks: list[StepMark], cost: WindowCost, warmup_steps: 
                             detail={"calibration_steps": last.step, "timed_steps": 0})
     if len(marks) < 2:
         raise ValueError("a calibration that stops before the stage ends needs at least two steps")
-    warm = marks[min(max(1, warmup_steps), len(marks) - 1) - 1]
-    timed_tokens = last.padded_tokens - warm.padded_tokens
-    s_per_token = (last.time_s - warm.time_s) / timed_tokens if timed_tokens > 0 else math.nan
+    warm_index = min(max(1, warmup_steps), len(marks) - 1) - 1
+    warm = marks[warm_index]
+    s_per_step, s_per_token = step_cost(marks[warm_index:])
     head_s, tail_s = warm.time_s, max(0.0, cost.duration_s - last.time_s)
-    duration_s = head_s + (total_padded_tokens - warm.padded_tokens) * s_per_token + tail_s
+    duration_s = (head_s + (total_steps - warm.step) * s_per_step
+                  + (total_padded_tokens - warm.padded_tokens) * s_per_token + tail_s)
     energy = _energy(cost, duration_s)
     return CostForecast(duration_s=duration_s, energy_kwh=energy, energy_basis=cost.energy_sources,
                         co2_kg=_co2(energy, kg_co2_per_kwh), flops=flops, duration_method=DURATION_METHOD,
                         detail={"calibration_steps": last.step, "timed_steps": last.step - warm.step,
-                                "head_s": head_s, "tail_s": tail_s, "s_per_million_padded_tokens": s_per_token * 1e6,
-                                "calibration_mean_power_w": {c: kw * 1000.0 for c, kw in cost.power_kw().items()}})
+                                "head_s": head_s, "tail_s": tail_s, "s_per_step": s_per_step,
+                                "s_per_million_padded_tokens": s_per_token * 1e6,
+                                "calibration_mean_power_w": {c: kw * 1000.0 for c, kw in cost.power_kw().items()},
+                                # [step, s since the window opened, padded tokens so far]: to check the rate later
+                                "calibration_marks": [[m.step, round(m.time_s, 6), m.padded_tokens] for m in marks]})
+
+
+def step_cost(marks: list[StepMark]) -> tuple[float, float]:
+    """(seconds per step, seconds per padded token) of the steps after `marks[0]`: a Theil-Sen line through
+    each step's (padded tokens, seconds). Where that line is not usable (fewer than three steps, all of one
+    size, or a negative part) the cost is all per padded token: the steps' time over their tokens."""
+    seconds = np.diff([m.time_s for m in marks])
+    tokens = np.diff([m.padded_tokens for m in marks]).astype(np.float64)
+    total_tokens = float(tokens.sum())
+    ratio = (0.0, float(seconds.sum()) / total_tokens if total_tokens > 0 else math.nan)
+    if len(seconds) < 3 or np.ptp(tokens) == 0:
+        return ratio
+    fit = theilslopes(seconds, tokens)
+    if fit.slope <= 0 or fit.intercept < 0:
+        return ratio
+    return float(fit.intercept), float(fit.slope)
 
 
 def forward_forecast(*, s_per_padded_token: float, padded_tokens: int, cost: WindowCost, kg_co2_per_kwh: float,

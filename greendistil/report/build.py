@@ -24,6 +24,8 @@ from greendistil.report.provenance import energy_kinds
 from greendistil.report.routes import routes_section
 from greendistil.report.suite import suite_cost_section, table1_section
 from greendistil.report.suite_plots import plot_retention_vs_energy, plot_suite_pareto
+from greendistil.report.sweep import SweepFigures, budget_curve, sweep_figures, sweep_folders, sweep_section
+from greendistil.report.sweep_plots import plot_budget_curves, plot_trials_pareto
 from greendistil.report.serving import BENCHMARK_KIND, benchmark_summary, plot_serving, serving_section
 from greendistil.runlog.store import read_records
 
@@ -53,6 +55,13 @@ def write_report(paths: list[Path], out_dir: Path, *, name: str | None = None) -
     except OSError as err:
         raise GreendistilError(f"cannot create the report folder {str(out_dir)!r}: {err.strerror}; "
                                "pass a writable --out folder") from None
+    sweeps = [sweep_figures(folder, frame) for folder in sweep_folders(frame)]
+    if sweeps:  # many runs of one config: the sweep's own view, not a report per trial
+        sections = [_header(frame, name), sweep_section(sweeps), _sweep_figures(sweeps, out_dir),
+                    tables.cost_section(frame), tables.environment_section(frame)]
+        path = out_dir / REPORT_FILE
+        path.write_text("\n\n".join(s for s in sections if s) + "\n", encoding="utf-8")
+        return path
     figures = _write_figures(frame, out_dir)
     sections = [
         _header(frame, name),
@@ -103,6 +112,21 @@ def _write_figures(frame: pd.DataFrame, out_dir: Path) -> dict[str, list[ReportF
         plots.plot_score_vs_cost(model_points(records), out_dir / tradeoff, task=task)
         figures["across"].append(ReportFigure(caption=f"Score vs cost, task {task}", file_name=tradeoff))
     return figures
+
+
+def _sweep_figures(sweeps: list[SweepFigures], out_dir: Path) -> str:
+    names, figures = _FileNames(), []
+    if any(budget_curve(s) is not None for s in sweeps):
+        file_name = names.new("sweep-budget-curves")
+        plot_budget_curves(sweeps, out_dir / file_name)
+        figures.append(ReportFigure(caption="Expected best score against trials and energy", file_name=file_name))
+    for sweep in sweeps:
+        if sweep.scored():
+            file_name = names.new(f"sweep-pareto-{sweep.sweep_id}")
+            plot_trials_pareto(sweep, out_dir / file_name)
+            figures.append(ReportFigure(caption=f"Score against energy per trial, {sweep.sweep_id}",
+                                        file_name=file_name))
+    return _figure_block(figures)
 
 
 def _serving_block(frame: pd.DataFrame, out_dir: Path) -> str:

@@ -1,8 +1,11 @@
-"""Forecasts and budgets: what each training segment forecast for itself while it ran, against what it
-then spent, and which stages a budget stopped.
+"""Forecasts and budgets: what the plan forecast for each window before the run, what each training
+segment forecast for itself while it ran, each against what was then spent, and which stages a budget
+stopped.
 
-A forecast is made at fixed fractions of a stage's steps (`measure.forecast`), for the segment it belongs
-to: it is compared with that segment's own record, not with the stage's sum over segments.
+An in-run forecast is made at fixed fractions of a stage's steps (`measure.forecast`), for the segment it
+belongs to: it is compared with that segment's own record. The plan's forecast (`greendistil plan`, kept in
+every record of the window as `forecast.plan.*`) covers the whole window: it is compared with the sum over
+the window's segments.
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ from greendistil.report.frame import first_value, iter_runs
 from greendistil.report.markdown import fmt_number, fmt_percent, table
 from greendistil.runlog.store import read_records
 
-_HEADERS = ("run", "stage", "segment", "forecast at", "forecast s", "actual s", "error", "forecast kWh",
-            "actual kWh", "error")
+_HEADERS = ("run", "stage", "segment", "forecast at", "forecast s", "actual s", "s error", "forecast kWh",
+            "actual kWh", "kWh error")
+_PLAN_HEADERS = ("run", "window", "planned s", "actual s", "s error", "planned kWh", "actual kWh", "kWh error",
+                 "planned FLOPs", "counted FLOPs", "FLOPs error")
 
 
 def forecasts_section(frame: pd.DataFrame) -> str:
@@ -26,13 +31,23 @@ def forecasts_section(frame: pd.DataFrame) -> str:
     records = [(str(first_value(run, "run_id")), r) for run in iter_runs(frame)
                for r in read_records(Path(str(first_value(run, "run_dir"))))]
     rows = [row for run_id, record in records for row in _forecast_rows(run_id, record)]
+    plan_rows = _plan_rows(records)
     stops = [_stop_line(run_id, r) for run_id, r in records if r.get("status") == "stopped-budget"]
     budgeted = [r for _, r in records if r.get("budget")]
-    if not rows and not budgeted:
+    if not rows and not plan_rows and not budgeted:
         return ""
     parts = ["## Forecasts and budgets"]
+    if plan_rows:
+        methods = sorted({str(r["forecast"][key]) for _, r in records for key in ("plan.duration_method",
+                                                                                   "plan.energy_method")
+                          if (r.get("forecast") or {}).get(key)})
+        parts += ["Before the run, `greendistil plan` calibrated each stage on a few steps on the same kind of "
+                  f"meters and forecast every window ({', '.join(f'`{m}`' for m in methods)}). Each window's plan "
+                  "is shown beside what the window then spent over all its segments (error = plan / actual - 1; "
+                  "the counted FLOPs are the record's `flops`).",
+                  table(_PLAN_HEADERS, plan_rows, right_align_from=2)]
     if rows:
-        method = next(r["forecast"]["method"] for _, r in records if r.get("forecast"))
+        method = next(r["forecast"]["method"] for _, r in records if (r.get("forecast") or {}).get("method"))
         parts += ["While a training stage runs, it forecasts its segment's duration and energy from the rate "
                   f"measured since its warm-up (`{method}`), at fixed fractions of its steps. Each forecast is "
                   "shown beside what the segment then spent (error = forecast / actual - 1; none for a segment "
@@ -65,6 +80,27 @@ def _forecast_rows(run_id: str, record: dict[str, Any]) -> list[list[str]]:
                      _error(duration, record.get("duration_s"), ended),
                      fmt_number(energy), fmt_number(record.get("energy_kwh")),
                      _error(energy, record.get("energy_kwh"), ended)])
+    return rows
+
+
+def _plan_rows(records: list[tuple[str, dict[str, Any]]]) -> list[list[str]]:
+    """One row per (run, task, window) whose records hold the plan's forecast: the plan against the sum
+    over the window's segments (no error for a window that has not ended)."""
+    windows: dict[tuple[str, str | None, str], list[dict[str, Any]]] = {}
+    for run_id, record in records:
+        if (record.get("forecast") or {}).get("plan.duration_s") is not None:
+            windows.setdefault((run_id, record.get("task"), record["stage"]), []).append(record)
+    rows = []
+    for (run_id, _, _), segments in windows.items():
+        plan, last = segments[0]["forecast"], segments[-1]
+        ended = last.get("status") == "ok"
+        cells = [run_id, f"`{_stage_label(last)}`" + ("" if ended else f" ({last.get('status')})")]
+        for key in ("duration_s", "energy_kwh", "flops"):
+            values = [s.get(key) for s in segments]
+            actual = sum(values) if None not in values else None
+            cells += [fmt_number(plan.get(f"plan.{key}")), fmt_number(actual), _error(plan.get(f"plan.{key}"), actual,
+                                                                                     ended)]
+        rows.append(cells)
     return rows
 
 
