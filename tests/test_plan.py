@@ -197,13 +197,14 @@ def test_the_report_sets_each_windows_plan_beside_its_actual_figures(planned: di
     section = section_of(write_report([run_dir], run_dir / "report").read_text(encoding="utf-8"),
                          "## Forecasts and budgets")
     rows = {row["window"]: row for row in markdown_tables(section)[0]}
-    assert set(rows) == {"`finetune`", "`distill`", "`evaluate`"}
+    assert set(rows) == {"`finetune (sst2)`", "`distill (sst2)`", "`evaluate (sst2)`"}
     actual = {r["stage"]: r for r in planned["records"]}
     for stage in ("finetune", "distill"):
-        planned_flops, counted = float(rows[f"`{stage}`"]["planned FLOPs"]), float(rows[f"`{stage}`"]["counted FLOPs"])
+        row = rows[f"`{stage} (sst2)`"]
+        planned_flops, counted = float(row["planned FLOPs"]), float(row["counted FLOPs"])
         assert counted == pytest.approx(actual[stage]["flops"], rel=0.01) and planned_flops == pytest.approx(counted,
                                                                                                             rel=0.05)
-        assert rows[f"`{stage}`"]["s error"].endswith("%")
+        assert row["s error"].endswith("%")
     assert DURATION_METHOD in section
 
 
