@@ -20,16 +20,17 @@ from typing import Any
 import torch
 
 from greendistil import distributed
-from greendistil.config import Config, StageConfig, WindowSpec, is_suite, suite_steps
+from greendistil.config import Config, StageConfig, TrainingStage, WindowSpec, is_suite, suite_steps
 from greendistil.distributed import SINGLE, Dist
 from greendistil.errors import BudgetExceeded, GreendistilError, RunDirError, StageError
 from greendistil.measure.budget import BudgetGuard, Limits, Spent, exhausted
+from greendistil.measure.forecast import RunTotals
 from greendistil.measure.carbon import CarbonMeter
 from greendistil.measure.live import live_energy
 from greendistil.measure.nvml import NvmlMeter
 from greendistil.measure.window import Clock, Meters, RunInfo, Window, measure
 from greendistil.preflight import Preflight, check_disk_space, preflight
-from greendistil.runlog.plans import plan_entry
+from greendistil.runlog.plans import plan_after, plan_entry
 from greendistil.runlog.progress import RunAlreadyComplete, RunProgress
 from greendistil.runlog.store import (RunLock, create_run_dir, new_run_id, node_emissions_file, open_run_dir,
                                       read_records, write_text_atomically)
@@ -139,11 +140,23 @@ class WindowOpener:
                            kg_co2_per_kwh=self.run.kg_co2_per_kwh, energy_now=lambda: live_energy(meters),
                            clock=self.clock, step_estimate=Spent.per_step(earlier))
 
+    def _run_totals(self, spec: WindowSpec) -> RunTotals | None:
+        """For a training window: what the run spent before it, and the plan's windows after it."""
+        if not isinstance(self.stage, TrainingStage):
+            return None
+        dist = self.meters.dist
+        spent = Spent.of_records(distributed.broadcast(dist, read_records(self.run.run_dir) if dist.is_main else []))
+        later = plan_after(self.plan, self.run.task, spec.name) or {}
+        return RunTotals(spent_duration_s=spent.duration_s, spent_energy_kwh=spent.energy_kwh,
+                         spent_co2_kg=spent.co2_kg, later_duration_s=later.get("duration_s"),
+                         later_energy_kwh=later.get("energy_kwh"), later_co2_kg=later.get("co2_kg"))
+
     @contextmanager
     def __call__(self, spec: WindowSpec) -> Iterator[Window]:
         with measure(stage=spec.name, kind=self.stage.kind, role=spec.role, meters=self.meters, run=self.run,
                      segment=self.progress.next_segment(self.run.task, spec.name), clock=self.clock,
-                     guard=self._guard(spec), plan_forecast=plan_entry(self.plan, self.run.task, spec.name)) as window:
+                     guard=self._guard(spec), plan_forecast=plan_entry(self.plan, self.run.task, spec.name),
+                     run_totals=self._run_totals(spec)) as window:
             faults.point(f"stage-start:{spec.name}")
             try:
                 yield window

@@ -117,3 +117,29 @@ def test_a_real_run_records_its_forecasts_beside_its_figures(tmp_path: Path) -> 
     from greendistil.report.frame import load_report_frame
     text = forecasts_section(load_report_frame([tmp_path / "runs" / "forecast"]))
     assert "| 1 (stopped-budget) |" in text and "n/a (stopped)" in text and "stopped at `run.max_co2_kg` = 1 kg CO2eq" in text
+
+
+def test_each_forecast_adds_the_runs_spend_before_and_the_plans_later_windows() -> None:
+    from greendistil.measure.forecast import RUN_TOTAL_METHODS, RunTotals
+
+    def forecaster(run_totals: RunTotals) -> Forecaster:
+        clock = FakeClock(start_s=0.0)
+        made = Forecaster(first_step=0, total_steps=20, energy_now=lambda: EnergyNow(energy_kwh=clock.now_s / 3600,
+                                                                                    sources={}),
+                          clock=clock, start_s=0.0, kg_co2_per_kwh=0.5, run_totals=run_totals)
+        for step in range(1, 21):
+            clock.advance(1.0)
+            made.observe(step)
+        return made
+
+    planned = forecaster(RunTotals(spent_duration_s=100.0, spent_energy_kwh=0.2, spent_co2_kg=0.1,
+                                   later_duration_s=50.0, later_energy_kwh=0.05, later_co2_kg=0.025))
+    first = planned.forecasts[0]
+    assert first.duration_s == pytest.approx(20.0) and first.run_duration_s == pytest.approx(100.0 + 20.0 + 50.0)
+    assert first.run_energy_kwh == pytest.approx(0.2 + 20 / 3600 + 0.05)
+    assert first.run_co2_kg == pytest.approx(0.1 + 10 / 3600 + 0.025)
+    assert planned.summary()["run_total_method"] == RUN_TOTAL_METHODS[True]
+    unplanned = forecaster(RunTotals(spent_duration_s=100.0))
+    assert unplanned.forecasts[0].run_duration_s == pytest.approx(120.0)
+    assert unplanned.summary()["run_total_method"] == RUN_TOTAL_METHODS[False]
+    assert "run_duration_s" not in "".join(forecaster(None).summary())  # type: ignore[arg-type]

@@ -18,6 +18,7 @@ from greendistil.config import load_config
 from greendistil.errors import ConfigError
 from greendistil.measure.calibration import (DURATION_METHOD, FORWARD_METHOD, StepMark, WindowCost,
                                              forward_forecast, step_cost, training_forecast)
+from greendistil.measure.forecast import RUN_TOTAL_METHODS
 from greendistil.planning import budget_warnings
 from greendistil.runlog.plans import PLAN_VERSION, default_plan_path, plan_entry, read_plan
 
@@ -188,6 +189,11 @@ def test_the_run_keeps_the_plans_forecast_beside_its_own(planned: dict[str, Any]
         assert forecast["plan.duration_s"] == by_stage[record["stage"]]["duration_s"]
         assert forecast["plan.energy_kwh"] == by_stage[record["stage"]]["energy_kwh"]
         assert forecast["plan.created_at"] == planned["plan"]["created_at"]
+    finetune = planned["records"][0]["forecast"]
+    assert finetune["run_total_method"] == RUN_TOTAL_METHODS[True]  # later windows from the plan
+    later = sum(e["duration_s"] for e in planned["plan"]["stages"][1:])
+    first = min(k for k in finetune if k.endswith(".run_duration_s"))
+    assert finetune[first] == pytest.approx(finetune[first.replace("run_duration_s", "duration_s")] + later)
 
 
 def test_the_report_sets_each_windows_plan_beside_its_actual_figures(planned: dict[str, Any]) -> None:

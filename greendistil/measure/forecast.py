@@ -3,11 +3,16 @@
 The first steps of a segment are its warm-up (lazy initialisation, first allocations, the optimizer's state):
 they are not typical, so the rate is measured from the end of the warm-up (`WARMUP_FRACTION` of the stage's
 steps, at least one step). At each of `FRACTIONS` of the stage's steps, the forecast is the spend so far
-plus the work left at the time and energy per unit of work measured since the warm-up ended. The unit is
-the padded token (rows x padded length: what the model computes on) when the loop knows each step's padded
-tokens in advance (`data.batching.padded_tokens_per_step`), else the step. The record keeps each forecast
-beside the segment's actual figures, so their error can be read from the run log; every forecast figure's
-provenance is the method named in `METHODS`.
+plus the time left, and the energy the power drawn since the warm-up would spend in it. When the loop knows
+each step's padded tokens in advance (`data.batching.PlannedSteps`), the time left is the steps left at a
+fixed cost per step plus the padded tokens left at a cost per padded token, both fitted (Theil-Sen, as in
+the plan's calibration) on every step since the warm-up: a fixed cost is a larger share of a short step,
+and a length-grouped epoch mixes short and long ones. Otherwise it is the steps left at the mean step
+time. The record keeps each forecast beside the segment's actual figures, so their error can be read from
+the run log; every forecast figure's
+provenance is the method named in `METHODS`. Each forecast also gives the whole run's total: what the run
+spent before this window, plus this segment's forecast, plus (when the run has a plan) the plan's
+forecasts of the windows after it (`RUN_TOTAL_METHODS`).
 """
 
 from __future__ import annotations
@@ -18,28 +23,62 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from greendistil.measure.calibration import StepMark, step_cost
 from greendistil.measure.live import EnergyNow
 
 FRACTIONS = (0.10, 0.25, 0.50, 0.75)  # of the stage's steps: where a forecast is kept in the record
 WARMUP_FRACTION = 0.05
-METHODS = {"padded_tokens": "forecast:linear-per-padded-token-since-warmup",
+METHODS = {"padded_tokens": "forecast:theil-sen-s-per-step-and-per-padded-token-since-warmup",
            "steps": "forecast:linear-per-step-since-warmup"}
+
+
+RUN_TOTAL_METHODS = {True: "forecast:spent-before+this-segment+the-plan's-later-windows",
+                     False: "forecast:spent-before+this-segment (no plan: the later stages are not in it)"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunTotals:
+    """What the rest of the run adds to a segment's forecast: the run's records before this window, and
+    (from a plan) its windows after this one; None where unknown."""
+
+    spent_duration_s: float = 0.0
+    spent_energy_kwh: float = 0.0
+    spent_co2_kg: float = 0.0
+    later_duration_s: float | None = None
+    later_energy_kwh: float | None = None
+    later_co2_kg: float | None = None
+
+    @property
+    def planned(self) -> bool:
+        return self.later_duration_s is not None
+
+    def total(self, key: str, segment: float | None) -> float | None:
+        if segment is None:
+            return None
+        later = getattr(self, f"later_{key}")
+        return getattr(self, f"spent_{key}") + segment + (later or 0.0)
 
 
 @dataclass(frozen=True, kw_only=True)
 class Forecast:
-    """The segment's figures at its end, as forecast at `at_step` (`at_fraction` of the stage's steps)."""
+    """The segment's figures at its end, as forecast at `at_step` (`at_fraction` of the stage's steps), and
+    the whole run's (`run_*`: see `RunTotals`; None without them)."""
 
     at_fraction: float
     at_step: int
     duration_s: float
     energy_kwh: float | None  # None: no meter had a live figure
     co2_kg: float | None
+    run_duration_s: float | None = None
+    run_energy_kwh: float | None = None
+    run_co2_kg: float | None = None
 
     def fields(self) -> dict[str, Any]:
         prefix = f"at_{self.at_fraction:g}"
         return {f"{prefix}.step": self.at_step, f"{prefix}.duration_s": self.duration_s,
-                f"{prefix}.energy_kwh": self.energy_kwh, f"{prefix}.co2_kg": self.co2_kg}
+                f"{prefix}.energy_kwh": self.energy_kwh, f"{prefix}.co2_kg": self.co2_kg,
+                **({f"{prefix}.run_duration_s": self.run_duration_s, f"{prefix}.run_energy_kwh": self.run_energy_kwh,
+                    f"{prefix}.run_co2_kg": self.run_co2_kg} if self.run_duration_s is not None else {})}
 
 
 def _step_at(fraction: float, total_steps: int) -> int:
@@ -66,8 +105,9 @@ class Forecaster:
     def __init__(self, *, first_step: int, total_steps: int, energy_now: Callable[[], EnergyNow | None],
                  clock: Callable[[], float], start_s: float, kg_co2_per_kwh: float,
                  padded_tokens_per_step: Sequence[int] | None = None, fractions: tuple[float, ...] = FRACTIONS,
-                 warmup_fraction: float = WARMUP_FRACTION) -> None:
+                 warmup_fraction: float = WARMUP_FRACTION, run_totals: RunTotals | None = None) -> None:
         self.first_step, self.total_steps = first_step, total_steps
+        self.run_totals = run_totals
         self._energy_now, self._clock, self._kg_co2_per_kwh = energy_now, clock, kg_co2_per_kwh
         usable = padded_tokens_per_step is not None and len(padded_tokens_per_step) >= total_steps
         self.unit = "padded_tokens" if usable else "steps"
@@ -76,6 +116,7 @@ class Forecaster:
         self._start = _Mark(first_step, start_s, 0.0, self._work_at(first_step))
         self._warm_end_step = first_step + max(1, math.ceil(warmup_fraction * total_steps))
         self._warm: _Mark | None = None
+        self._steps: list[StepMark] = []  # (step, time, padded tokens so far) of each step since the warm-up
         self._pending = sorted(f for f in fractions if _step_at(f, total_steps) > self._warm_end_step)
         self.forecasts: list[Forecast] = []
 
@@ -85,8 +126,13 @@ class Forecaster:
         if self._warm is None:
             if step >= self._warm_end_step:
                 self._warm = self._mark(step)
+                self._steps = [StepMark(step, self._warm.time_s, int(self._warm.work))]
             return None
-        if not self._pending or step < _step_at(self._pending[0], self.total_steps):
+        if not self._pending:
+            return None
+        if self.unit == "padded_tokens":  # each step's time, for the fit of its fixed and per-token cost
+            self._steps.append(StepMark(step, self._clock(), int(self._work_at(step))))
+        if step < _step_at(self._pending[0], self.total_steps):
             return None
         fraction = self._pending.pop(0)
         while self._pending and step >= _step_at(self._pending[0], self.total_steps):
@@ -100,21 +146,37 @@ class Forecaster:
 
     def _mark(self, step: int) -> _Mark:
         reading = self._energy_now()
-        return _Mark(step, self._clock(), reading.energy_kwh if reading is not None else None, self._work_at(step))
+        time_s = self._steps[-1].time_s if self._steps and self._steps[-1].step == step else self._clock()
+        return _Mark(step, time_s, reading.energy_kwh if reading is not None else None, self._work_at(step))
+
+    def _time_left_s(self, warm: _Mark, now: _Mark) -> float:
+        """The steps left, at the cost per step and per padded token fitted since the warm-up (Theil-Sen, as
+        the plan's calibration); per step, or without a usable fit, at the mean rate per unit of work."""
+        steps_left = self.total_steps - now.step
+        work_done, work_left = now.work - warm.work, self._work_at(self.total_steps) - now.work
+        if self.unit == "padded_tokens" and len(self._steps) > 3:
+            s_per_step, s_per_token = step_cost(self._steps)
+            if not math.isnan(s_per_token):
+                return steps_left * s_per_step + work_left * s_per_token
+        if work_done <= 0:  # steps of no padded tokens cannot happen; guard the division anyway
+            work_done, work_left = float(now.step - warm.step), float(steps_left)
+        return work_left * (now.time_s - warm.time_s) / work_done
 
     def _forecast(self, fraction: float, now: _Mark) -> Forecast:
         warm = self._warm
         assert warm is not None
-        work_done, work_left = now.work - warm.work, self._work_at(self.total_steps) - now.work
-        if work_done <= 0:  # steps of no padded tokens cannot happen; guard the division anyway
-            work_done, work_left = float(now.step - warm.step), float(self.total_steps - now.step)
-        duration_s = (now.time_s - self._start.time_s) + work_left * (now.time_s - warm.time_s) / work_done
+        time_left_s = self._time_left_s(warm, now)
+        duration_s = (now.time_s - self._start.time_s) + time_left_s
         energy_kwh = None
-        if now.energy_kwh is not None and warm.energy_kwh is not None:
-            energy_kwh = now.energy_kwh + work_left * (now.energy_kwh - warm.energy_kwh) / work_done
+        if now.energy_kwh is not None and warm.energy_kwh is not None and now.time_s > warm.time_s:
+            # the power drawn since the warm-up, for the time left
+            energy_kwh = now.energy_kwh + time_left_s * (now.energy_kwh - warm.energy_kwh) / (now.time_s - warm.time_s)
         co2_kg = energy_kwh * self._kg_co2_per_kwh if energy_kwh is not None else None
+        run = self.run_totals
         return Forecast(at_fraction=fraction, at_step=now.step, duration_s=duration_s, energy_kwh=energy_kwh,
-                        co2_kg=co2_kg)
+                        co2_kg=co2_kg, run_duration_s=run.total("duration_s", duration_s) if run else None,
+                        run_energy_kwh=run.total("energy_kwh", energy_kwh) if run else None,
+                        run_co2_kg=run.total("co2_kg", co2_kg) if run else None)
 
     def summary(self) -> dict[str, Any] | None:
         """The record's `forecast` field (flat): the method and each forecast kept. None when none was made."""
@@ -122,6 +184,8 @@ class Forecaster:
             return None
         fields: dict[str, Any] = {"method": METHODS[self.unit], "warmup_steps": self._warm_end_step - self.first_step,
                                   "first_step": self.first_step, "total_steps": self.total_steps}
+        if self.run_totals is not None:
+            fields["run_total_method"] = RUN_TOTAL_METHODS[self.run_totals.planned]
         for forecast in self.forecasts:
             fields |= forecast.fields()
         return fields

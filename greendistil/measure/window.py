@@ -24,7 +24,7 @@ from greendistil.errors import BudgetExceeded, RunInterrupted
 from greendistil.measure.budget import BudgetGuard
 from greendistil.measure.carbon import CarbonMeter
 from greendistil.measure.counters import StageCounters
-from greendistil.measure.forecast import Forecast, Forecaster
+from greendistil.measure.forecast import Forecast, Forecaster, RunTotals
 from greendistil.measure.live import LiveReading, live_energy, read_live
 from greendistil.measure.nvml import GpuReading, NvmlMeter
 from greendistil.measure.ranks import RankReading, Work, combine, flop_figures
@@ -79,8 +79,9 @@ class Window:
 
     def __init__(self, stage: str, kind: str, role: str, segment: int = 1, meters: Meters | None = None,
                  run: RunInfo | None = None, clock: Clock = time.perf_counter, guard: BudgetGuard | None = None,
-                 plan_forecast: dict[str, Any] | None = None) -> None:
+                 plan_forecast: dict[str, Any] | None = None, run_totals: RunTotals | None = None) -> None:
         self.stage, self.kind, self.role, self.segment = stage, kind, role, segment
+        self.run_totals = run_totals  # the rest of the run, for the forecasts' run totals
         self.plan_forecast = plan_forecast  # the plan's forecast of this window's stage (`greendistil plan`), if one was made
         self.counters = StageCounters()
         self.record: dict[str, Any] | None = None  # the record written when the window closed
@@ -102,7 +103,8 @@ class Window:
             self.forecaster = Forecaster(first_step=first_step, total_steps=total_steps,
                                          energy_now=lambda: live_energy(meters), clock=self._clock,
                                          start_s=self._start_s, kg_co2_per_kwh=self.run.kg_co2_per_kwh,
-                                         padded_tokens_per_step=planned.padded_tokens if planned is not None else None)
+                                         padded_tokens_per_step=planned.padded_tokens if planned is not None else None,
+                                         run_totals=self.run_totals)
         return self.forecaster.observe(step)
 
     def elapsed_s(self) -> float | None:
@@ -135,15 +137,16 @@ class Window:
 @contextmanager
 def measure(*, stage: str, kind: str, role: str, meters: Meters, run: RunInfo, segment: int = 1,
             clock: Clock = time.perf_counter, guard: BudgetGuard | None = None,
-            plan_forecast: dict[str, Any] | None = None) -> Iterator[Window]:
+            plan_forecast: dict[str, Any] | None = None, run_totals: RunTotals | None = None) -> Iterator[Window]:
     """Measure one window. Yields a `Window`; appends one record when the block ends, however it ends.
 
     `segment` numbers the attempts at one stage: a stage resumed after an interruption writes a second
     record (segment 2) for the work it did after resuming; readers sum a stage's segments. `clock` times
     the window (tests give a fake one). `guard` holds the budgets the window's steps are checked against;
-    `plan_forecast`, the plan's forecast of the stage, goes into the record's `forecast` field beside the in-run ones.
+    `plan_forecast`, the plan's forecast of the stage, goes into the record's `forecast` field beside the in-run ones;
+    `run_totals` (the run's spend before this window, and the plan's after it) make the forecasts' run totals.
     """
-    window = Window(stage, kind, role, segment, meters, run, clock, guard, plan_forecast)
+    window = Window(stage, kind, role, segment, meters, run, clock, guard, plan_forecast, run_totals)
     synchronize()
     started_at = utc_now()
     if meters.carbon is not None:

@@ -54,3 +54,20 @@ def plan_entry(plan: dict[str, Any] | None, task: str | None, window: str) -> di
                     "duration_method", "energy_method")
             return {"created_at": plan.get("created_at"), **{k: entry.get(k) for k in keep}}
     return None
+
+
+def plan_after(plan: dict[str, Any] | None, task: str | None, window: str) -> dict[str, float] | None:
+    """The plan's duration, kWh and CO2 summed over the windows it runs after (task, window), in its order;
+    None without a plan or an entry for that window, or where a later figure is missing."""
+    entries = (plan or {}).get("stages", [])
+    at = next((i for i, e in enumerate(entries) if e.get("task") == task and e.get("window") == window), None)
+    if at is None:
+        return None
+    later = entries[at + 1:]
+    sums = {}
+    for key in ("duration_s", "energy_kwh", "co2_kg"):
+        values = [e.get(key) for e in later]
+        if None in values:
+            return None
+        sums[key] = float(sum(values))
+    return sums

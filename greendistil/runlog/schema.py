@@ -110,7 +110,9 @@ FIELDS: tuple[Field, ...] = (
     _f("budget", doc="the budgets in force (limit.<config key>), what was spent before the window, which one "
                      "stopped it (stopped_by, spent_at_stop) and the provenance of the energy checked", table=True),
     _f("forecast", "s, kWh, kg CO2eq", "the segment's duration, energy and CO2 as forecast while it ran, at "
-       "fractions of the stage's steps (at_<fraction>.<figure>; method: its provenance)", table=True),
+       "fractions of the stage's steps (at_<fraction>.<figure>; method: its provenance), with the whole run's "
+       "(at_<fraction>.run_<figure>; run_total_method), and the plan's forecast of the window (plan.<figure>)",
+       table=True),
     _f("hardware", doc="platform, CPU, device, threads, GPU names", table=True),
     _f("config_hash", doc="hash of the resolved config (not the run's name or folder, nor its budgets)"),
     _f("git_sha", doc="greendistil's own commit, '-dirty' when modified"),

@@ -275,6 +275,8 @@ def _show_interval(bar: tqdm, interval: dict[str, float], rate: float, window: T
             postfix["kWh"] += f"/{forecast.energy_kwh:.3g} forecast"
     if forecast is not None:
         postfix["forecast_s"] = f"{forecast.duration_s:.0f}"
+        if forecast.run_energy_kwh is not None:
+            postfix["run_kWh"] = f"{forecast.run_energy_kwh:.3g} forecast"
     bar.set_postfix(postfix)
 
 
