@@ -353,7 +353,7 @@ def _interruptible(work: Callable[[], T], handle: RunHandle) -> tuple[T | None, 
 
     kept = "what was measured until then is in the run log, the stopped stage's record marked 'interrupted'"
     try:
-        with signals_raise():
+        with signals_raise(RunInterrupted):
             return work(), None
     except StageError as err:
         print(f"greendistil: stage failed: {err}{_resume_hint(handle)}", file=sys.stderr)

@@ -14,9 +14,7 @@ import signal
 import threading
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Iterator
-
-from greendistil.errors import RunInterrupted
+from typing import Callable, Iterator
 
 HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -53,40 +51,44 @@ def signals_deferred() -> Iterator[HeldSignals]:
 
 
 @contextlib.contextmanager
-def signals_raise() -> Iterator[None]:
-    """Inside the block SIGTERM raises `RunInterrupted` and SIGINT `KeyboardInterrupt` (set explicitly: a
-    process started in the background by a non-interactive shell inherits SIGINT ignored).
+def signals_raise(on_sigterm: Callable[[int], BaseException]) -> Iterator[None]:
+    """Inside the block SIGTERM raises `on_sigterm(signal number)` and SIGINT `KeyboardInterrupt` (set
+    explicitly: a process started in the background by a non-interactive shell inherits SIGINT ignored).
 
-    After the first of them, further signals stay ignored until the process exits, so the exit code is the
-    first signal's whatever else arrives while the run shuts down. A block that ends otherwise (done, or
-    another error) puts the previous handlers back.
+    The first signal to arrive decides, even when several arrive while a long C call (a torch kernel) holds
+    the interpreter: Python would then run their handlers in signal-number order, SIGINT first, so the
+    order of arrival is read from the wakeup fd, where the C-level handler writes each signal as it comes.
+    After the first, further signals are swallowed until the process exits, so the exit code is the first
+    signal's whatever else arrives while the run shuts down. A block that ends otherwise (done, or another
+    error) puts the previous handlers back.
     """
-    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, _raise_interrupted),
-                signal.SIGINT: signal.signal(signal.SIGINT, _raise_keyboard_interrupt)}
-    interrupted = False
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(read_fd, False)
+    os.set_blocking(write_fd, False)
+    first: list[int] = []
+
+    def swallow(number: int, frame: FrameType | None) -> None:
+        return None
+
+    def handler(number: int, frame: FrameType | None) -> None:
+        if not first:
+            try:
+                arrived = os.read(read_fd, 64)
+            except BlockingIOError:
+                arrived = b""
+            first.append(arrived[0] if arrived else number)
+        for sig in HELD_SIGNALS:  # may run another pending signal's handler first: `first` is already set
+            signal.signal(sig, swallow)
+        raise on_sigterm(first[0]) if first[0] == signal.SIGTERM else KeyboardInterrupt
+
+    previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
-    except BaseException as err:
-        interrupted = isinstance(err, (KeyboardInterrupt, RunInterrupted))
-        raise
     finally:
-        if not interrupted:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-
-def _raise_interrupted(signal_number: int, frame: FrameType | None) -> None:
-    _ignore_further_signals()
-    raise RunInterrupted(signal_number)
-
-
-def _raise_keyboard_interrupt(signal_number: int, frame: FrameType | None) -> None:
-    _ignore_further_signals()
-    raise KeyboardInterrupt
-
-
-def _ignore_further_signals() -> None:
-    """After the first SIGINT/SIGTERM the run is shutting down: a second one (of either kind) must not cut
-    short the writing of the stopped stage's record."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if not first:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+        signal.set_wakeup_fd(previous_fd)
+        os.close(read_fd)
+        os.close(write_fd)
