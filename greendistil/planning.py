@@ -33,8 +33,8 @@ from greendistil.data.batching import PlannedSteps, collate, encode
 from greendistil.distributed import SINGLE
 from greendistil.errors import ConfigError
 from greendistil.measure.budget import Limits
-from greendistil.measure.calibration import (CostForecast, StepMark, WindowCost, forward_forecast,
-                                             training_forecast)
+from greendistil.measure.calibration import (COMPONENTS, CostForecast, StepMark, WindowCost, forward_forecast,
+                                             step_cost, training_forecast)
 from greendistil.measure.flops import count_nonembedding_params
 from greendistil.measure.forecast import Forecast
 from greendistil.measure.window import Clock, Meters, RunInfo, Window, measure
@@ -52,6 +52,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_CALIBRATE_STEPS = 20  # timed steps per training stage, after its warm-up
 FORWARD_TIMED_BATCHES = 4  # forward batches timed per model and batch size, at least ...
+CALIBRATION_POWER_S = 1.0  # codecarbon's sampling interval while calibrating
 FORWARD_TIMED_EXAMPLES = 64  # ... this many examples' worth: a batch of 1 takes milliseconds, too few to time
 
 
@@ -74,7 +75,11 @@ def make_plan(request: PlanRequest) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="greendistil-plan-") as tmp:
         run_dir = Path(tmp) / "calibration"
         run_dir.mkdir()
-        run, meters, device = start_run(config, checked, run_dir, command=request.command)
+        # codecarbon sampled every second, so that the live energy at the warm-up's end and at the last
+        # step is read to about a second (a run's own interval stays as configured).
+        sampled = dataclasses.replace(config, carbon=dataclasses.replace(
+            config.carbon, measure_power_s=min(config.carbon.measure_power_s, CALIBRATION_POWER_S)))
+        run, meters, device = start_run(sampled, checked, run_dir, command=request.command)
         contexts = Contexts(RunRequest(config=config, show_progress=False, clock=clock), checked, run_dir, device,
                             RunProgress(), SINGLE)
         entries: list[dict[str, Any]] = []
@@ -133,7 +138,11 @@ class _MarkedWindow:
     def observe_step(self, step: int, *, first_step: int, total_steps: int,
                      planned: PlannedSteps | None = None) -> Forecast | None:
         self.planned, self.total_steps = planned, total_steps
-        self.marks.append(StepMark(step, self._window.elapsed_s() or 0.0, self._window.counters.num_padded_tokens))
+        live = self._window.live_scalars()
+        energy = {c: live[f"{c}_energy_kwh"] for c in COMPONENTS if f"{c}_energy_kwh" in live} or None
+        power = {c: live[f"{c}_power_w"] for c in ("cpu", "ram") if f"{c}_power_w" in live} or None
+        self.marks.append(StepMark(step, self._window.elapsed_s() or 0.0, self._window.counters.num_padded_tokens,
+                                   energy, power))
         return None
 
 
@@ -191,17 +200,25 @@ def _plan_training(ctx: StageContext, stage: TrainingStage, run: RunInfo, meters
     return _entry(run.task, stage, stage.name, stage.trained_role, work, forecast)
 
 
-def _time_forward(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]], clock: Clock) -> float:
-    """Seconds per padded token of `model`'s forward passes over `batches` (after one untimed pass)."""
+def _time_forward(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]], clock: Clock) -> tuple[float, float]:
+    """(seconds per batch, seconds per padded token) of `model`'s forward passes over `batches`, each timed
+    on its own (after one untimed pass) and fitted as `measure.calibration.step_cost` fits training steps."""
+    marks = [StepMark(0, 0.0, 0)]
     with torch.inference_mode():
         model(**batches[0])
         synchronize()
         start = clock()
-        for batch in batches:
+        for index, batch in enumerate(batches, 1):
             model(**batch)
-        synchronize()
-        elapsed_s = clock() - start
-    return elapsed_s / max(1, sum(int(b["input_ids"].numel()) for b in batches))
+            synchronize()
+            marks.append(StepMark(index, clock() - start, marks[-1].padded_tokens + int(batch["input_ids"].numel())))
+    return step_cost(marks)
+
+
+def _pass_s(rate: tuple[float, float], rows: list[np.ndarray], lengths: np.ndarray) -> tuple[float, int]:
+    """(seconds, padded tokens) of one pass over the batches `rows` at the fitted `rate`."""
+    padded = sum(len(r) * int(lengths[r].max()) for r in rows)
+    return len(rows) * rate[0] + padded * rate[1], padded
 
 
 def _batches(encoded: Any, rows: list[np.ndarray], model: torch.nn.Module, pad_token_id: int,
@@ -231,8 +248,9 @@ def _forward_window(stage: StageConfig, run: RunInfo, meters: Meters, clock: Clo
 def _plan_evaluate(ctx: StageContext, stage: EvaluateStage, run: RunInfo, meters: Meters,
                    clock: Clock) -> dict[str, Any]:
     """Each role's forward passes over the dev split(s), batched as evaluation batches them (sorted by length)."""
-    timings: list[tuple[float, int, float, float]] = []  # (load s, padded tokens, s per padded token, FLOPs)
+    timings: list[tuple[float, float, int, float]] = []  # (load s, pass s, padded tokens, FLOPs) per role and split
     examples = tokens = 0
+    rate = (math.nan, math.nan)
     with _forward_window(stage, run, meters, clock) as costs:
         for role in stage.roles:
             load_start = clock()
@@ -244,18 +262,17 @@ def _plan_evaluate(ctx: StageContext, stage: EvaluateStage, run: RunInfo, meters
                 encoded = ctx.encoded(split, loaded.tokenizer)
                 order = np.argsort(np.asarray(encoded.lengths), kind="stable")
                 rows = [order[i:i + stage.batch_size] for i in range(0, len(order), stage.batch_size)]
-                lengths = np.asarray(encoded.lengths)
-                padded = sum(len(r) * int(lengths[r].max()) for r in rows)
                 examples, tokens = examples + len(encoded), tokens + encoded.num_tokens
-                timed = _batches(encoded, _spread(rows, FORWARD_TIMED_BATCHES), model, loaded.tokenizer.pad_token_id,
-                                 ctx.device)
-                timings.append((load_s, padded, _time_forward(model, timed, clock), per_token_flops * padded))
+                count = max(FORWARD_TIMED_BATCHES, math.ceil(FORWARD_TIMED_EXAMPLES / stage.batch_size))
+                timed = _batches(encoded, _spread(rows, count), model, loaded.tokenizer.pad_token_id, ctx.device)
+                rate = _time_forward(model, timed, clock)
+                pass_s, padded = _pass_s(rate, rows, np.asarray(encoded.lengths))
+                timings.append((load_s, pass_s, padded, per_token_flops * padded))
                 load_s = 0.0  # the model is loaded once for all its splits
-    padded_total = sum(t[1] for t in timings)
-    s_per_token = sum(t[1] * t[2] for t in timings) / max(1, padded_total)  # padded-token-weighted mean rate
+    padded_total = sum(t[2] for t in timings)
     flops = sum(t[3] for t in timings)
-    forecast = forward_forecast(s_per_padded_token=s_per_token, padded_tokens=padded_total, cost=costs[0],
-                                kg_co2_per_kwh=run.kg_co2_per_kwh, flops=flops, setup_s=sum(t[0] for t in timings))
+    forecast = forward_forecast(pass_s=sum(t[1] for t in timings), cost=costs[0], kg_co2_per_kwh=run.kg_co2_per_kwh,
+                                flops=flops, setup_s=sum(t[0] for t in timings), rate=rate)
     work = {"num_steps": None, "num_examples": examples, "num_tokens": tokens, "num_padded_tokens": padded_total,
             "flops_analytic": flops, "work_source": "the dev split(s), batched as evaluation batches them"}
     return _entry(run.task, stage, stage.name, "+".join(stage.roles), work, forecast)
@@ -264,11 +281,12 @@ def _plan_evaluate(ctx: StageContext, stage: EvaluateStage, run: RunInfo, meters
 def _plan_benchmark(ctx: StageContext, stage: BenchmarkStage, run: RunInfo, meters: Meters,
                     clock: Clock) -> list[dict[str, Any]]:
     """Each (role, batch size) window: its passes over the benchmark's sentences (file order), each pass at
-    the forward rate timed on its first batches; as many passes as `repeats` and `min_window_s` need."""
+    the forward cost timed on batches spread over the pass; as many passes as `repeats` and `min_window_s`
+    need."""
     if ctx.benchmark_examples is None:
         raise ValueError("no benchmark examples: the preflight reads them for a benchmark stage (a bug)")
     examples = ctx.benchmark_examples.head(stage.num_examples)
-    rates: list[tuple[WindowSpec, int, int, float, float]] = []
+    rates: list[tuple[WindowSpec, int, int, float, tuple[float, float], float]] = []
     with _forward_window(stage, run, meters, clock) as costs:
         models = {role: ctx.load(role) for role in stage.roles}
         for spec in stage.windows():
@@ -277,17 +295,15 @@ def _plan_benchmark(ctx: StageContext, stage: BenchmarkStage, run: RunInfo, mete
             encoded = encode(examples, loaded.tokenizer, ctx.config.task.max_seq_length)
             size = int(spec.batch_size or 1)
             rows = [np.arange(i, min(i + size, len(encoded))) for i in range(0, len(encoded), size)]
-            lengths = np.asarray(encoded.lengths)
-            padded = sum(len(r) * int(lengths[r].max()) for r in rows)
             count = max(FORWARD_TIMED_BATCHES, math.ceil(FORWARD_TIMED_EXAMPLES / size))
-            timed = _batches(encoded, rows[:count], model, loaded.tokenizer.pad_token_id, ctx.device)
-            rates.append((spec, len(encoded), padded, _time_forward(model, timed, clock),
-                          2.0 * count_nonembedding_params(model) * padded))
+            timed = _batches(encoded, _spread(rows, count), model, loaded.tokenizer.pad_token_id, ctx.device)
+            rate = _time_forward(model, timed, clock)
+            pass_s, padded = _pass_s(rate, rows, np.asarray(encoded.lengths))
+            rates.append((spec, len(encoded), padded, pass_s, rate, 2.0 * count_nonembedding_params(model) * padded))
     entries = []
-    for spec, num_examples, padded, s_per_token, flops in rates:
-        forecast = forward_forecast(s_per_padded_token=s_per_token, padded_tokens=padded, cost=costs[0],
-                                    kg_co2_per_kwh=run.kg_co2_per_kwh, flops=flops, passes=stage.repeats,
-                                    min_window_s=stage.min_window_s)
+    for spec, num_examples, padded, pass_s, rate, flops in rates:
+        forecast = forward_forecast(pass_s=pass_s, cost=costs[0], kg_co2_per_kwh=run.kg_co2_per_kwh, flops=flops,
+                                    passes=stage.repeats, min_window_s=stage.min_window_s, rate=rate)
         passes = forecast.detail["passes"]
         work = {"num_steps": None, "num_examples": num_examples * passes, "num_tokens": None,
                 "num_padded_tokens": padded * passes, "flops_analytic": flops * passes,

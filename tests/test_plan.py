@@ -70,6 +70,21 @@ def test_a_fixed_cost_per_step_is_fitted_beside_the_cost_per_token_and_an_outlie
     assert step_cost(same) == pytest.approx((0.0, 3.5 / 300))
 
 
+def test_the_head_keeps_its_measured_energy_and_the_rest_is_at_the_steps_power() -> None:
+    # Loading (10 s) drew 10 W of CPU; the steps draw 40 W (codecarbon's readings) and the RAM 20 W throughout.
+    def mark(step: int, time_s: float, cpu_w: float) -> StepMark:
+        head_kwh, steps_kwh = 10 * 10 / 3.6e6, 40 * max(0.0, time_s - 10) / 3.6e6
+        return StepMark(step, time_s, 100 * step, energy_kwh={"cpu": head_kwh + steps_kwh, "ram": 20 * time_s / 3.6e6},
+                        power_w={"cpu": cpu_w, "ram": 20.0})
+    marks = [mark(1, 10.0, 10.0), mark(2, 11.0, 10.0), mark(3, 12.0, 40.0), mark(4, 13.0, 40.0), mark(5, 14.0, 40.0)]
+    forecast = training_forecast(marks=marks, cost=window_cost(14.0, cpu_kwh=marks[-1].energy_kwh["cpu"]),
+                                 warmup_steps=1, total_steps=91, total_padded_tokens=9100, kg_co2_per_kwh=KG_PER_KWH)
+    assert forecast.duration_s == pytest.approx(100.0)  # 10 s head + 90 steps of 1 s
+    assert forecast.energy_kwh["cpu"] == pytest.approx((10 * 10 + 40 * 90) / 3.6e6)  # not the window's 19 W mean
+    assert forecast.energy_kwh["ram"] == pytest.approx(20 * 100 / 3.6e6)
+    assert forecast.fields()["energy_method"] == "forecast:measured-head-plus-calibrated-step-power-x-the-rest"
+
+
 def test_a_calibration_that_ran_the_whole_stage_is_its_own_forecast() -> None:
     marks = [StepMark(1, 3.0, 100), StepMark(2, 4.0, 200)]
     forecast = training_forecast(marks=marks, cost=window_cost(5.0, cpu_kwh=0.001, flops=4e6, padded_tokens=200),
@@ -90,9 +105,10 @@ def test_a_short_warm_up_still_leaves_the_first_step_out_of_the_rate() -> None:
 
 def test_forward_forecast_repeats_passes_until_the_minimum_window() -> None:
     cost = window_cost(2.0, cpu_kwh=0.0002)  # 360 W
-    forecast = forward_forecast(s_per_padded_token=1e-4, padded_tokens=4000, cost=cost, kg_co2_per_kwh=KG_PER_KWH,
-                                flops=1e9, setup_s=1.5, passes=3, min_window_s=2.0)
+    forecast = forward_forecast(pass_s=0.4, cost=cost, kg_co2_per_kwh=KG_PER_KWH, flops=1e9, setup_s=1.5, passes=3,
+                                min_window_s=2.0, rate=(0.002, 5e-5))
     assert forecast.detail["passes"] == 5  # 0.4 s a pass: 3 repeats would last 1.2 s < 2 s
+    assert forecast.detail["s_per_batch"] == 0.002 and forecast.detail["s_per_million_padded_tokens"] == 50.0
     assert forecast.duration_s == pytest.approx(1.5 + 5 * 0.4) and forecast.flops == pytest.approx(5e9)
     assert forecast.energy_kwh["cpu"] == pytest.approx(0.360 * forecast.duration_s / 3600)
     assert forecast.duration_method == FORWARD_METHOD and forecast.flops_method.startswith("estimated:")

@@ -182,3 +182,32 @@ def test_a_seed_axis_gives_each_configuration_its_median_and_spread() -> None:
         ("alpha_ce=1.0", "3", "0.83", "0.8", "0.84"), ("alpha_ce=5.0", "3", "0.72", "0.7", "0.75")]
     assert seeds[0]["mean ± std"] == "0.8233 ± 0.021" and seeds[0]["kWh per seed"] == "0.002 (est.)"
     assert "Best: `t001`" in section and "total" not in seeds[0]
+
+
+def test_the_sweep_figures_are_legible(swept: dict[str, Any]) -> None:
+    from greendistil.report.frame import load_report_frame
+    from greendistil.report.legibility import outside_figure, overlapping_texts
+    from greendistil.report.sweep import sweep_figures
+    from greendistil.report.sweep_plots import draw_budget_curves, draw_trials_pareto
+
+    sweep = sweep_figures(swept["dir"], load_report_frame([swept["dir"]]))
+    for fig in (draw_budget_curves([sweep, sweep]), draw_trials_pareto(sweep)):
+        assert overlapping_texts(fig) == [] and outside_figure(fig) == []
+
+
+def test_two_sweeps_whose_curves_cross_are_said_to() -> None:
+    from greendistil.report.sweep import SweepFigures, TrialFigures, sweep_section
+
+    def sweep(sweep_id: str, scores: list[float], kwh: float) -> SweepFigures:
+        trials = tuple(TrialFigures(trial_id=f"t00{i}", label="", status="ok", score=v, energy_kwh=kwh, co2_kg=None,
+                                    flops=None, duration_s=None) for i, v in enumerate(scores))
+        definition = {"axes": [{"key": "stages.distill.temperature", "values": list(range(len(scores)))}],
+                      "trials": [{"trial_id": t.trial_id, "values": {}} for t in trials]}
+        return SweepFigures(sweep_id=sweep_id, definition=definition, trials=trials, teacher=None, energy_kinds="")
+
+    # A: mostly poor, one excellent trial (0.58 expected from one trial, 0.77 from five); B: always 0.70.
+    wide, steady = sweep("wide", [0.5, 0.5, 0.5, 0.9, 0.5], 0.001), sweep("steady", [0.7] * 5, 0.001)
+    text = sweep_section([wide, steady])
+    assert ("`wide` and `steady`: the curves cross over 1 to 5 trials; against energy they cross where both are "
+            "drawn; at 5 trials `wide` leads. Which is better depends on the budget.") in text
+    assert "do not cross" in sweep_section([steady, sweep("better", [0.8] * 5, 0.002)])

@@ -11,13 +11,16 @@ time falls into three parts, each carried over in its own way:
   (`data.batching.PlannedSteps` counts them exactly). A per-token rate alone over-forecasts an epoch
   whose calibration drew short batches: the fixed cost is a larger share of a short step;
 - the tail: from the last step to the window's closing (saving the model), carried over as is.
-Energy is the window's mean power per component times the forecast duration; FLOPs are the calibration's
-counted FLOPs per padded token times the stage's padded tokens. Every figure's provenance starts with
+Energy, per component: the head's as measured, plus the power the timed steps drew (codecarbon's power
+readings during them: the plan samples every second; NVML's counter) for the rest of the stage; the
+window's mean power times the duration where no live figure was read. FLOPs are the calibration's counted
+FLOPs per padded token times the stage's padded tokens. Every figure's provenance starts with
 `forecast:` and names its method and what it was calibrated on.
 
-Forward passes (evaluation, the benchmark): seconds per padded token of forward passes timed at the stage's
-batch size, times the stage's padded tokens; a benchmark window repeats whole passes until both `repeats`
-and `min_window_s` are reached, as the benchmark does.
+Forward passes (evaluation, the benchmark): each timed batch's seconds, fitted as a cost per batch plus a
+cost per padded token (at batch size 1 the call's own cost is most of it), applied to the stage's batches
+and padded tokens; a benchmark window repeats whole passes until both `repeats` and `min_window_s` are
+reached, as the benchmark does.
 """
 
 from __future__ import annotations
@@ -31,19 +34,23 @@ from scipy.stats import theilslopes
 
 COMPONENTS = ("cpu", "gpu", "ram")
 DURATION_METHOD = "forecast:calibrated-head-plus-theil-sen-s-per-step-and-per-padded-token-plus-tail"
-FORWARD_METHOD = "forecast:calibrated-forward-s-per-padded-token"
+FORWARD_METHOD = "forecast:calibrated-theil-sen-forward-s-per-batch-and-per-padded-token"
 ENERGY_METHOD = "forecast:calibrated-mean-power-x-duration"
+STEP_ENERGY_METHOD = "forecast:measured-head-plus-calibrated-step-power-x-the-rest"
 FLOPS_METHOD = "forecast:calibrated-counted-flops-per-padded-token"
 FORWARD_FLOPS_METHOD = "estimated:2N-per-padded-token"
 
 
 @dataclass(frozen=True)
 class StepMark:
-    """After training step `step` of the calibration: seconds since its window opened, padded tokens so far."""
+    """After training step `step` of the calibration: seconds since its window opened, padded tokens so far,
+    and (when the meters had live figures) kWh so far and the last power reading (W) by component."""
 
     step: int
     time_s: float
     padded_tokens: int
+    energy_kwh: dict[str, float] | None = None
+    power_w: dict[str, float] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,6 +89,7 @@ class CostForecast:
     duration_method: str
     detail: dict[str, Any]
     flops_method: str | None = FLOPS_METHOD
+    energy_method: str = ENERGY_METHOD
 
     @property
     def total_energy_kwh(self) -> float | None:
@@ -91,7 +99,7 @@ class CostForecast:
         """Flat figures for plan.json and the record's `forecast` field (units in the names)."""
         return {"duration_s": self.duration_s, "energy_kwh": self.total_energy_kwh, "co2_kg": self.co2_kg,
                 "flops": self.flops, **{f"{c}_energy_kwh": e for c, e in self.energy_kwh.items()},
-                "duration_method": self.duration_method, "energy_method": ENERGY_METHOD,
+                "duration_method": self.duration_method, "energy_method": self.energy_method,
                 "energy_basis": {c: b for c, b in self.energy_basis.items() if c in self.energy_kwh},
                 "flops_method": self.flops_method if self.flops is not None else None, **self.detail}
 
@@ -128,15 +136,39 @@ def training_forecast(*, marks: list[StepMark], cost: WindowCost, warmup_steps: 
     head_s, tail_s = warm.time_s, max(0.0, cost.duration_s - last.time_s)
     duration_s = (head_s + (total_steps - warm.step) * s_per_step
                   + (total_padded_tokens - warm.padded_tokens) * s_per_token + tail_s)
-    energy = _energy(cost, duration_s)
+    energy, energy_method = _steps_energy(marks[warm_index:], duration_s - head_s), STEP_ENERGY_METHOD
+    if energy is None:
+        energy, energy_method = _energy(cost, duration_s), ENERGY_METHOD
     return CostForecast(duration_s=duration_s, energy_kwh=energy, energy_basis=cost.energy_sources,
                         co2_kg=_co2(energy, kg_co2_per_kwh), flops=flops, duration_method=DURATION_METHOD,
+                        energy_method=energy_method,
                         detail={"calibration_steps": last.step, "timed_steps": last.step - warm.step,
                                 "head_s": head_s, "tail_s": tail_s, "s_per_step": s_per_step,
                                 "s_per_million_padded_tokens": s_per_token * 1e6,
                                 "calibration_mean_power_w": {c: kw * 1000.0 for c, kw in cost.power_kw().items()},
                                 # [step, s since the window opened, padded tokens so far]: to check the rate later
                                 "calibration_marks": [[m.step, round(m.time_s, 6), m.padded_tokens] for m in marks]})
+
+
+def _steps_energy(timed: list[StepMark], rest_s: float) -> dict[str, float] | None:
+    """By component: the head's energy as measured by the warm-up's end (`timed[0]`), plus the power the
+    timed steps drew for the rest of the stage. The head (loading, tokenizing: mostly one core) draws less
+    than the steps, so the window's mean power would under-forecast a long stage. The steps' power: the
+    median of codecarbon's power readings over the later half of the timed steps (a reading describes the
+    second before it), else the energy the steps added over their time (NVML's counter). None without
+    live figures."""
+    warm, last = timed[0], timed[-1]
+    if warm.energy_kwh is None or last.energy_kwh is None or last.time_s <= warm.time_s:
+        return None
+    found = {}
+    for component in COMPONENTS:
+        if component not in warm.energy_kwh or component not in last.energy_kwh:
+            continue
+        readings = [m.power_w[component] for m in timed[len(timed) // 2:] if component in (m.power_w or {})]
+        power_kw = (float(np.median(readings)) / 1000.0 if readings else
+                    (last.energy_kwh[component] - warm.energy_kwh[component]) / ((last.time_s - warm.time_s) / 3600))
+        found[component] = warm.energy_kwh[component] + power_kw * rest_s / 3600.0
+    return found or None
 
 
 def step_cost(marks: list[StepMark]) -> tuple[float, float]:
@@ -155,17 +187,17 @@ def step_cost(marks: list[StepMark]) -> tuple[float, float]:
     return float(fit.intercept), float(fit.slope)
 
 
-def forward_forecast(*, s_per_padded_token: float, padded_tokens: int, cost: WindowCost, kg_co2_per_kwh: float,
-                     flops: float | None, setup_s: float = 0.0, passes: int = 1,
-                     min_window_s: float = 0.0) -> CostForecast:
-    """Forward passes over `padded_tokens` (per pass), repeated `passes` times and more until they last
-    `min_window_s` (the benchmark's rule), at the timed rate; `setup_s` before them (loading the models)."""
-    pass_s = padded_tokens * s_per_padded_token
+def forward_forecast(*, pass_s: float, cost: WindowCost, kg_co2_per_kwh: float, flops: float | None,
+                     setup_s: float = 0.0, passes: int = 1, min_window_s: float = 0.0,
+                     rate: tuple[float, float] = (math.nan, math.nan)) -> CostForecast:
+    """Forward passes of `pass_s` seconds each (one pass: every batch of the window once), repeated `passes`
+    times and more until they last `min_window_s` (the benchmark's rule); `setup_s` before them (loading the
+    models). `rate`: the fitted (seconds per batch, seconds per padded token) the pass time came from."""
     num_passes = max(passes, math.ceil(min_window_s / pass_s) if pass_s > 0 else passes)
     duration_s = setup_s + num_passes * pass_s
     energy = _energy(cost, duration_s)
     return CostForecast(duration_s=duration_s, energy_kwh=energy, energy_basis=cost.energy_sources,
                         co2_kg=_co2(energy, kg_co2_per_kwh), flops=flops * num_passes if flops is not None else None,
                         duration_method=FORWARD_METHOD, flops_method=FORWARD_FLOPS_METHOD,
-                        detail={"passes": num_passes, "s_per_million_padded_tokens": s_per_padded_token * 1e6,
-                                "setup_s": setup_s})
+                        detail={"passes": num_passes, "s_per_batch": rate[0],
+                                "s_per_million_padded_tokens": rate[1] * 1e6, "setup_s": setup_s})

@@ -48,7 +48,9 @@ def expected_max(scores: Sequence[float], max_n: int | None = None) -> ExpectedM
     ns = np.arange(1, (max_n or values.size) + 1)
     weights = np.stack([max_weights(values.size, int(n)) for n in ns])  # (K, N)
     mean = weights @ values
-    variance = np.clip(weights @ values ** 2 - mean ** 2, 0.0, None)  # clip: rounding below zero
+    variance = weights @ values ** 2 - mean ** 2
+    # E[max^2] - E[max]^2 cancels: rounding leaves ~1e-16 (either sign) where every score is the same
+    variance[variance < 1e-12 * np.maximum(1.0, mean ** 2)] = 0.0
     return ExpectedMax(n_trials=ns, mean=mean, std=np.sqrt(variance))
 
 

@@ -18,6 +18,7 @@ import pandas as pd
 from greendistil.config.types import BUDGET_UNITS
 from greendistil.report.frame import first_value, iter_runs
 from greendistil.report.markdown import fmt_number, fmt_percent, table
+from greendistil.report.provenance import energy_kinds
 from greendistil.runlog.store import read_records
 
 _HEADERS = ("run", "stage", "segment", "forecast at", "forecast s", "actual s", "s error", "forecast kWh",
@@ -52,8 +53,8 @@ def forecasts_section(frame: pd.DataFrame) -> str:
                   f"measured since its warm-up (`{method}`), at fixed fractions of its steps. Each forecast is "
                   "shown beside what the segment then spent (error = forecast / actual - 1; none for a segment "
                   "that stopped before its end). The forecast extrapolates the training steps; the actual figures "
-                  "also hold the segment's model loading and saving, so errors lean negative on short stages. The "
-                  "actual kWh carries the provenance of the cost table (measured or estimated).",
+                  "also hold the segment's model loading and saving, so errors lean negative on short stages. "
+                  "' (est.)' marks an actual kWh that is an estimate (the cost table says of what).",
                   table(_HEADERS, rows, right_align_from=3)]
     if budgeted:
         limits = sorted({key.removeprefix("limit.") for r in budgeted for key in r["budget"] if key.startswith("limit.")})
@@ -78,7 +79,7 @@ def _forecast_rows(run_id: str, record: dict[str, Any]) -> list[list[str]]:
         rows.append([run_id, f"`{stage}`", segment, f"{fraction:.0%} (step {forecast.get(f'{prefix}.step')})",
                      fmt_number(duration), fmt_number(record.get("duration_s")),
                      _error(duration, record.get("duration_s"), ended),
-                     fmt_number(energy), fmt_number(record.get("energy_kwh")),
+                     fmt_number(energy), fmt_number(record.get("energy_kwh")) + energy_kinds(pd.DataFrame([record])),
                      _error(energy, record.get("energy_kwh"), ended)])
     return rows
 
@@ -95,11 +96,12 @@ def _plan_rows(records: list[tuple[str, dict[str, Any]]]) -> list[list[str]]:
         plan, last = segments[0]["forecast"], segments[-1]
         ended = last.get("status") == "ok"
         cells = [run_id, f"`{_stage_label(last)}`" + ("" if ended else f" ({last.get('status')})")]
+        kinds = energy_kinds(pd.DataFrame(segments))  # ' (est.)' on an estimated actual
         for key in ("duration_s", "energy_kwh", "flops"):
             values = [s.get(key) for s in segments]
             actual = sum(values) if None not in values else None
-            cells += [fmt_number(plan.get(f"plan.{key}")), fmt_number(actual), _error(plan.get(f"plan.{key}"), actual,
-                                                                                     ended)]
+            shown = fmt_number(actual) + (kinds if key == "energy_kwh" and actual is not None else "")
+            cells += [fmt_number(plan.get(f"plan.{key}")), shown, _error(plan.get(f"plan.{key}"), actual, ended)]
         rows.append(cells)
     return rows
 

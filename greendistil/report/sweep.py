@@ -178,9 +178,12 @@ def _crossing(sweeps: list[SweepFigures]) -> str:
             n = min(len(a[0]), len(b[0]))
             crossed = curves_cross(a[2][:n], b[2][:n])
             lead = first if a[2][n - 1] >= b[2][n - 1] else second
+            on_energy = _cross_on_energy(a, b)
+            energy = ("; no common energy range to compare on" if on_energy is None else
+                      f"; against energy they {'cross' if on_energy else 'do not cross'} where both are drawn")
             lines.append(f"`{first}` and `{second}`: the curves {'cross' if crossed else 'do not cross'} over "
-                         f"1 to {n} trials; at {n}, `{lead}` leads. "
-                         + ("Which is better depends on the budget." if crossed else ""))
+                         f"1 to {n} trials{energy}; at {n} trials `{lead}` leads."
+                         + (" Which is better depends on the budget." if crossed or on_energy else ""))
     return " ".join(lines) if lines else "Fewer than two sweeps have a budget curve: no comparison."
 
 
@@ -207,3 +210,12 @@ def _over_seeds(sweep: SweepFigures) -> list[str]:
     return ["Over seeds (sample standard deviation; the cost of one seed is its trial's mean kWh):",
             table(("configuration", "seeds", "median", "mean ± std", "min", "max", "kWh per seed"), rows,
                   right_align_from=1)]
+
+
+def _cross_on_energy(a: tuple[np.ndarray, ...], b: tuple[np.ndarray, ...]) -> bool | None:
+    """Whether two budget curves change order against energy, on the range both cover (None: no overlap)."""
+    low, high = max(a[1][0], b[1][0]), min(a[1][-1], b[1][-1])
+    if not low < high:
+        return None
+    grid = np.linspace(low, high, 64)
+    return curves_cross(np.interp(grid, a[1], a[2]), np.interp(grid, b[1], b[2]))

@@ -38,6 +38,11 @@ def draw_budget_curves(sweeps: list[SweepFigures]) -> Figure:
     by_energy.set_title("against energy", fontsize=10)
     for ax in (by_trials, by_energy):
         ax.grid(alpha=0.3)
+        ax.ticklabel_format(axis="y", useOffset=False)
+    low, high = by_trials.get_ylim()
+    if high - low < 0.01:  # every trial scored the same: a readable band around it, not rounding noise
+        middle = (low + high) / 2
+        by_trials.set_ylim(middle - 0.01, middle + 0.01)
     by_trials.legend(loc="lower right", fontsize=8)
     fig.suptitle("Expected validation performance against budget (Dodge et al. 2019)", fontsize=11)
     return fig
