@@ -143,7 +143,10 @@ def _one_sweep(sweep: SweepFigures) -> list[str]:
     rows = [[t.trial_id, t.label, t.status, fmt_number(t.score, 4), fmt_number(t.energy_kwh) + est,
              fmt_number(t.co2_kg * 1000 if t.co2_kg is not None else None), fmt_number(t.flops),
              fmt_number(t.duration_s)] for t in sweep.trials]
-    parts = [f"### Sweep `{sweep.sweep_id}`", f"{len(sweep.trials)} trials over {axes} ({how}); {teacher}.",
+    flops = {t.flops for t in sweep.scored() if t.flops is not None}
+    same_work = (" Every scored trial did the same FLOPs: their energies differ by the machine's pace, not by "
+                 "their configuration." if len(flops) == 1 and len(sweep.scored()) > 1 else "")
+    parts = [f"### Sweep `{sweep.sweep_id}`", f"{len(sweep.trials)} trials over {axes} ({how}); {teacher}.{same_work}",
              table(("trial", "values", "status", "score", "kWh", "g CO2eq", "FLOPs", "s"), rows, right_align_from=3)]
     best, total_kwh = sweep.best(), sweep.total("energy_kwh")
     if best is not None:

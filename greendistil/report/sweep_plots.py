@@ -66,9 +66,12 @@ def draw_trials_pareto(sweep: SweepFigures) -> Figure:
     if best:
         ax.plot([b[0] for b in best], [b[1] for b in best], color="#DD8452", marker="o", markersize=7,
                 label="Pareto front", zorder=3)
-        for rank, (x, y, trial) in enumerate(best):
-            ax.annotate(trial.trial_id, (x, y), xytext=(6, -12 if rank % 2 else 6), textcoords="offset points",
-                        fontsize=8)
+        for rank, (x, y, trial) in enumerate(best):  # above its point (alternating heights), clear of the markers
+            ax.annotate(trial.trial_id, (x, y), xytext=(0, 16 if rank % 2 else 8), textcoords="offset points",
+                        ha="center", fontsize=8, bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none",
+                                                       "alpha": 0.8})
+        low, high = ax.get_ylim()
+        ax.set_ylim(low, high + 0.08 * (high - low))  # room for the labels of the top points
     ax.set_xlabel(f"energy per trial ({unit}{', estimated' if sweep.energy_kinds else ''})")
     ax.set_ylabel("dev score")
     ax.set_title(f"Sweep {sweep.sweep_id}: score against energy per trial", fontsize=11)
