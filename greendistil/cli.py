@@ -64,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                       help="override a config key, as for `run` (repeatable)")
     plan.add_argument("--calibrate-steps", type=int, default=None, metavar="N",
-                      help="timed steps per training stage after its warm-up (default 20)")
+                      help="timed steps per training stage after its warm-up (default 40)")
     plan.add_argument("--out", type=Path, help="where to write the plan (default: <run.output_dir>/plans/"
                       "<run.name>-<config hash>.json, where `greendistil run` of the same config finds it)")
     plan.set_defaults(handler=_cmd_plan)

@@ -50,7 +50,7 @@ from greendistil.stages import RUNNERS, StageContext
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CALIBRATE_STEPS = 20  # timed steps per training stage, after its warm-up
+DEFAULT_CALIBRATE_STEPS = 40  # timed steps per training stage, after its warm-up (20: +-12% between plans here)
 FORWARD_TIMED_BATCHES = 4  # forward batches timed per model and batch size, at least ...
 CALIBRATION_POWER_S = 1.0  # codecarbon's sampling interval while calibrating
 FORWARD_TIMED_EXAMPLES = 64  # ... this many examples' worth: a batch of 1 takes milliseconds, too few to time
