@@ -121,14 +121,21 @@ class WindowOpener:
         return WindowOpener(self.stage, self.run, dataclasses.replace(self.meters, dist=SINGLE), self.progress,
                             self.clock, self.run_limits, self.plan)
 
-    def _guard(self, spec: WindowSpec) -> BudgetGuard | None:
-        """The run's and the stage's budgets, against what the run and this stage's earlier segments spent."""
-        scopes = [self.run_limits, Limits.of(f"stages.{self.stage.name}", self.stage)]
-        if not any(scope.set_limits() for scope in scopes):
-            return None
+    def _scopes(self) -> list[Limits]:
+        return [self.run_limits, Limits.of(f"stages.{self.stage.name}", self.stage)]
+
+    def _run_log(self) -> list[dict[str, Any]]:
+        """The run's records so far: rank 0 reads the run log and every rank gets them (another rank could
+        read it torn or late)."""
         dist = self.meters.dist
-        # Rank 0 reads the run log and every rank gets its figures (another rank could read it torn or late).
-        records = distributed.broadcast(dist, read_records(self.run.run_dir) if dist.is_main else [])
+        return distributed.broadcast(dist, read_records(self.run.run_dir) if dist.is_main else [])
+
+    def _guard(self, spec: WindowSpec, records: list[dict[str, Any]] | None) -> BudgetGuard | None:
+        """The run's and the stage's budgets, against what the run and this stage's earlier segments spent
+        (`records`: the run log, read when there is a budget or a training window)."""
+        scopes = self._scopes()
+        if records is None or not any(scope.set_limits() for scope in scopes):
+            return None
         # A suite's stage budget is per task: each task's segments of the stage count against it.
         earlier = [r for r in records if r.get("stage") == spec.name and r.get("task") in (self.run.task, None)]
         stop = exhausted(scopes[1], Spent.of_records(earlier))
@@ -140,12 +147,11 @@ class WindowOpener:
                            kg_co2_per_kwh=self.run.kg_co2_per_kwh, energy_now=lambda: live_energy(meters),
                            clock=self.clock, step_estimate=Spent.per_step(earlier))
 
-    def _run_totals(self, spec: WindowSpec) -> RunTotals | None:
+    def _run_totals(self, spec: WindowSpec, records: list[dict[str, Any]] | None) -> RunTotals | None:
         """For a training window: what the run spent before it, and the plan's windows after it."""
-        if not isinstance(self.stage, TrainingStage):
+        if records is None or not isinstance(self.stage, TrainingStage):
             return None
-        dist = self.meters.dist
-        spent = Spent.of_records(distributed.broadcast(dist, read_records(self.run.run_dir) if dist.is_main else []))
+        spent = Spent.of_records(records)
         later = plan_after(self.plan, self.run.task, spec.name) or {}
         return RunTotals(spent_duration_s=spent.duration_s, spent_energy_kwh=spent.energy_kwh,
                          spent_co2_kg=spent.co2_kg, later_duration_s=later.get("duration_s"),
@@ -153,10 +159,12 @@ class WindowOpener:
 
     @contextmanager
     def __call__(self, spec: WindowSpec) -> Iterator[Window]:
+        budgeted = any(scope.set_limits() for scope in self._scopes())
+        records = self._run_log() if budgeted or isinstance(self.stage, TrainingStage) else None
         with measure(stage=spec.name, kind=self.stage.kind, role=spec.role, meters=self.meters, run=self.run,
                      segment=self.progress.next_segment(self.run.task, spec.name), clock=self.clock,
-                     guard=self._guard(spec), plan_forecast=plan_entry(self.plan, self.run.task, spec.name),
-                     run_totals=self._run_totals(spec)) as window:
+                     guard=self._guard(spec, records), plan_forecast=plan_entry(self.plan, self.run.task, spec.name),
+                     run_totals=self._run_totals(spec, records)) as window:
             faults.point(f"stage-start:{spec.name}")
             try:
                 yield window

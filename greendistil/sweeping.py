@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from greendistil.config import Config, TrainingStage, build_config
+from greendistil.config.load import load_raw
 from greendistil.config.sweep import SweepSection, Trial, build_sweep, touches_teacher, trial_raw, trials
 from greendistil.distributed import SINGLE
 from greendistil.errors import BudgetExceeded, ConfigError, StageError
@@ -132,19 +132,10 @@ def _run_one(run_id: str, label: str, config: Config, sweep_dir: Path, request: 
 
 
 def _read_raw(path: Path, overrides: tuple[str, ...]) -> dict[str, Any]:
-    from greendistil.config import apply_override
-
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist; pass a TOML file such as configs/sweep.toml")
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path}: not a readable TOML config ({err})") from None
     for override in overrides:
         if override.split("=", 1)[0].strip().startswith("sweep."):
             raise ConfigError(f"--set {override!r}: sweep keys are not set with --set; use --grid KEY=V1,V2")
-        apply_override(raw, override)
-    return raw
+    return load_raw(path, overrides)
 
 
 def _with_run(raw: dict[str, Any], sweep_dir: Path, run_id: str) -> dict[str, Any]:

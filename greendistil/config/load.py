@@ -78,6 +78,11 @@ SECTIONS: dict[str, type] = {
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Read a TOML config, apply `a.b=value` overrides, validate, and return the frozen `Config`."""
+    return build_config(load_raw(path, overrides))
+
+
+def load_raw(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """The TOML config at `path` as a raw dict, with the `a.b=value` overrides applied (not validated)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist; pass a TOML file such as configs/base.toml")
@@ -89,7 +94,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise ConfigError(f"{path}: not UTF-8 text ({err.reason})") from None
     for override in overrides:
         apply_override(raw, override)
-    return build_config(raw)
+    return raw
 
 
 def build_config(raw: dict[str, Any]) -> Config:

@@ -33,6 +33,7 @@ import numpy as np
 from scipy.stats import theilslopes
 
 COMPONENTS = ("cpu", "gpu", "ram")
+MAX_FIT_STEPS = 400  # steps a Theil-Sen fit looks at (it compares every pair: 80k pairs)
 DURATION_METHOD = "forecast:calibrated-head-plus-theil-sen-s-per-step-and-per-padded-token-plus-tail"
 FORWARD_METHOD = "forecast:calibrated-theil-sen-forward-s-per-batch-and-per-padded-token"
 ENERGY_METHOD = "forecast:calibrated-mean-power-x-duration"
@@ -181,6 +182,9 @@ def step_cost(marks: list[StepMark]) -> tuple[float, float]:
     ratio = (0.0, float(seconds.sum()) / total_tokens if total_tokens > 0 else math.nan)
     if len(seconds) < 3 or np.ptp(tokens) == 0:
         return ratio
+    if len(seconds) > MAX_FIT_STEPS:  # Theil-Sen takes every pair: an even spread of the steps keeps it cheap
+        keep = np.linspace(0, len(seconds) - 1, MAX_FIT_STEPS).astype(int)
+        seconds, tokens = seconds[keep], tokens[keep]
     fit = theilslopes(seconds, tokens)
     if fit.slope <= 0 or fit.intercept < 0:
         return ratio
