@@ -114,7 +114,7 @@ class WindowOpener:
         self.plan = plan
 
     def is_done(self, spec: WindowSpec) -> bool:
-        return self.progress.window_done(self.run.task, spec.name)
+        return self.progress.window_done(self.run.task, spec.name, self.run.seed)
 
     def alone(self) -> WindowOpener:
         """The same opener for rank 0 measuring alone (its records say world_size 1)."""
@@ -136,8 +136,9 @@ class WindowOpener:
         scopes = self._scopes()
         if records is None or not any(scope.set_limits() for scope in scopes):
             return None
-        # A suite's stage budget is per task: each task's segments of the stage count against it.
-        earlier = [r for r in records if r.get("stage") == spec.name and r.get("task") in (self.run.task, None)]
+        # A suite's stage budget is per task (and seed): each task's segments of the stage count against it.
+        earlier = [r for r in records if r.get("stage") == spec.name and r.get("task") in (self.run.task, None)
+                   and r.get("seed") == self.run.seed]
         stop = exhausted(scopes[1], Spent.of_records(earlier))
         if stop is not None:  # its earlier segments spent the stage's budget: not even one more step
             raise stop
@@ -152,7 +153,7 @@ class WindowOpener:
         if records is None or not isinstance(self.stage, TrainingStage):
             return None
         spent = Spent.of_records(records)
-        later = plan_after(self.plan, self.run.task, spec.name) or {}
+        later = plan_after(self.plan, self.run.task, spec.name, self.run.seed) or {}
         return RunTotals(spent_duration_s=spent.duration_s, spent_energy_kwh=spent.energy_kwh,
                          spent_co2_kg=spent.co2_kg, later_duration_s=later.get("duration_s"),
                          later_energy_kwh=later.get("energy_kwh"), later_co2_kg=later.get("co2_kg"))
@@ -162,8 +163,9 @@ class WindowOpener:
         budgeted = any(scope.set_limits() for scope in self._scopes())
         records = self._run_log() if budgeted or isinstance(self.stage, TrainingStage) else None
         with measure(stage=spec.name, kind=self.stage.kind, role=spec.role, meters=self.meters, run=self.run,
-                     segment=self.progress.next_segment(self.run.task, spec.name), clock=self.clock,
-                     guard=self._guard(spec, records), plan_forecast=plan_entry(self.plan, self.run.task, spec.name),
+                     segment=self.progress.next_segment(self.run.task, spec.name, self.run.seed), clock=self.clock,
+                     guard=self._guard(spec, records),
+                     plan_forecast=plan_entry(self.plan, self.run.task, spec.name, self.run.seed),
                      run_totals=self._run_totals(spec, records)) as window:
             faults.point(f"stage-start:{spec.name}")
             try:
@@ -173,33 +175,46 @@ class WindowOpener:
 
 
 class Contexts:
-    """The StageContext of each task of the run (built when its first stage runs, so only one task's
-    encoded data is held at a time), and of the suite's shared stages. Artifacts: a task's stages see their
-    own over the shared stages' ones."""
+    """The StageContext of each (task, seed) of the run (built when its first stage runs, so only one task's
+    encoded data is held at a time), and of the suite's shared stages. Artifacts: a seed's stages see their
+    own over those its task's seeds share (a shared teacher), over the suite's shared stages' ones."""
 
     def __init__(self, request: RunRequest, checked: Preflight, run_dir: Path, device: torch.device,
                  progress: RunProgress, dist: Dist, scalar_log: ScalarLog | None = None) -> None:
         self.request, self.checked, self.run_dir, self.device, self.dist = request, checked, run_dir, device, dist
         self.scalar_log = scalar_log
         self.progress = progress
-        self.shared: dict[str, Path] = dict(progress.artifacts.get(None, {}))
         self.suite = is_suite(request.config)
-        self._current: tuple[str | None, StageContext] | None = None
+        # (task, seed) -> role -> model folder: what each (task, seed)'s stages wrote, shared by its contexts.
+        self.written: dict[tuple[str | None, int | None], dict[str, Path]] = {
+            key: dict(folders) for key, folders in progress.artifacts.items()}
+        self._current: tuple[tuple[str | None, int | None], StageContext] | None = None
 
-    def get(self, task: str | None) -> StageContext:
-        if self._current is None or self._current[0] != task:
-            self._current = (task, self._build(task))
+    def get(self, task: str | None, seed: int | None = None) -> StageContext:
+        if self._current is None or self._current[0] != (task, seed):
+            self._current = ((task, seed), self._build(task, seed))
         return self._current[1]
 
-    def _build(self, task: str | None) -> StageContext:
+    def _own(self, task: str | None, seed: int | None) -> dict[str, Path]:
+        return self.written.setdefault((task, seed), {})
+
+    def _build(self, task: str | None, seed: int | None) -> StageContext:
         data = self.checked.tasks[task] if task is not None else self.checked.first
-        artifacts = (ChainMap(dict(self.progress.artifacts.get(task, {})), self.shared) if task is not None
-                     else self.shared)
+        layers = [self._own(task, seed)]
+        if seed is not None:  # the seeds' shared stages: a shared teacher, and the suite's for this seed
+            layers += [self._own(task, None)] + ([self._own(None, seed)] if task is not None else [])
+        if task is not None:
+            layers.append(self._own(None, None))
+        folder = "/".join([*([task] if self.suite and task is not None else []),
+                           *([f"seed-{seed}"] if seed is not None else [])])
+        # A seed's stages see run.seed = that seed (their loaders' shuffles, their masks); a shared teacher's, the first.
+        run_seed = seed if seed is not None else (self.request.config.run.seeds or (data.config.run.seed,))[0]
+        config = dataclasses.replace(data.config, run=dataclasses.replace(data.config.run, seed=run_seed))
         return StageContext(
-            config=data.config, task=data.task, run_dir=self.run_dir, device=self.device,
+            config=config, task=data.task, run_dir=self.run_dir, device=self.device,
             splits=data.splits if task is not None else {}, teacher=self.checked.teacher,
             sources=self.checked.sources, benchmark_examples=data.benchmark_examples, corpus=self.checked.corpus,
-            artifacts=artifacts, task_folder=task if self.suite else None,
+            artifacts=ChainMap(*layers), task_folder=folder or None,
             resuming=self.request.resume_dir is not None, dist=self.dist, job_world_size=self.dist.world_size,
             show_progress=self.request.show_progress, clock=self.request.clock, scalar_log=self.scalar_log)
 
@@ -222,10 +237,11 @@ def _run_steps(config: Config, contexts: Contexts, run: RunInfo, meters: Meters,
                     run.run_dir))) if meters.dist.is_main else None)
                 if stop is not None:  # nothing left for this stage: stop before it starts (no record)
                     raise stop
-            seed_everything(config.run.seed + step.index)
+            seed_everything(step.torch_seed)
             _set_threads(config.run.num_threads)
-            ctx = contexts.get(step.task)
-            step_run = dataclasses.replace(run, task=step.task, data_sources=contexts.checked.data_sources(step.task))
+            ctx = contexts.get(step.task, step.seed)
+            step_run = dataclasses.replace(run, task=step.task, seed=step.seed,
+                                           data_sources=contexts.checked.data_sources(step.task))
             runner = RUNNERS[stage.kind]
             opener = WindowOpener(stage, step_run, meters, progress, clock, run_limits, contexts.request.plan)
             if stage.one_process and ctx.dist.enabled:

@@ -84,11 +84,15 @@ def make_plan(request: PlanRequest) -> dict[str, Any]:
                             RunProgress(), SINGLE)
         entries: list[dict[str, Any]] = []
         try:
+            calibrated: dict[tuple[str | None, int], list[dict[str, Any]]] = {}
             for step in suite_steps(config):
-                seed_everything(config.run.seed + step.index)
-                ctx = contexts.get(step.task)
-                step_run = dataclasses.replace(run, task=step.task)
-                entries += _plan_stage(ctx, step.stage, step_run, meters, clock, request.calibrate_steps)
+                key = (step.task, step.index)
+                if key not in calibrated:  # another seed of a (task, stage) does the same work: not calibrated again
+                    seed_everything(step.torch_seed)
+                    ctx = contexts.get(step.task, step.seed)
+                    step_run = dataclasses.replace(run, task=step.task, seed=step.seed)
+                    calibrated[key] = _plan_stage(ctx, step.stage, step_run, meters, clock, request.calibrate_steps)
+                entries += [{**entry, "seed": step.seed} for entry in calibrated[key]]
         finally:
             meters.gpu.close()
     plan = {

@@ -284,7 +284,7 @@ def test_under_torchrun_the_benchmark_gets_the_cores_of_one_process(tmp_path: Pa
 def test_windows_measured_before_a_resume_are_not_repeated(tmp_path: Path, tokenizer: Any) -> None:
     ctx, cfg = make_ctx(tmp_path)
     done = [cfg.window_name("teacher", 1), cfg.window_name("student", 1), cfg.window_name("teacher", 4)]
-    progress = RunProgress(statuses={(None, name): ["ok"] for name in done})  # (task, window): this run has no task
+    progress = RunProgress(statuses={(None, None, name): ["ok"] for name in done})  # (task, seed, window): none
     harness = Harness(ctx, tokenizer, progress=progress)
     (record,) = harness.bench(cfg)
     assert record["stage"] == "benchmark.student.bs4" and record["status"] == "ok" and record["segment"] == 1

@@ -241,7 +241,7 @@ def test_resume_refuses_a_finished_training_stage_without_its_model(tmp_path: Pa
     with pytest.raises(RunDirError, match="names no saved model"):
         RunProgress.from_records(tmp_path, records)
     done = RunProgress.from_records(tmp_path, [{**records[0], "artifacts": {"teacher": "checkpoints/finetune"}}])
-    assert done.artifacts == {None: {"teacher": tmp_path / "checkpoints" / "finetune"}}  # by the record's task
+    assert done.artifacts == {(None, None): {"teacher": tmp_path / "checkpoints" / "finetune"}}  # its task, seed
 
 
 def test_progress_is_kept_per_task_and_stage(tmp_path: Path) -> None:
@@ -253,7 +253,7 @@ def test_progress_is_kept_per_task_and_stage(tmp_path: Path) -> None:
     progress = RunProgress.from_records(tmp_path, records)
     assert progress.window_done("cola", "finetune") and not progress.window_done("sst2", "finetune")
     assert progress.next_segment("sst2", "finetune") == 2 and progress.next_segment("rte", "finetune") == 1
-    assert progress.artifacts == {"cola": {"teacher": tmp_path / "checkpoints" / "cola" / "finetune"}}
+    assert progress.artifacts == {("cola", None): {"teacher": tmp_path / "checkpoints" / "cola" / "finetune"}}
 
 
 def test_records_from_before_tasks_were_recorded_count_for_the_runs_task(tmp_path: Path) -> None:
@@ -263,4 +263,4 @@ def test_records_from_before_tasks_were_recorded_count_for_the_runs_task(tmp_pat
                          artifacts={"teacher": "checkpoints/finetune"}), "task")
     progress = RunProgress.from_records(tmp_path, [old])
     assert progress.window_done("sst2", "finetune") and progress.next_segment("sst2", "finetune") == 2
-    assert progress.artifacts == {None: {"teacher": tmp_path / "checkpoints" / "finetune"}}
+    assert progress.artifacts == {(None, None): {"teacher": tmp_path / "checkpoints" / "finetune"}}

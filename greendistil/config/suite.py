@@ -68,11 +68,18 @@ class SuiteSection:
 @dataclass(frozen=True, kw_only=True)
 class SuiteStep:
     """One stage of the run, as its task sees it (that task's overrides applied): `task` None for a suite's
-    shared (corpus) stage, which serves every task."""
+    shared (corpus) stage, which serves every task; `seed` None for a stage that is not repeated per seed
+    (every stage of a single-seed run; a shared teacher's stages in a multi-seed run)."""
 
     task: str | None
-    index: int  # the stage's position in [[stages]]: it seeds the stage
+    index: int  # the stage's position in [[stages]]: with `base_seed` it seeds the stage
     stage: StageConfig
+    seed: int | None = None  # the replicate of `run.seeds` this step belongs to
+    base_seed: int = 42  # the run seed the stage starts from: base_seed + index
+
+    @property
+    def torch_seed(self) -> int:
+        return self.base_seed + self.index
 
 
 def is_shared(stage: StageConfig) -> bool:
@@ -92,15 +99,39 @@ def is_suite(config: Config) -> bool:
 
 def suite_steps(config: Config) -> tuple[SuiteStep, ...]:
     """The run's stages in the order they run: one task in the order written; several tasks: the shared
-    stages first, then every per-task stage of the first task, then of the next, ..."""
+    stages first, then every per-task stage of the first task, then of the next, ...
+
+    With `run.seeds`, each of those groups runs once per seed, seeds in the order given, except what is not
+    repeated: a shared teacher's stages (`run.share_teacher`, from the first seed) and the benchmark (a
+    model's speed does not depend on its seed: the first seed's models are timed)."""
     tasks = {task: for_task(config, task).stages for task in run_tasks(config)}  # each with its overrides
     if not is_suite(config):  # every stage serves the one task, and its records say so
         task = run_tasks(config)[0]
-        return tuple(SuiteStep(task=task, index=i, stage=s) for i, s in enumerate(tasks[task]))
-    shared = [SuiteStep(task=None, index=i, stage=s) for i, s in enumerate(config.stages) if is_shared(s)]
-    per_task = [SuiteStep(task=task, index=i, stage=s) for task, stages in tasks.items()
-                for i, s in enumerate(stages) if not is_shared(s)]
-    return tuple(shared + per_task)
+        return _per_seed(config, task, list(enumerate(tasks[task])))
+    shared = _per_seed(config, None, [(i, s) for i, s in enumerate(config.stages) if is_shared(s)])
+    per_task = [step for task, stages in tasks.items()
+                for step in _per_seed(config, task, [(i, s) for i, s in enumerate(stages) if not is_shared(s)])]
+    return tuple([*shared, *per_task])
+
+
+def _per_seed(config: Config, task: str | None, stages: list[tuple[int, StageConfig]]) -> tuple[SuiteStep, ...]:
+    """`stages` (with their [[stages]] positions) once, or once per seed of `run.seeds`."""
+    seeds = config.run.seeds
+    if not seeds:
+        return tuple(SuiteStep(task=task, index=i, stage=s, base_seed=config.run.seed) for i, s in stages)
+    steps = []
+    for number, seed in enumerate(seeds):
+        for i, stage in stages:
+            shared = is_seed_shared(config, stage)
+            if number > 0 and (shared or stage.kind == "benchmark"):
+                continue  # a benchmark runs as the first seed's: it times that seed's student
+            steps.append(SuiteStep(task=task, index=i, stage=stage, seed=None if shared else seed, base_seed=seed))
+    return tuple(steps)
+
+
+def is_seed_shared(config: Config, stage: StageConfig) -> bool:
+    """A stage that serves every seed of a multi-seed run: the teacher's training when `run.share_teacher`."""
+    return config.run.share_teacher and isinstance(stage, TrainingStage) and stage.trained_role == "teacher"
 
 
 def check_suite(config: Config) -> None:

@@ -24,6 +24,13 @@ class RunSection:
     name: str = "run"
     output_dir: str = "runs"
     seed: int = 42
+    # Seeds to repeat the run over (DistilBERT's Table 1: the median of 5): every stage that depends on the
+    # seed runs once per seed in this run; empty: `seed` alone. A seed's stages are seeded exactly as a
+    # single-seed run with `seed` = that seed.
+    seeds: tuple[int, ...] = ()
+    # With `seeds`: train the teacher once (from the first seed) and distil every seed's student from it,
+    # or (false) a teacher per seed, so the spread covers the whole pipeline.
+    share_teacher: bool = False
     num_threads: int = 0  # torch intra-op threads; 0 keeps torch's default (one per core)
     report: bool = True  # write <run dir>/report/report.md and its PNGs when the run ends
     ddp_backend: Literal["auto", "gloo", "nccl"] = "auto"  # under torchrun; auto: nccl on GPUs, gloo on CPUs
@@ -38,6 +45,9 @@ class RunSection:
     def __post_init__(self) -> None:
         _require(bool(self.name.strip()), "name", self.name, "a non-empty string")
         _require(self.num_threads >= 0, "num_threads", self.num_threads, ">= 0 (0 = torch default)")
+        _require(len(set(self.seeds)) == len(self.seeds), "seeds", list(self.seeds), "distinct integers")
+        _require(not self.share_teacher or bool(self.seeds), "share_teacher", self.share_teacher,
+                 "true only with run.seeds (a single-seed run has one teacher anyway); set run.seeds = [1, 2, 3]")
         check_budgets(self)
 
 

@@ -56,6 +56,7 @@ class RunInfo:
     intensity_source: str
     command: str | None = None  # the exact command line, for reproduction
     task: str | None = None  # the GLUE task, so a record stands on its own
+    seed: int | None = None  # the replicate of run.seeds the stage belongs to (None: not repeated per seed)
     data_sources: dict[str, str] = field(default_factory=dict)  # split -> TSV path or hub dataset
 
     @property
@@ -235,7 +236,8 @@ def compose_record(*, window: Window, run: RunInfo, status: str, error: BaseExce
     incomplete = [k for k, v in components.items() if v is None and _expected(k, run)]
     incomplete += [k for k in total.partial if k not in incomplete]
     record = new_record({
-        "schema_version": SCHEMA_VERSION, "run_id": run.run_id, "task": run.task, "stage": window.stage,
+        "schema_version": SCHEMA_VERSION, "run_id": run.run_id, "task": run.task, "seed": run.seed,
+        "stage": window.stage,
         "kind": window.kind, "role": window.role, "status": status, "segment": window.segment,
         "resumed_from_step": c.resumed_from_step, "num_checkpoints": c.num_checkpoints,
         "error_type": type(error).__name__ if error is not None else None,

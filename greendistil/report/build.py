@@ -18,11 +18,13 @@ from greendistil.report.compare import teacher_student
 from greendistil.report.costs import cost_totals, model_points
 from greendistil.report.distributed import distributed_section
 from greendistil.report.forecasts import forecasts_section
-from greendistil.report.frame import first_value, iter_runs, iter_tasks, iter_units, load_report_frame, task_order, unit_title
+from greendistil.report.frame import (first_value, iter_runs, iter_tasks, iter_units, load_report_frame, run_seeds,
+                                      task_order, unit_title)
 from greendistil.report.markdown import fmt_number, fmt_percent, table
 from greendistil.report.provenance import energy_kinds
 from greendistil.report.routes import routes_section
 from greendistil.report.suite import suite_cost_section, table1_section
+from greendistil.report.seeds import seeds_section
 from greendistil.report.suite_plots import plot_retention_vs_energy, plot_suite_pareto
 from greendistil.report.sweep import SweepFigures, budget_curve, sweep_figures, sweep_folders, sweep_section
 from greendistil.report.sweep_plots import plot_budget_curves, plot_trials_pareto
@@ -65,7 +67,7 @@ def write_report(paths: list[Path], out_dir: Path, *, name: str | None = None) -
     figures = _write_figures(frame, out_dir)
     sections = [
         _header(frame, name),
-        table1_section(frame), suite_cost_section(frame), _figure_block(figures["suite"]),
+        table1_section(frame), seeds_section(frame), suite_cost_section(frame), _figure_block(figures["suite"]),
         _glance(frame),
         tables.cost_section(frame), _figure_block(figures["cost"]),
         distributed_section(frame),  # the cost table's distributed and GPU stages, per node and per GPU
@@ -191,7 +193,9 @@ def _glance_table(frame: pd.DataFrame) -> str:
     for records in iter_units(frame):
         comparison, totals = teacher_student(records), cost_totals(records)
         status = "ok" if totals.num_not_ok == 0 else f"⚠ {totals.num_not_ok} stage(s) not ok"
-        rows.append([str(first_value(records, "run_id")), f"`{first_value(records, 'task')}`",
+        seeds = run_seeds(records)
+        run_label = str(first_value(records, "run_id")) + (f", seed {seeds[0]}" if len(seeds) == 1 else "")
+        rows.append([run_label, f"`{first_value(records, 'task')}`",
                      fmt_number(comparison.teacher.score), fmt_number(comparison.student.score),
                      fmt_percent(comparison.score_retention), fmt_number(totals.flops),
                      fmt_number(totals.energy_kwh) + energy_kinds(records),

@@ -91,20 +91,33 @@ def iter_tasks(frame: pd.DataFrame) -> Iterator[tuple[str, pd.DataFrame]]:
 
 
 def iter_units(frame: pd.DataFrame) -> Iterator[pd.DataFrame]:
-    """Each (run, task): a single-task run's records, or one task of a suite with the suite's shared stages
-    (in log order). Runs in `iter_runs` order, a run's tasks in GLUE order."""
+    """Each (run, task, seed): a single-task run's records, or one task of a suite with the suite's shared
+    stages, and in a multi-seed run one seed's records with the stages the seeds share (in log order). Runs
+    in `iter_runs` order, a run's tasks in GLUE order, its seeds in the order they ran."""
     for records in iter_runs(frame):
         tasks = task_order(records["task"])
-        if not tasks:
-            yield records
-        for task in tasks:
-            yield records[(records["task"] == task) | records["task"].isna()]
+        for task in tasks or [None]:
+            own = records if task is None else records[(records["task"] == task) | records["task"].isna()]
+            seeds = run_seeds(own)
+            if not seeds:
+                yield own
+            for seed in seeds:
+                yield own[(own["seed"] == seed) | own["seed"].isna()]
+
+
+def run_seeds(records: pd.DataFrame) -> list[int]:
+    """The seeds of a multi-seed run's records, in the order they ran (empty: a single-seed run)."""
+    if "seed" not in records:
+        return []
+    return [int(s) for s in dict.fromkeys(records["seed"].dropna())]
 
 
 def unit_title(records: pd.DataFrame) -> str:
-    """'<run id>, task <task>' for the records of one (run, task) (`iter_units`); '<run id>' without a task."""
-    run_id, task = str(first_value(records, "run_id")), first_value(records, "task")
-    return run_id if task is None else f"{run_id}, task {task}"
+    """'<run id>, task <task>[, seed <seed>]' for the records of one unit (`iter_units`); '<run id>' without
+    a task."""
+    run_id, task, seeds = str(first_value(records, "run_id")), first_value(records, "task"), run_seeds(records)
+    title = run_id if task is None else f"{run_id}, task {task}"
+    return f"{title}, seed {seeds[0]}" if len(seeds) == 1 else title
 
 
 def shared_records(records: pd.DataFrame) -> pd.DataFrame:

@@ -11,7 +11,7 @@ scores, each task counting once. It is called the GLUE score only when all nine 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -71,10 +71,10 @@ def model_rows(frame: pd.DataFrame) -> list[ModelRow]:
         records = evaluates[evaluates["run_dir"] == run_dir]
         run_id = str(value(records.iloc[0], "run_id"))
         for role in MODEL_ROLES:
-            scores, cells = _role_scores(records, role)
+            scores, cells, num_seeds = _role_scores(records, role)
             if scores:
-                rows.append(ModelRow(run_id=run_id, model=role, label=MODEL_LABELS[role], task_scores=scores,
-                                     cells=cells))
+                label = MODEL_LABELS[role] + (f", median of {num_seeds} seeds" if num_seeds > 1 else "")
+                rows.append(ModelRow(run_id=run_id, model=role, label=label, task_scores=scores, cells=cells))
     for paper in PUBLISHED_GLUE_ROWS:
         rows.append(ModelRow(run_id="published", model=paper.model, label=f"{paper.model} (published)",
                              task_scores=dict(paper.task_scores), cells={t: f"{s:.1f}" for t, s in
@@ -146,16 +146,24 @@ def _macro_cell(row: ModelRow, tasks: tuple[str, ...]) -> str:
     return f"{partial:.1f} (over {len(own)} of them)"
 
 
-def _role_scores(records: pd.DataFrame, role: str) -> tuple[dict[str, float], dict[str, str]]:
-    """Per task, the role's task score ×100 and its cell, from the task's last evaluate record that scored it."""
-    scores, cells = {}, {}
+def _role_scores(records: pd.DataFrame, role: str) -> tuple[dict[str, float], dict[str, str], int]:
+    """Per task, the role's task score ×100 and its cell, from the task's last evaluate record that scored it;
+    in a multi-seed run each metric's median over the seeds (each seed's last record), as DistilBERT's
+    Table 1 gives the median of 5 runs. Also the most seeds any task's cell is the median of."""
+    scores, cells, most_seeds = {}, {}, 1
+    latest: dict[tuple[str, Any], pd.Series] = {}
     for _, row in records.iterrows():
         task, score = value(row, "task"), number(row, f"metric.{role}.score")
-        if task is None or score is None or task not in GLUE_ORDER:
-            continue
-        scores[str(task)] = 100.0 * score
-        cells[str(task)] = _cell(str(task), row, role, score)
-    return scores, cells
+        if task is not None and score is not None and task in GLUE_ORDER:
+            latest[(str(task), value(row, "seed"))] = row
+    for task in dict.fromkeys(task for task, _ in latest):
+        rows = pd.DataFrame([row for (t, _), row in latest.items() if t == task])
+        columns = [c for c in rows.columns if str(c).startswith(f"metric.{role}.")]
+        median = rows[columns].apply(pd.to_numeric, errors="coerce").median()
+        score = float(median[f"metric.{role}.score"])
+        scores[task], cells[task] = 100.0 * score, _cell(task, median, role, score)
+        most_seeds = max(most_seeds, len(rows))
+    return scores, cells, most_seeds
 
 
 def _cell(task: str, row: pd.Series, role: str, score: float) -> str:

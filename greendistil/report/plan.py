@@ -15,7 +15,9 @@ def plan_table(plan: dict[str, Any]) -> str:
     header = ("stage", "kind", "steps", "examples", "padded tok", "FLOPs", "duration s", "kWh", "g CO2eq")
     rows = []
     for e in plan["stages"]:
-        name = e["window"] if not e.get("task") else f"{e['window']} ({e['task']})"
+        whose = ", ".join([*([str(e["task"])] if e.get("task") else []),
+                           *([f"seed {e['seed']}"] if e.get("seed") is not None else [])])
+        name = f"{e['window']} ({whose})" if whose else e["window"]
         rows.append((name, e["kind"], _fmt(e.get("num_steps"), "d"), _fmt(e.get("num_examples"), "d"),
                      _fmt(e.get("num_padded_tokens"), "d"), _fmt(e.get("flops"), ".3g"), _fmt(e.get("duration_s"), ".1f"),
                      _fmt(e.get("energy_kwh"), ".3g"), _fmt(e["co2_kg"] * 1000 if e.get("co2_kg") is not None else None,

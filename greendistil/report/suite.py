@@ -37,7 +37,9 @@ def table1_section(frame: pd.DataFrame) -> str:
         "score as the mean of its two figures, as on the GLUE leaderboard, so each task counts once. The macro "
         f"column is the {label}; it is called the GLUE score only when all nine tasks are present. "
         f"{NOT_RUN} marks a task that was not run: it is never counted as 0. Retention is the student's macro "
-        "score ÷ its run's teacher's over the tasks both were evaluated on.",
+        "score ÷ its run's teacher's over the tasks both were evaluated on. A run over several seeds "
+        "(`run.seeds`) shows each metric's median over its seeds, as the paper gives the median of 5 runs; "
+        "the spread is in the Seeds section.",
         table(headers, rows, right_align_from=2),
         f"The last two rows are published figures of other models ({DISTILBERT_GLUE.citation}), not "
         "measurements of this package: BERT-base (110M parameters) and DistilBERT (66M), trained on far more "
@@ -54,7 +56,7 @@ def suite_cost_section(frame: pd.DataFrame) -> str:
              "energy marked measured (meas.) or estimated (est.) as in the cost table below, FLOPs counted. "
              "The student's distillation runs the teacher's forward pass, so its row includes that teacher "
              "inference, but not the teacher's own fine-tuning: the totals say what producing the students "
-             "took, teacher included."]
+             "took, teacher included. A multi-seed run's rows sum every seed's stages: the cell cost all of them."]
     for records in iter_runs(frame):
         tasks = task_order(records["task"])
         rows = [row for task in tasks for row in _task_rows(records, task)]

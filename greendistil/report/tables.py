@@ -11,7 +11,8 @@ import pandas as pd
 
 from greendistil.report.compare import TeacherStudent, teacher_student
 from greendistil.report.costs import CostTotals, cost_totals, model_points, pareto_optimal, student_training_records
-from greendistil.report.frame import first_value, iter_runs, iter_tasks, iter_units, number, task_order, value
+from greendistil.report.frame import (first_value, iter_runs, iter_tasks, iter_units, number, run_seeds,
+                                      task_order, value)
 from greendistil.report.markdown import (NOT_AVAILABLE, code, fmt_count, fmt_number, fmt_percent, fmt_ratio, fmt_si,
                                          is_missing, table)
 from greendistil.report.provenance import footnote_ref, footnotes, kinds_suffix, mark, source_kind
@@ -53,9 +54,11 @@ def cost_section(frame: pd.DataFrame) -> str:
              "of the sums, never counted as 0. Failed and interrupted stages stay in the table and in the "
              "totals: their energy was spent. The cost of producing the student includes the teacher's "
              "training. Dev scores are the task's GLUE score on the dev set. A suite's shared stages (task "
-             "`shared`) ran once for all its tasks."]
+             "`shared`) ran once for all its tasks; a multi-seed run's rows name their seed (none: a stage every "
+             "seed shares)."]
     for records in iter_runs(frame):
-        suite = len(task_order(records["task"])) > 1 or records["task"].isna().any()
+        # A suite's and a multi-seed run's rows say whose they are: the task, and the seed.
+        suite = len(task_order(records["task"])) > 1 or records["task"].isna().any() or bool(run_seeds(records))
         totals = [(f"**run total** ({len(records)} stages)", records)]
         if not suite:
             training = student_training_records(records)
@@ -77,8 +80,8 @@ def cost_footnote_sources(frame: pd.DataFrame) -> list[str | None]:
 
 
 def _task_cell(row: pd.Series) -> str:
-    task = value(row, "task")
-    return "shared" if task is None else str(task)
+    task, seed = value(row, "task"), value(row, "seed")
+    return ("shared" if task is None else str(task)) + (f", seed {int(seed)}" if seed is not None else "")
 
 
 def _work_row(row: pd.Series) -> list[str]:

@@ -1,7 +1,7 @@
 """Plan files (`greendistil plan`): where they are kept, and reading one back for a run of the same config.
 
 A plan is a JSON object (`PLAN_VERSION`): its config's hash, the machine it was calibrated on, and one
-entry per (task, window) with the work and the forecast figures. It is kept at
+entry per (task, seed, window) with the work and the forecast figures. It is kept at
 `<run.output_dir>/plans/<run.name>-<config hash>.json` (not a run directory: no records.jsonl), where a
 later `greendistil run` of the same config (budgets aside: they are not in the hash) finds it.
 """
@@ -44,23 +44,29 @@ def read_plan(path: Path, *, config_hash: str) -> dict[str, Any]:
     return plan
 
 
-def plan_entry(plan: dict[str, Any] | None, task: str | None, window: str) -> dict[str, Any] | None:
+def _is(entry: dict[str, Any], task: str | None, window: str, seed: int | None) -> bool:
+    return entry.get("task") == task and entry.get("window") == window and entry.get("seed") == seed
+
+
+def plan_entry(plan: dict[str, Any] | None, task: str | None, window: str,
+               seed: int | None = None) -> dict[str, Any] | None:
     """The plan's forecast of one window of a run (None without a plan or an entry): what a record keeps."""
     if plan is None:
         return None
     for entry in plan.get("stages", []):
-        if entry.get("task") == task and entry.get("window") == window:
+        if _is(entry, task, window, seed):
             keep = ("duration_s", "energy_kwh", "co2_kg", "flops", "num_steps", "num_padded_tokens",
                     "duration_method", "energy_method")
             return {"created_at": plan.get("created_at"), **{k: entry.get(k) for k in keep}}
     return None
 
 
-def plan_after(plan: dict[str, Any] | None, task: str | None, window: str) -> dict[str, float] | None:
-    """The plan's duration, kWh and CO2 summed over the windows it runs after (task, window), in its order;
-    None without a plan or an entry for that window, or where a later figure is missing."""
+def plan_after(plan: dict[str, Any] | None, task: str | None, window: str,
+               seed: int | None = None) -> dict[str, float] | None:
+    """The plan's duration, kWh and CO2 summed over the windows it runs after (task, window, seed), in its
+    order; None without a plan or an entry for that window, or where a later figure is missing."""
     entries = (plan or {}).get("stages", [])
-    at = next((i for i, e in enumerate(entries) if e.get("task") == task and e.get("window") == window), None)
+    at = next((i for i, e in enumerate(entries) if _is(e, task, window, seed)), None)
     if at is None:
         return None
     later = entries[at + 1:]

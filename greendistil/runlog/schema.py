@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-SCHEMA_VERSION = 4  # 4: status stopped-budget, `budget`, `forecast`; 3: `task` is null for a suite's shared stage;
+SCHEMA_VERSION = 5  # 5: `seed` (run.seeds); 4: status stopped-budget, `budget`, `forecast`; 3: `task` is null for a suite's shared stage;
 # 2: the field table (power samples in power.csv)
 
 
@@ -42,6 +42,8 @@ FIELDS: tuple[Field, ...] = (
     _f("run_id", doc="the run directory's name"),
     _f("task", doc="the GLUE task the stage served; null for a suite's shared (corpus) stage, which served every "
                    "task of the run"),
+    _f("seed", doc="the seed of run.seeds whose replicate the stage is; null in a single-seed run (its seed is "
+                   "run.seed) and for a stage every seed shares (a shared teacher's training, run.share_teacher)"),
     _f("stage", doc="the window's name: the stage's, or <stage>.<role>.bs<batch size> for a benchmark window"),
     _f("kind", doc="pretrain | finetune | distill | evaluate | benchmark"),
     _f("role", doc="teacher | student | general_student, or several joined by + (evaluate)"),
