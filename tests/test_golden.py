@@ -29,7 +29,9 @@ GOLDEN_FINAL_LOSS = {  # the mean over the last log interval (4 steps)
     "distill": {"loss": 1.2042, "loss_ce": 0.0326, "loss_task": 0.4718, "loss_cos": 0.0975},
 }
 GOLDEN_METRICS = {"teacher.accuracy": 0.5, "student.accuracy": 1.0}
-GOLDEN_FLOPS = {"finetune": 237818311, "distill": 198994299, "evaluate": 18927616}
+# distill: 198994299 until the teacher cache (cache_teacher = "auto": its 4 epochs read epoch 1's teacher
+# outputs; the losses above did not move); the teacher's forwards of epochs 2-4 are no longer computed.
+GOLDEN_FLOPS = {"finetune": 237818311, "distill": 139539722, "evaluate": 18927616}
 
 
 @pytest.fixture(scope="module")

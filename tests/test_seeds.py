@@ -191,3 +191,24 @@ def test_a_plan_calibrates_each_stage_once_and_forecasts_every_seed(tmp_path: Pa
     distills = [e for e in plan["stages"] if e["window"] == "distill"]
     assert distills[0]["duration_s"] == distills[1]["duration_s"]  # calibrated once: the same work per seed
     assert plan["total"]["flops"] == pytest.approx(sum(e["flops"] for e in plan["stages"]))
+
+
+def test_a_suite_over_seeds_gives_table_1_as_medians(tmp_path: Path) -> None:
+    from greendistil import glue_table
+
+    raw = deep_update(tiny_config(write_suite_glue(tmp_path / "glue"), tmp_path / "runs"), {
+        "run": {"seeds": [1, 2], "share_teacher": True, "report": False}, "task": {"name": None},
+        "suite": {"tasks": ["stsb", "rte"]}})
+    assert run(str(write_config(tmp_path / "suite.toml", raw)), "--run-id", "suite") == 0
+    run_dir = tmp_path / "runs" / "suite"
+    records = read_records_strict(run_dir)
+    assert [(r["task"], r["seed"], r["stage"]) for r in records] == [
+        (task, seed, stage) for task in ("stsb", "rte")
+        for seed, stage in ((None, "finetune"), (1, "distill"), (1, "evaluate"), (2, "distill"), (2, "evaluate"))]
+    assert (run_dir / "checkpoints" / "rte" / "seed-2" / "distill" / "model.safetensors").is_file()
+    assert (run_dir / "checkpoints" / "rte" / "finetune" / "model.safetensors").is_file()
+    table = glue_table(load_runs(run_dir)).set_index("model")
+    for task, column in (("stsb", "STS-B"), ("rte", "RTE")):
+        scores = [r["metrics"]["student.score"] for r in records if r["task"] == task and r["stage"] == "evaluate"]
+        assert table.loc["student (task distillation), median of 2 seeds", column] == pytest.approx(
+            100 * statistics.median(scores))

@@ -211,3 +211,35 @@ def test_two_sweeps_whose_curves_cross_are_said_to() -> None:
     assert ("`wide` and `steady`: the curves cross over 1 to 5 trials; against energy they cross where both are "
             "drawn; at 5 trials `wide` leads. Which is better depends on the budget.") in text
     assert "do not cross" in sweep_section([steady, sweep("better", [0.8] * 5, 0.002)])
+
+
+def test_a_sweep_stopped_by_sigterm_resumes_its_stopped_trial_and_skips_the_finished(tmp_path: Path) -> None:
+    """A real SIGTERM in the second trial's distillation (after its second step, every step checkpointed):
+    exit 143; the same command again skips the first trial, continues the second from its checkpoint as a
+    second segment, and runs the third."""
+    import subprocess
+    import sys
+
+    from builders import subprocess_env
+
+    config = write_tiny_config(tmp_path, write_sst2(tmp_path / "glue"), {
+        "stages": [{"kind": "finetune", "role": "teacher", "batch_size": 16},
+                   {"kind": "distill", "batch_size": 16, "checkpoint_every_steps": 1},
+                   {"kind": "evaluate", "roles": ["teacher", "student"]}]})
+    command = [sys.executable, "-m", "greendistil", "sweep", str(config), "--grid",
+               "stages.distill.temperature=1,2,4", "--no-progress"]
+    killed = subprocess.run(command, env=subprocess_env("step:distill:2@2:SIGTERM"), capture_output=True,
+                            text=True, timeout=300)
+    assert killed.returncode == 143, killed.stderr[-2000:]
+    folder = tmp_path / "runs" / "sweeps" / "tiny"
+    assert [r["status"] for r in records(folder / "t001")] == ["interrupted"]
+    assert not (folder / "t002").exists()
+    again = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "t000 (temperature=1): skipped" in again.stdout
+    assert [r["segment"] for r in records(folder / "t000")] == [1, 1]  # distill, evaluate: not rerun
+    resumed = [(r["stage"], r["segment"], r["status"], r["resumed_from_step"]) for r in records(folder / "t001")]
+    # From step 1's checkpoint: the signal came after step 2, before its checkpoint was written.
+    assert resumed == [("distill", 1, "interrupted", None), ("distill", 2, "ok", 1), ("evaluate", 1, "ok", None)]
+    assert [r["status"] for r in records(folder / "t002")] == ["ok", "ok"]
+    assert [r["stage"] for r in records(folder / "teacher")] == ["finetune"]  # the shared teacher: trained once

@@ -131,12 +131,21 @@ class DistillStage(TrainingStage):
     alpha_mlm: float = 2.0
     alpha_cos: float = 1.0
     ce_on_masked_only: bool = False  # mlm: the soft-target KL at masked tokens only (DistilBERT: restrict_ce_to_mask)
+    # task: keep the frozen teacher's outputs from the first epoch and serve later epochs from memory (fp32,
+    # on the training device). auto: when the stage has more than one epoch and the cache fits in
+    # teacher_cache_max_mb, in one process (under DDP a rank's later batches hold rows other ranks saw).
+    # mlm: never (its masks, and so the teacher's inputs, change every epoch).
+    cache_teacher: Literal["auto"] | bool = "auto"
+    teacher_cache_max_mb: float = 2048.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _require(self.temperature > 0, "temperature", self.temperature, "> 0")
         for key in ("alpha_ce", "alpha_task", "alpha_mlm", "alpha_cos"):
             _require(getattr(self, key) >= 0, key, getattr(self, key), ">= 0")
+        _require(self.teacher_cache_max_mb > 0, "teacher_cache_max_mb", self.teacher_cache_max_mb, "> 0 (MB)")
+        _require(not (self.cache_teacher is True and self.objective == "mlm"), "cache_teacher", self.cache_teacher,
+                 "false or 'auto' with objective = 'mlm': its masks change the teacher's inputs every epoch")
         active = self.active_alphas()
         _require(sum(active.values()) > 0, "alpha_ce", self.alpha_ce,
                  f"at least one of {', '.join(active)} > 0 for objective = {self.objective!r} "

@@ -59,6 +59,10 @@ def check_value(hint: Any, value: Any, key: str) -> Any:
                 return check_value(option, value, key)
             except ConfigError as err:
                 errors.append(err)
+        if all(typing.get_origin(o) is Literal or o is bool for o in options):  # e.g. Literal["auto"] | bool
+            choices = [repr(a) for o in options if o is not bool for a in typing.get_args(o)]
+            choices += ["true", "false"] if bool in options else []
+            raise ConfigError(f"{key}: {value!r} is not valid; valid: {', '.join(choices[:-1])} or {choices[-1]}")
         raise errors[0]
     if origin is Literal:
         if value in args:

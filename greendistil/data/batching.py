@@ -48,7 +48,7 @@ class EncodedSplit:
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return {"input_ids": self.input_ids[index], "token_type_ids": self.token_type_ids[index],
-                "labels": self.labels[index]}
+                "labels": self.labels[index], "example_index": index}
 
     @property
     def lengths(self) -> list[int]:
@@ -87,6 +87,10 @@ def encode(examples: GlueExamples, tokenizer: Any, max_seq_length: int) -> Encod
     return split
 
 
+EXAMPLE_INDEX = "example_index"  # (B,) the rows' positions in their split; stays on the CPU (CPU_ONLY_KEYS)
+CPU_ONLY_KEYS = frozenset({EXAMPLE_INDEX})  # batch entries the training loop does not copy to the device
+
+
 def collate(features: Sequence[Mapping[str, Any]], pad_token_id: int) -> Batch:
     """Pad a list of features (`input_ids`, `token_type_ids`, `labels`) to the batch's longest sequence.
 
@@ -107,8 +111,11 @@ def collate(features: Sequence[Mapping[str, Any]], pad_token_id: int) -> Batch:
     labels = torch.stack([torch.as_tensor(feature["labels"]) for feature in features])  # (B,)
     if labels.is_floating_point():
         labels = labels.to(torch.float32)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids,
-            "labels": labels}
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids,
+             "labels": labels}
+    if all("example_index" in feature for feature in features):  # which examples: a teacher cache's key
+        batch[EXAMPLE_INDEX] = torch.tensor([feature["example_index"] for feature in features], dtype=torch.long)
+    return batch
 
 
 class LengthGroupedBatchSampler(Sampler[list[int]]):

@@ -116,11 +116,19 @@ class FlopSampler:
         self._components: dict[str, _Component] = {}
         self._num_failed_counts = 0
         self.error: str | None = None  # set when the counter raised: no FLOP figure for this window
+        self._never = False
+
+    @classmethod
+    def never(cls) -> FlopSampler:
+        """A sampler that counts no step (the overhead benchmark's measurement-off side): no FLOP figure."""
+        sampler = cls(sample_steps=0)
+        sampler._never = True
+        return sampler
 
     def should_count(self, step: int) -> bool:
         """True for steps ``0..sample_steps-1`` and every ``sample_every``-th step (0-based) after;
-        always False once the counter has failed."""
-        return self.error is None and (step < self.sample_steps or step % self.sample_every == 0)
+        always False once the counter has failed, or for `never()`'s sampler."""
+        return self.error is None and not self._never and (step < self.sample_steps or step % self.sample_every == 0)
 
     def fail(self, message: str) -> None:
         """The counter itself raised: stop counting, and report no FLOPs rather than a partial sum."""

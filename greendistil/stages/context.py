@@ -87,6 +87,7 @@ class StageContext:
     clock: Clock = time.perf_counter  # the benchmark's timer
     scalar_log: ScalarLog | None = None  # live scalars for TensorBoard (`run.tensorboard`), rank 0 only
     max_train_steps: int | None = None  # a plan's calibration: each training stage stops after this many steps
+    count_flops: bool = True  # False only on benchmarks/overhead.py's measurement-off side: no step is FLOP-counted
     _encoded: dict[str, EncodedSplit] = field(default_factory=dict)
     _encoded_corpus: EncodedCorpus | None = None
 

@@ -8,10 +8,12 @@ The teacher runs in eval mode under no_grad, and its forward FLOPs are counted w
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from greendistil.config import DistillStage
-from greendistil.data.batching import Batch
+from greendistil.data.batching import EXAMPLE_INDEX, Batch, EncodedSplit
 from greendistil.measure.flops import FlopScope, count_nonembedding_params
 from greendistil.measure.window import Window
 from greendistil.models.inputs import model_inputs
@@ -20,6 +22,7 @@ from greendistil.stages.context import StageContext, single_window
 from greendistil.stages.distill_mlm import distill_mlm
 from greendistil.stages.training import TrainingPlan, name_model, publish_plan, train_loader, train_plan
 from greendistil.train.loop import LossTerms
+from greendistil.train.teacher_cache import CacheShape, TeacherCache
 from greendistil.train.losses import hidden_cosine, soft_target_kl, soft_target_mse, task_loss, weighted_sum
 
 
@@ -40,22 +43,36 @@ def run_distill(ctx: StageContext, cfg: DistillStage, window: Window) -> None:
     # only) the classifier gets no gradient, which DDP must be told about.
     replica = ctx.parallel(student, find_unused_parameters=cfg.alpha_ce == 0 and cfg.alpha_task == 0)
     weights = {"loss_ce": cfg.alpha_ce, "loss_task": cfg.alpha_task, "loss_cos": cfg.alpha_cos}
+    cache, cache_details = teacher_cache(ctx, cfg, teacher, train_split)
+    served_padded_tokens = [0]
+
+    def teacher_outputs(batch: Batch, scope: FlopScope) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits (B, C), last hidden states (B, T, H)): from the cache when it has the whole batch."""
+        indices = batch.get(EXAMPLE_INDEX)  # (B,) on the CPU
+        found = cache.lookup(indices, batch["attention_mask"]) if cache is not None and indices is not None else None
+        if found is not None:
+            served_padded_tokens[0] += batch["input_ids"].numel()
+            return found  # type: ignore[return-value]  # the terms that read a missing part are off
+        with torch.no_grad():
+            out = scope.run("teacher_forward", lambda: teacher(**model_inputs(batch, teacher), output_hidden_states=True))
+        if cache is not None and indices is not None:
+            cache.store(indices, out.logits, out.hidden_states[-1])
+        return out.logits, out.hidden_states[-1]
 
     def step(batch: Batch, scope: FlopScope) -> LossTerms:
-        teacher_inputs, student_inputs = model_inputs(batch, teacher), model_inputs(batch, student)
-        with torch.no_grad():
-            teacher_out = scope.run("teacher_forward", lambda: teacher(**teacher_inputs, output_hidden_states=True))
+        student_inputs = model_inputs(batch, student)
+        teacher_logits, teacher_hidden = teacher_outputs(batch, scope)
 
         def forward_backward() -> LossTerms:
             student_out = replica(**student_inputs, output_hidden_states=True)
             terms: dict[str, torch.Tensor] = {}
             if cfg.alpha_ce > 0:
-                terms["loss_ce"] = (soft_target_mse(student_out.logits, teacher_out.logits) if is_regression
-                                    else soft_target_kl(student_out.logits, teacher_out.logits, cfg.temperature))
+                terms["loss_ce"] = (soft_target_mse(student_out.logits, teacher_logits) if is_regression
+                                    else soft_target_kl(student_out.logits, teacher_logits, cfg.temperature))
             if cfg.alpha_task > 0:
                 terms["loss_task"] = task_loss(student_out.logits, batch["labels"], is_regression)
             if cfg.alpha_cos > 0:
-                terms["loss_cos"] = hidden_cosine(student_out.hidden_states[-1], teacher_out.hidden_states[-1],
+                terms["loss_cos"] = hidden_cosine(student_out.hidden_states[-1], teacher_hidden,
                                                   batch["attention_mask"])  # (B, T, H) each
             loss = weighted_sum(terms, weights)
             loss.backward()
@@ -67,7 +84,14 @@ def run_distill(ctx: StageContext, cfg: DistillStage, window: Window) -> None:
                         loader=train_loader(ctx, cfg, train_split, tokenizer), step=step,
                         analytic_flops_per_token=6.0 * count_nonembedding_params(student)
                         + 2.0 * count_nonembedding_params(teacher), num_train_examples=len(train_split))
-    summary = train_plan(ctx, cfg, window, plan)
+    teacher_flops_per_token = 2.0 * count_nonembedding_params(teacher)
+    try:
+        summary = train_plan(ctx, cfg, window, plan)
+    finally:  # a stopped stage's record says what its cache served too
+        # The analytic count charged every step the teacher's 2N per token: take back the steps it did not run.
+        window.counters.flops_analytic -= teacher_flops_per_token * served_padded_tokens[0]
+        window.counters.details["teacher_cache"] = cache_details | _served(cache) | {
+            "num_padded_tokens_served": served_padded_tokens[0]}
     publish_plan(ctx, cfg, window, plan, summary, cfg.role, {
         "objective": cfg.objective, "teacher_model": teacher_loaded.source,
         "teacher_num_params": count_params(teacher), "student_num_params": count_params(student),
@@ -75,3 +99,33 @@ def run_distill(ctx: StageContext, cfg: DistillStage, window: Window) -> None:
         "temperature": cfg.temperature, "alpha_ce": cfg.alpha_ce, "alpha_task": cfg.alpha_task,
         "alpha_cos": cfg.alpha_cos,
     })
+
+
+def teacher_cache(ctx: StageContext, cfg: DistillStage, teacher: torch.nn.Module,
+                  split: EncodedSplit) -> tuple[TeacherCache | None, dict[str, Any]]:
+    """The stage's teacher cache (None: the teacher runs every step) and what the record says of the choice."""
+    shape = CacheShape(num_examples=len(split), num_real_tokens=split.num_tokens,
+                       num_labels=int(teacher.config.num_labels), hidden_size=int(teacher.config.hidden_size),
+                       logits=cfg.alpha_ce > 0, hidden=cfg.alpha_cos > 0)
+    size_mb = shape.num_bytes / 1e6
+    details: dict[str, Any] = {"setting": cfg.cache_teacher, "size_mb": size_mb, "precision": "fp32",
+                               "where": str(ctx.device)}
+    if cfg.cache_teacher is False:
+        return None, details | {"used": False, "reason": "cache_teacher = false"}
+    if cfg.cache_teacher == "auto" and cfg.epochs <= 1:
+        return None, details | {"used": False, "reason": f"one epoch or less ({cfg.epochs:g}): nothing repeats"}
+    if cfg.cache_teacher == "auto" and ctx.dist.world_size > 1:  # rank r's rows of a later epoch's batches are
+        # mostly rows another rank saw in the first: its own cache would hardly ever hold a whole batch
+        return None, details | {"used": False, "reason": f"DDP over {ctx.dist.world_size} ranks: each rank would "
+                                                          "cache only the rows it saw"}
+    if cfg.cache_teacher == "auto" and size_mb > cfg.teacher_cache_max_mb:
+        return None, details | {"used": False, "reason": f"{size_mb:.0f} MB > teacher_cache_max_mb "
+                                                          f"{cfg.teacher_cache_max_mb:g}"}
+    on_resume = "refilled from the resumed position on (in memory only)" if ctx.resuming else None
+    return TeacherCache(shape, split.lengths, ctx.device), details | {"used": True, "on_resume": on_resume}
+
+
+def _served(cache: TeacherCache | None) -> dict[str, int]:
+    if cache is None:
+        return {"num_batches_served": 0, "num_batches_stored": 0}
+    return {"num_batches_served": cache.num_served, "num_batches_stored": cache.num_stored}

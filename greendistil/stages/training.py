@@ -56,7 +56,7 @@ def train_plan(ctx: StageContext, cfg: TrainingStage, window: Window, plan: Trai
     return train(cfg=cfg, model=plan.trained or plan.model, loader=plan.loader, step_fn=plan.step, window=window,
                  analytic_flops_per_token=plan.analytic_flops_per_token, state=ctx.train_state(cfg.name),
                  dist=ctx.dist, show_progress=ctx.show_progress, on_log=_live_scalars(ctx, window),
-                 max_steps=ctx.max_train_steps)
+                 max_steps=ctx.max_train_steps, count_flops=ctx.count_flops)
 
 
 def _live_scalars(ctx: StageContext, window: Window) -> Callable[[LogPoint], None] | None:

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from greendistil.config import TrainingStage
-from greendistil.data.batching import Batch, PlannedSteps, planned_steps
+from greendistil.data.batching import CPU_ONLY_KEYS, Batch, PlannedSteps, planned_steps
 from greendistil.distributed import SINGLE, Dist, agree, all_finite, broadcast, gather
 from greendistil.errors import ConfigError, StageError
 from greendistil.measure.counters import StageCounters
@@ -146,7 +146,8 @@ class LossLog:
 def train(*, cfg: TrainingStage, model: torch.nn.Module, loader: DataLoader, step_fn: StepFn,
           window: TrainingWindow, analytic_flops_per_token: float, state: StateFile | None = None,
           dist: Dist = SINGLE, show_progress: bool | None = None,
-          on_log: Callable[[LogPoint], None] | None = None, max_steps: int | None = None) -> TrainSummary:
+          on_log: Callable[[LogPoint], None] | None = None, max_steps: int | None = None,
+          count_flops: bool = True) -> TrainSummary:
     """Train `model` for `cfg.epochs` over `loader`, recording counts and FLOPs into `window.counters`.
 
     `analytic_flops_per_token` (e.g. 6N for training, + 2N_teacher for distillation) is multiplied by the
@@ -155,6 +156,7 @@ def train(*, cfg: TrainingStage, model: torch.nn.Module, loader: DataLoader, ste
     continued exactly: same data order, same RNG, same schedule. The counters hold this segment's work only.
     `show_progress`: a bar (None: only on a terminal). `on_log` gets each log interval's `LogPoint`.
     `max_steps` (a plan's calibration): stop after that many steps of the stage, its schedule unchanged.
+    `count_flops=False` (only the overhead benchmark's measurement-off side): no step is FLOP-counted.
 
     Under DDP (`dist`), `model` is the unwrapped model (the step function runs its DDP wrapper), `loader`
     yields this rank's rows, and only rank 0 writes the training state, holding every rank's RNG state.
@@ -165,7 +167,8 @@ def train(*, cfg: TrainingStage, model: torch.nn.Module, loader: DataLoader, ste
     optimizer = make_optimizer(model, learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = linear_schedule(optimizer, total_steps=total_steps, warmup_steps=int(cfg.warmup_ratio * total_steps))
     position = _start_position(state, model, optimizer, scheduler, window, dist)
-    sampler = FlopSampler(sample_steps=cfg.flop_sample_steps, sample_every=cfg.flop_sample_every)
+    sampler = (FlopSampler(sample_steps=cfg.flop_sample_steps, sample_every=cfg.flop_sample_every) if count_flops
+               else FlopSampler.never())
     counters = window.counters
     counters.flop_sampler = sampler
     losses = LossLog(position, cfg.log_every_steps)
@@ -201,7 +204,7 @@ def train(*, cfg: TrainingStage, model: torch.nn.Module, loader: DataLoader, ste
             if step >= stop_at:
                 break
             num_examples, num_tokens = cpu_batch["input_ids"].shape[0], int(cpu_batch["attention_mask"].numpy().sum())
-            batch = {k: v.to(device, non_blocking=True) for k, v in cpu_batch.items()}
+            batch = {k: v if k in CPU_ONLY_KEYS else v.to(device, non_blocking=True) for k, v in cpu_batch.items()}
             padded_tokens = batch["input_ids"].numel()
             scope = FlopScope(sampler, sampler.should_count(step - first_step), padded_tokens,
                               reset=lambda: optimizer.zero_grad(set_to_none=True))
