@@ -36,6 +36,7 @@ from greendistil.runlog.store import (RunLock, create_run_dir, new_run_id, node_
                                       read_records, write_text_atomically)
 from greendistil.runlog.tensorboard import ScalarLog
 from greendistil.runtime.environment import git_sha, hardware, versions
+from greendistil.runtime.precision import apply_matmul_precision, resolve_precision
 from greendistil.runtime.rng import seed_everything
 from greendistil.stages import RUNNERS, StageContext
 from greendistil.testing import faults
@@ -216,7 +217,8 @@ class Contexts:
             sources=self.checked.sources, benchmark_examples=data.benchmark_examples, corpus=self.checked.corpus,
             artifacts=ChainMap(*layers), task_folder=folder or None,
             resuming=self.request.resume_dir is not None, dist=self.dist, job_world_size=self.dist.world_size,
-            show_progress=self.request.show_progress, clock=self.request.clock, scalar_log=self.scalar_log)
+            show_progress=self.request.show_progress, clock=self.request.clock, scalar_log=self.scalar_log,
+            precision=resolve_precision(self.request.config.run.precision, self.device))
 
 
 def _run_steps(config: Config, contexts: Contexts, run: RunInfo, meters: Meters, progress: RunProgress,
@@ -310,9 +312,11 @@ def start_run(config: Config, checked: Preflight, run_dir: Path, *, command: str
     """Describe the run (what every record shares) and set up this process's meters."""
     _set_threads(config.run.num_threads)
     device = distributed.device(dist, config.run.device)
+    precision = resolve_precision(config.run.precision, device)
+    apply_matmul_precision(precision)
     run = RunInfo(
         run_id=run_dir.name, run_dir=run_dir, config_hash=config.config_hash(), git_sha=git_sha(),
-        versions=versions(), hardware=hardware(device), country_iso_code=config.carbon.country_iso_code,
+        versions=versions(), hardware=hardware(device) | precision.describe(), country_iso_code=config.carbon.country_iso_code,
         pue=config.carbon.pue, intensity_g_per_kwh=checked.intensity_g_per_kwh,
         intensity_source=checked.intensity_source, command=command, task=None,  # set per stage: the task it serves
         data_sources={},

@@ -29,6 +29,7 @@ from greendistil.models.mlm import checkpoint_has_mlm_head
 from greendistil.models.sources import ResolvedTeacher, load_tokenizer, model_source, resolve_teacher
 from greendistil.models.student import STUDENT_MODEL_TYPES
 from greendistil.runlog.tensorboard import tensorboard_missing
+from greendistil.runtime.precision import resolve_precision
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +96,11 @@ def preflight(config: Config, *, dist: Dist = SINGLE, sources: dict[str, str] | 
     Every task's data is read here: a suite whose last task has no data fails before its first one runs.
     """
     intensity, intensity_source = grid_intensity(config.carbon.country_iso_code, config.carbon.intensity_g_per_kwh)
-    device(dist, config.run.device)  # run.device = "cuda" without a GPU fails here, not after the run dir exists
+    computes_on = device(dist, config.run.device)  # run.device = "cuda" without a GPU fails here, before the run dir
+    try:
+        resolve_precision(config.run.precision, computes_on)
+    except ValueError as err:
+        raise ConfigError(f"run.precision: {err}") from None
     if config.run.tensorboard and (missing := tensorboard_missing()) is not None:
         raise ConfigError(f"run.tensorboard: true needs TensorBoard, but {missing}; or set run.tensorboard = false")
     check_shards(config, dist)

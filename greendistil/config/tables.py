@@ -35,6 +35,9 @@ class RunSection:
     report: bool = True  # write <run dir>/report/report.md and its PNGs when the run ends
     ddp_backend: Literal["auto", "gloo", "nccl"] = "auto"  # under torchrun; auto: nccl on GPUs, gloo on CPUs
     device: Device = "auto"  # auto: the GPU when torch sees one (LOCAL_RANK's under torchrun), else the CPU
+    # What the forwards compute in: auto = bf16 autocast on a GPU that supports it (TF32 for the fp32 matmuls
+    # left, on Ampere and newer), fp32 elsewhere; bf16 where it is unsupported is refused.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     tensorboard: bool = False  # scalars per log interval under <run dir>/tensorboard (the `tensorboard` extra)
     # Budgets over the whole run, every stage and segment so far (None: no limit). A training step that would
     # cross one is not taken: the stage checkpoints and stops as "stopped-budget" (exit code 3).

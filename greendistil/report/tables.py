@@ -55,7 +55,8 @@ def cost_section(frame: pd.DataFrame) -> str:
              "totals: their energy was spent. The cost of producing the student includes the teacher's "
              "training. Dev scores are the task's GLUE score on the dev set. A suite's shared stages (task "
              "`shared`) ran once for all its tasks; a multi-seed run's rows name their seed (none: a stage every "
-             "seed shares)."]
+             "seed shares). FLOPs count operations whatever precision they ran in (fp32 or bf16: `hardware: "
+             "precision` in the Environment section); time and energy depend on it."]
     for records in iter_runs(frame):
         # A suite's and a multi-seed run's rows say whose they are: the task, and the seed.
         suite = len(task_order(records["task"])) > 1 or records["task"].isna().any() or bool(run_seeds(records))

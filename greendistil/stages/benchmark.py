@@ -42,6 +42,7 @@ from greendistil.measure.window import Clock, Window
 from greendistil.models.inputs import model_inputs
 from greendistil.models.sources import LoadedModel, count_params
 from greendistil.runtime.device import synchronize
+from greendistil.runtime.precision import Precision
 from greendistil.stages.context import OpenWindow, StageContext
 
 logger = logging.getLogger(__name__)
@@ -115,7 +116,7 @@ def run_benchmark(ctx: StageContext, cfg: BenchmarkStage, open_window: OpenWindo
             loaded, batch_size = models[spec.role], int(spec.batch_size or 1)
             inputs = make_inputs(encoded[spec.role], batch_size=batch_size, model=loaded.model,
                                  pad_token_id=loaded.tokenizer.pad_token_id, device=ctx.device)
-            with fast_path_context(ctx.device):
+            with fast_path_context(ctx.precision):
                 warm_up(loaded.model, inputs.batches, cfg.warmup_batches, ctx.device)
                 flops = _count_one_batch(loaded.model, inputs.batches[0], f"{spec.role}_forward")
             with open_window(spec) as window:
@@ -134,7 +135,7 @@ def _measure_window(ctx: StageContext, cfg: BenchmarkStage, window: Window, load
         "split": examples.split, "data_source": examples.source,
         "timing": "model forward only; inputs tokenized, padded and on the device before the window",
     })
-    with fast_path_context(ctx.device):
+    with fast_path_context(ctx.precision):
         timed = time_passes(loaded.model, inputs.batches, repeats=cfg.repeats, min_window_s=cfg.min_window_s,
                             device=ctx.device, clock=ctx.clock)
     _fill_counters(window, cfg, batch_size, inputs, timed, flops)
@@ -177,14 +178,10 @@ def fast_path(device: torch.device) -> str:
 
 
 @contextlib.contextmanager
-def fast_path_context(device: torch.device) -> Iterator[None]:
-    """torch.inference_mode(), plus bf16 autocast on a GPU."""
-    with torch.inference_mode():
-        if device.type == "cuda":
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                yield
-        else:
-            yield
+def fast_path_context(precision: Precision) -> Iterator[None]:
+    """torch.inference_mode(), in the run's precision (bf16 autocast where it computes in bf16)."""
+    with torch.inference_mode(), precision.autocast():
+        yield
 
 
 def warm_up(model: torch.nn.Module, batches: list[Batch], num_batches: int, device: torch.device) -> None:

@@ -31,6 +31,7 @@ from greendistil.data.tasks import GlueTask
 from greendistil.distributed import SINGLE, Dist, agree, wrap
 from greendistil.measure.counters import StageCounters
 from greendistil.measure.window import Clock, Window
+from greendistil.runtime.precision import FP32_CPU, Precision
 from greendistil.models.mlm import HEAD_NOTE_KEY, head_note, load_mlm, load_teacher_mlm
 from greendistil.models.sources import (LoadedModel, ResolvedTeacher, load_classifier, load_teacher, load_tokenizer,
                                         save_model)
@@ -87,6 +88,7 @@ class StageContext:
     clock: Clock = time.perf_counter  # the benchmark's timer
     scalar_log: ScalarLog | None = None  # live scalars for TensorBoard (`run.tensorboard`), rank 0 only
     max_train_steps: int | None = None  # a plan's calibration: each training stage stops after this many steps
+    precision: Precision = FP32_CPU  # what the forwards compute in (run.precision, resolved for the device)
     count_flops: bool = True  # False only on benchmarks/overhead.py's measurement-off side: no step is FLOP-counted
     _encoded: dict[str, EncodedSplit] = field(default_factory=dict)
     _encoded_corpus: EncodedCorpus | None = None

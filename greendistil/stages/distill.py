@@ -53,7 +53,7 @@ def run_distill(ctx: StageContext, cfg: DistillStage, window: Window) -> None:
         if found is not None:
             served_padded_tokens[0] += batch["input_ids"].numel()
             return found  # type: ignore[return-value]  # the terms that read a missing part are off
-        with torch.no_grad():
+        with torch.no_grad(), ctx.precision.autocast():
             out = scope.run("teacher_forward", lambda: teacher(**model_inputs(batch, teacher), output_hidden_states=True))
         if cache is not None and indices is not None:
             cache.store(indices, out.logits, out.hidden_states[-1])
@@ -64,17 +64,18 @@ def run_distill(ctx: StageContext, cfg: DistillStage, window: Window) -> None:
         teacher_logits, teacher_hidden = teacher_outputs(batch, scope)
 
         def forward_backward() -> LossTerms:
-            student_out = replica(**student_inputs, output_hidden_states=True)
-            terms: dict[str, torch.Tensor] = {}
-            if cfg.alpha_ce > 0:
-                terms["loss_ce"] = (soft_target_mse(student_out.logits, teacher_logits) if is_regression
-                                    else soft_target_kl(student_out.logits, teacher_logits, cfg.temperature))
-            if cfg.alpha_task > 0:
-                terms["loss_task"] = task_loss(student_out.logits, batch["labels"], is_regression)
-            if cfg.alpha_cos > 0:
-                terms["loss_cos"] = hidden_cosine(student_out.hidden_states[-1], teacher_hidden,
-                                                  batch["attention_mask"])  # (B, T, H) each
-            loss = weighted_sum(terms, weights)
+            with ctx.precision.autocast():  # bf16 where the run computes in it; backward outside, as AMP asks
+                student_out = replica(**student_inputs, output_hidden_states=True)
+                terms: dict[str, torch.Tensor] = {}
+                if cfg.alpha_ce > 0:
+                    terms["loss_ce"] = (soft_target_mse(student_out.logits, teacher_logits) if is_regression
+                                        else soft_target_kl(student_out.logits, teacher_logits, cfg.temperature))
+                if cfg.alpha_task > 0:
+                    terms["loss_task"] = task_loss(student_out.logits, batch["labels"], is_regression)
+                if cfg.alpha_cos > 0:
+                    terms["loss_cos"] = hidden_cosine(student_out.hidden_states[-1], teacher_hidden,
+                                                      batch["attention_mask"])  # (B, T, H) each
+                loss = weighted_sum(terms, weights)
             loss.backward()
             return {"loss": loss.detach(), **{name: value.detach() for name, value in terms.items()}}
 

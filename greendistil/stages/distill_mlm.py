@@ -54,20 +54,21 @@ def distill_mlm(ctx: StageContext, cfg: DistillStage, window: Window) -> None:
         masked = labels != -100  # (B, T)
         # Logits only where a term needs them; the masked tokens are real tokens, so they are always included.
         rows = masked if cfg.ce_on_masked_only or cfg.alpha_ce == 0 else batch["attention_mask"].bool()  # (B, T)
-        with torch.no_grad():
+        with torch.no_grad(), ctx.precision.autocast():
             teacher_logits, teacher_hidden = scope.run(
                 "teacher_forward", lambda: mlm_forward(teacher, batch, masked_ids, rows))  # (N, V), (B, T, H)
 
         def forward_backward() -> LossTerms:
-            student_logits, student_hidden = replica(batch, masked_ids, rows)  # (N, V), (B, T, H)
-            terms: dict[str, torch.Tensor] = {}
-            if cfg.alpha_ce > 0:
-                terms["loss_ce"] = soft_target_kl(student_logits, teacher_logits, cfg.temperature)
-            if cfg.alpha_mlm > 0:
-                terms["loss_mlm"] = mlm_cross_entropy(student_logits, labels[rows])
-            if cfg.alpha_cos > 0:
-                terms["loss_cos"] = hidden_cosine(student_hidden, teacher_hidden, batch["attention_mask"])
-            loss = weighted_sum(terms, weights)
+            with ctx.precision.autocast():  # bf16 where the run computes in it; backward outside, as AMP asks
+                student_logits, student_hidden = replica(batch, masked_ids, rows)  # (N, V), (B, T, H)
+                terms: dict[str, torch.Tensor] = {}
+                if cfg.alpha_ce > 0:
+                    terms["loss_ce"] = soft_target_kl(student_logits, teacher_logits, cfg.temperature)
+                if cfg.alpha_mlm > 0:
+                    terms["loss_mlm"] = mlm_cross_entropy(student_logits, labels[rows])
+                if cfg.alpha_cos > 0:
+                    terms["loss_cos"] = hidden_cosine(student_hidden, teacher_hidden, batch["attention_mask"])
+                loss = weighted_sum(terms, weights)
             loss.backward()
             return {"loss": loss.detach(), **{name: value.detach() for name, value in terms.items()}}
 

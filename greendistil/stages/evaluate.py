@@ -65,7 +65,9 @@ def _evaluate_split(ctx: StageContext, cfg: EvaluateStage, window: Window, loade
             padded_tokens = batch["input_ids"].numel()
             scope = FlopScope(sampler, sampler.should_count(index), padded_tokens,
                               reset=lambda: None)  # inference: a half-run forward leaves nothing to undo
-            logits = scope.run(f"{role}_forward", lambda: loaded.model(**model_inputs(batch, loaded.model)).logits)  # (B, C)
+            with ctx.precision.autocast():
+                logits = scope.run(f"{role}_forward",
+                                   lambda: loaded.model(**model_inputs(batch, loaded.model)).logits)  # (B, C)
             predictions.append(logits.float().cpu())
             counters.add_batch(num_examples=num_examples, num_tokens=num_tokens, num_padded_tokens=padded_tokens,
                                analytic_flops_per_token=flops_per_token)

@@ -24,8 +24,9 @@ def run_finetune(ctx: StageContext, cfg: FinetuneStage, window: Window) -> None:
 
     def step(batch: Batch, scope: FlopScope) -> LossTerms:
         def forward_backward() -> LossTerms:
-            logits = replica(**model_inputs(batch, model)).logits  # (B, C)
-            loss = task_loss(logits, batch["labels"], is_regression)
+            with ctx.precision.autocast():  # bf16 where the run computes in it; backward outside, as AMP asks
+                logits = replica(**model_inputs(batch, model)).logits  # (B, C)
+                loss = task_loss(logits, batch["labels"], is_regression)
             loss.backward()
             return {"loss": loss.detach()}
         return scope.run(f"{cfg.role}_train", forward_backward)

@@ -60,8 +60,9 @@ def run_pretrain(ctx: StageContext, cfg: PretrainStage, window: Window) -> None:
         positions = labels != -100  # (B, T): the head runs only where there is something to predict
 
         def forward_backward() -> LossTerms:
-            logits, _ = replica(batch, masked_ids, positions, encoder_grad=not head_only)  # (N, V)
-            loss = mlm_cross_entropy(logits, labels[positions])
+            with ctx.precision.autocast():  # bf16 where the run computes in it; backward outside, as AMP asks
+                logits, _ = replica(batch, masked_ids, positions, encoder_grad=not head_only)  # (N, V)
+                loss = mlm_cross_entropy(logits, labels[positions])
             loss.backward()
             return {"loss": loss.detach()}
         return scope.run(f"{cfg.role}_train", forward_backward)
