@@ -129,7 +129,7 @@ def _measure_window(ctx: StageContext, cfg: BenchmarkStage, window: Window, load
     counters.model, counters.num_params = loaded.source, count_params(loaded.model)
     counters.flop_sampler = flops
     counters.details.update({
-        "batch_size": batch_size, "fast_path": fast_path(ctx.device), "device": str(ctx.device),
+        "batch_size": batch_size, "fast_path": fast_path(ctx.precision), "device": str(ctx.device),
         "torch_threads": torch.get_num_threads(), "warmup_batches": cfg.warmup_batches,
         "min_window_s": cfg.min_window_s, "inputs_hash": inputs.inputs_hash,
         "split": examples.split, "data_source": examples.source,
@@ -172,9 +172,9 @@ def make_inputs(encoded: EncodedSplit, *, batch_size: int, model: torch.nn.Modul
                        num_padded_tokens=num_padded, inputs_hash=inputs_hash(encoded))
 
 
-def fast_path(device: torch.device) -> str:
-    """The name of the device's fast path, as the record states it."""
-    return "inference_mode+bf16-autocast" if device.type == "cuda" else "inference_mode"
+def fast_path(precision: Precision) -> str:
+    """The name of the benchmark's fast path, as the record states it."""
+    return "inference_mode+bf16-autocast" if precision.name == "bf16" else "inference_mode"
 
 
 @contextlib.contextmanager
