@@ -164,6 +164,8 @@ def _share_teacher(sweep: SweepSection, base: Config, teacher_stages: tuple[str,
         blockers = [key for key in blockers if key != "run.seed"]
     why_not = ("no stage trains the teacher before the others" if not teacher_stages else
                "a suite keeps a teacher per task" if base.suite.tasks else
+               "run.seeds trains a teacher per seed (run.share_teacher is false)" if base.run.seeds
+               and not base.run.share_teacher else
                f"the axes {blockers} change the teacher" if blockers else None)
     if sweep.share_teacher is True and why_not:
         raise ConfigError(f"sweep.share_teacher: true, but {why_not}; set it to 'auto' or false")

@@ -113,7 +113,8 @@ def test_aggregation_by_hand_with_a_missing_figure() -> None:
     row = aggregate_seeds(frame).iloc[0]
     assert row["metric.student.score"] == pytest.approx(0.65)  # the median of an even count: the middle two's mean
     assert row["metric.student.score.std"] == pytest.approx(statistics.stdev([0.5, 0.9, 0.7, 0.6]))
-    assert row["energy_kwh"] == pytest.approx(6.0) and row["per_seed_energy_kwh"] == pytest.approx(1.5)
+    assert row["energy_kwh"] == pytest.approx(6.0) and row["per_seed_energy_kwh"] == pytest.approx(2.0)
+    assert row["seeds_incomplete"] == ["energy_kwh"]  # one seed lacks it: the sum is of the other three
     one = aggregate_seeds(frame.iloc[:1]).iloc[0]
     assert one["num_seeds"] == 1 and pd.isna(one["metric.student.score.std"])  # no spread from one seed
 
@@ -212,3 +213,12 @@ def test_a_suite_over_seeds_gives_table_1_as_medians(tmp_path: Path) -> None:
         scores = [r["metrics"]["student.score"] for r in records if r["task"] == task and r["stage"] == "evaluate"]
         assert table.loc["student (task distillation), median of 2 seeds", column] == pytest.approx(
             100 * statistics.median(scores))
+
+
+def test_a_seeds_model_card_counts_only_that_seeds_stages(runs: dict[str, Path]) -> None:
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(runs["own"] / "checkpoints" / "seed-4" / "distill" / "README.md")
+    records = read_records_strict(runs["own"])
+    own = sum(r["co2_kg"] for r in records if r["seed"] == 4 and r["stage"] in ("finetune", "distill"))
+    assert card.data.co2_eq_emissions["emissions"] == pytest.approx(1000 * own, rel=1e-3)  # grams

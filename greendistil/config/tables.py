@@ -26,7 +26,8 @@ class RunSection:
     seed: int = 42
     # Seeds to repeat the run over (DistilBERT's Table 1: the median of 5): every stage that depends on the
     # seed runs once per seed in this run; empty: `seed` alone. A seed's stages are seeded exactly as a
-    # single-seed run with `seed` = that seed.
+    # single-seed run with `seed` = that seed, except that capped subsets (task.max_train_examples) are drawn
+    # once, from `seed`, and shared by the seeds.
     seeds: tuple[int, ...] = ()
     # With `seeds`: train the teacher once (from the first seed) and distil every seed's student from it,
     # or (false) a teacher per seed, so the spread covers the whole pipeline.

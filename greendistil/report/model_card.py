@@ -106,6 +106,9 @@ def _saved_model(records: pd.DataFrame, folder: str, position: int) -> SavedMode
     task = value(record, "task")
     unit = records[(records["task"] == task) | records["task"].isna()] if task is not None else \
         records[records["task"].isna()] if records["task"].notna().any() else records
+    seed = value(record, "seed")
+    if seed is not None and "seed" in unit:  # a multi-seed run: this seed's stages and those the seeds share
+        unit = unit[(unit["seed"] == seed) | unit["seed"].isna()]
     before = unit.loc[unit.index <= position]
     role = str(record["role"])
     needed = teacher_training_records(before) if role == "teacher" else student_training_records(before, role)

@@ -39,9 +39,11 @@ def seeds_section(frame: pd.DataFrame) -> str:
 
 
 def _run_part(records: pd.DataFrame, seeds: list[int]) -> list[str]:
-    shared = records[(records["kind"] == "finetune") & (records["role"] == "teacher") & records["seed"].isna()]
+    trains_teacher = records["kind"].isin(("pretrain", "finetune")) & (records["role"] == "teacher")
+    shared = records[trains_teacher & records["seed"].isna()]
     teacher = (f"one teacher shared by the seeds (trained once, from seed {seeds[0]})" if len(shared)
-               else "a teacher per seed, so the spread covers the whole pipeline")
+               else "a teacher per seed, so the spread covers the whole pipeline" if trains_teacher.any()
+               else "a teacher the run did not train (the same for every seed)")
     heading = f"### {first_value(records, 'run_id')}: {len(seeds)} seeds ({', '.join(map(str, seeds))}), {teacher}"
     combined = aggregate_seeds(records)
     score_rows = [row for task in task_order(records["task"]) for row in _score_rows(combined, task, len(shared) > 0)]

@@ -2,8 +2,9 @@
 
 DistilBERT's Table 1 gives the median of five runs per task; a spread needs the mean, the standard deviation
 (sample, ddof = 1: NaN for one seed) and the range too. Costs are the other way round: the run paid for every
-seed, so the additive columns (energy, CO2, FLOPs, time, counts) are summed, and `per_seed_<figure>` gives
-the mean cost of one seed. A row that no seed repeats (a single-seed run's, a teacher shared by the seeds)
+seed, so the additive columns (energy, CO2, FLOPs, time, counts) are summed (of the seeds that have the
+figure: `seeds_incomplete` names the columns some seed lacks), and `per_seed_<figure>` gives the mean cost
+of one seed, over the seeds that have it. A row that no seed repeats (a single-seed run's, a teacher shared by the seeds)
 is kept as it is, with `num_seeds` 1 and `shared_by_seeds` saying whether the run's seeds share it.
 """
 
@@ -48,6 +49,7 @@ def _combined(group: pd.DataFrame, *, shared: bool) -> dict[str, Any]:
     row = seeded.iloc[0].to_dict()
     row.update(num_seeds=len(seeded), seeds=",".join(str(int(s)) for s in seeded["seed"]), shared_by_seeds=False,
                seed=None)
+    incomplete: list[str] = []
     statuses = list(dict.fromkeys(str(s) for s in seeded["status"]))
     row["status"] = statuses[0] if len(statuses) == 1 else ",".join(statuses)
     for column in seeded.columns:
@@ -60,9 +62,13 @@ def _combined(group: pd.DataFrame, *, shared: bool) -> dict[str, Any]:
                 row[f"{column}.{statistic}"] = getattr(values, statistic)()
         elif is_additive(column):
             row[column] = values.sum(min_count=1)  # null when no seed has the figure
+            if values.notna().any() and values.isna().any():
+                incomplete.append(column)
     for figure in PER_SEED_FIGURES:
-        if figure in row and row[figure] is not None and not pd.isna(row[figure]):
-            row[f"per_seed_{figure}"] = row[figure] / len(seeded)
+        known = pd.to_numeric(seeded[figure], errors="coerce").dropna() if figure in seeded else pd.Series([])
+        if len(known):
+            row[f"per_seed_{figure}"] = float(known.mean())  # one seed's cost, over the seeds that have it
+    row["seeds_incomplete"] = incomplete  # summed figures that some seed lacks: the sum is of the known ones
     return row
 
 

@@ -39,10 +39,13 @@ FP32_CPU = Precision(name="fp32", device_type="cpu", float32_matmul="ieee")
 
 
 def bf16_supported(device: torch.device, cuda: Callable[[], bool] | None = None) -> bool:
-    """Whether `device` runs bf16 autocast natively (a CUDA GPU that supports it)."""
+    """Whether `device` runs bf16 natively: a CUDA GPU of compute capability 8 (Ampere) or newer. torch's
+    `is_bf16_supported()` also says yes where bf16 is only emulated (V100, T4), and asks the current device."""
     if device.type != "cuda":
         return False
-    return bool((cuda or torch.cuda.is_bf16_supported)())
+    if cuda is not None:
+        return bool(cuda())
+    return torch.cuda.get_device_capability(device)[0] >= 8
 
 
 def resolve_precision(setting: str, device: torch.device, *, bf16_ok: bool | None = None,

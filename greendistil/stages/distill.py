@@ -57,7 +57,8 @@ def run_distill(ctx: StageContext, cfg: DistillStage, window: Window) -> None:
             out = scope.run("teacher_forward", lambda: teacher(**model_inputs(batch, teacher), output_hidden_states=True))
         if cache is not None and indices is not None:
             cache.store(indices, out.logits, out.hidden_states[-1])
-        return out.logits, out.hidden_states[-1]
+        # fp32, as the cache serves them: a bf16 run then computes the same loss with or without the cache.
+        return out.logits.float(), out.hidden_states[-1].float()
 
     def step(batch: Batch, scope: FlopScope) -> LossTerms:
         student_inputs = model_inputs(batch, student)
