@@ -121,25 +121,24 @@ def energy_checks(records: list[dict[str, Any]], samples: dict[str, list[tuple[f
         own = [(t, p) for t, _, p in samples.get(name, [])]
         integrated_j, why = integrate_power(own, float(r["duration_s"]), max_gap_s=5.0)
         integrated = joules_to_kwh(integrated_j) if integrated_j is not None else None
-        if counter is None or integrated is None:
-            checks.append(Check(f"{name}: NVML counter vs power samples", False,
-                                f"counter {counter} ({r.get('gpu_energy_source')}), samples {integrated} ({why})"))
-        else:
-            error = abs(integrated - counter) / counter
-            checks.append(Check(f"{name}: NVML counter vs power samples", error <= COUNTER_VS_SAMPLES,
-                                f"counter {counter:.4e} kWh, samples {integrated:.4e} kWh, {100 * error:.1f}% apart "
-                                f"(limit {100 * COUNTER_VS_SAMPLES:.0f}%)"))
-        theirs = (r.get("codecarbon") or {}).get("gpu_energy_kwh")
-        mine = r.get("gpu_energy_kwh")
-        if theirs is None or not mine:
-            checks.append(Check(f"{name}: codecarbon GPU vs NVML", False, f"codecarbon {theirs}, NVML {mine} "
-                                f"({(r.get('measurement_errors') or {}).get('carbon', 'no codecarbon error')})"))
-        else:
-            error = abs(theirs - mine) / mine
-            checks.append(Check(f"{name}: codecarbon GPU vs NVML", error <= CODECARBON_VS_NVML,
-                                f"codecarbon {theirs:.4e} kWh, NVML {mine:.4e} kWh, {100 * error:.1f}% apart "
-                                f"(limit {100 * CODECARBON_VS_NVML:.0f}%)"))
+        checks.append(_agreement(f"{name}: NVML counter vs power samples", ("counter", counter),
+                                 ("samples", integrated), COUNTER_VS_SAMPLES, f"{r.get('gpu_energy_source')}; samples: {why}"))
+        carbon_error = (r.get("measurement_errors") or {}).get("carbon", "no codecarbon error")
+        checks.append(_agreement(f"{name}: codecarbon GPU vs NVML", ("NVML", r.get("gpu_energy_kwh") or None),
+                                 ("codecarbon", (r.get("codecarbon") or {}).get("gpu_energy_kwh")),
+                                 CODECARBON_VS_NVML, carbon_error))
     return checks
+
+
+def _agreement(name: str, reference: tuple[str, float | None], other: tuple[str, float | None], limit: float,
+               why_missing: str) -> Check:
+    """Whether `other` is within `limit` (a fraction) of `reference` (kWh each); a missing figure fails."""
+    (ref_name, ref), (other_name, value) = reference, other
+    if ref is None or value is None:
+        return Check(name, False, f"{ref_name} {ref}, {other_name} {value} ({why_missing})")
+    error = abs(value - ref) / ref
+    return Check(name, error <= limit, f"{ref_name} {ref:.4e} kWh, {other_name} {value:.4e} kWh, "
+                                       f"{100 * error:.1f}% apart (limit {100 * limit:.0f}%)")
 
 
 def speedups(records: list[dict[str, Any]]) -> tuple[list[str], list[Check]]:

@@ -151,11 +151,11 @@ def test_resume_of_a_multi_seed_run_skips_the_finished_seeds(tmp_path: Path) -> 
     assert sum(1 for r in records if r["stage"] == "finetune") == 2  # seed 3's teacher was not trained again
 
 
-def test_steps_of_a_suite_with_seeds() -> None:
+def test_steps_of_a_suite_with_seeds(tmp_path: Path) -> None:
     raw = {"run": {"seeds": [1, 2], "share_teacher": True}, "suite": {"tasks": ["rte", "mrpc"]},
            "stages": [{"kind": "finetune", "role": "teacher"}, {"kind": "distill"},
                       {"kind": "evaluate", "roles": ["teacher", "student"]}]}
-    path = write_config(Path(__import__("tempfile").mkdtemp()) / "suite.toml", raw)
+    path = write_config(tmp_path / "suite.toml", raw)
     steps = [(s.task, s.seed, s.stage.name, s.torch_seed) for s in suite_steps(load_config(path))]
     assert steps == [("rte", None, "finetune", 1), ("rte", 1, "distill", 2), ("rte", 1, "evaluate", 3),
                      ("rte", 2, "distill", 3), ("rte", 2, "evaluate", 4),

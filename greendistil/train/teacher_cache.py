@@ -58,9 +58,9 @@ class TeacherCache:
                ) -> tuple[torch.Tensor | None, torch.Tensor | None] | None:
         """The batch's (logits (B, C), hidden (B, T, H) zero at padding) when every example of it is cached,
         else None. `indices` (B,) on the CPU; `attention_mask` (B, T) on the device (right padding)."""
-        rows = indices.tolist()
         if not bool(self._filled[indices].all()):
             return None
+        rows = indices.tolist()
         logits = self._logits[indices.to(self._logits.device)] if self._logits is not None else None
         hidden = None
         if self._hidden is not None:
