@@ -1,7 +1,7 @@
 """What measuring costs: one training stage with every meter on vs with measurement off, side by side.
 
     GLUE_DIR=../shared/glue python benchmarks/overhead.py [--config configs/quick.toml] [--stage distill]
-        [--repeats 5] [--set KEY=VALUE ...]
+        [--repeats 10] [--flop-pairs 2] [--set KEY=VALUE ...]
 
 The stages before `--stage` run once, measured as usual (the teacher the stage distils from). Then the stage
 runs 2 x `--repeats` times on the same data from the same seed, alternating which side goes first:
@@ -11,9 +11,15 @@ runs 2 x `--repeats` times on the same data from the same seed, alternating whic
 - off: the same runner and loop in a bare window (no meter, no record, no forecast) and no step
   FLOP-counted. This switch exists only here: `greendistil run` always measures.
 Checkpoints are written on both sides (they are training state, not measurement). An untimed warm-up run
-goes first (tokenization, first-use costs). Printed: each pair's wall times, the median of the pairs'
-on/off ratios with their range and the ratio of the summed times, the share of steps FLOP-counted, and the
-load average (what else was running). Target: <= 1.01 on configs/quick.toml's distill stage.
+goes first (tokenization, first-use costs). Printed: each pair's wall times; for wall and process CPU time
+the median of the pairs' ratios with their range and the ratio of the summed times with a 90% bootstrap
+interval over the pairs; the share of steps FLOP-counted; and the load average (what else was running).
+Target: <= 1.01 on configs/quick.toml's distill stage.
+
+A shared machine's pace drifts by several per cent between runs, more than the effect measured, so
+`--flop-pairs` also times the stage unmeasured with every step FLOP-counted vs none: the difference per step
+is a counted step's extra cost, far above the noise, and at the stage's own sampling it gives FLOP
+counting's share of the stage's time.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import argparse
 import contextlib
 import dataclasses
 import os
+import random
 import re
 import statistics
 import sys
@@ -29,8 +36,9 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from greendistil.config import WindowSpec, load_config, suite_steps
+from greendistil.config import TrainingStage, WindowSpec, load_config, suite_steps
 from greendistil.distributed import SINGLE
 from greendistil.measure.window import Window
 from greendistil.pipeline import Contexts, RunRequest, WindowOpener, execute, start_run
@@ -39,6 +47,7 @@ from greendistil.runlog.progress import RunProgress
 from greendistil.runlog.store import create_run_dir, open_run_dir, read_records
 from greendistil.runtime.rng import seed_everything
 from greendistil.stages import RUNNERS
+from greendistil.stages.context import StageContext
 
 
 class Unmeasured:
@@ -59,7 +68,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/quick.toml")
     parser.add_argument("--stage", default="distill", help="the training stage to time (default: distill)")
-    parser.add_argument("--repeats", type=int, default=5, help="pairs of runs (default 5)")
+    parser.add_argument("--repeats", type=int, default=10, help="pairs of runs (default 10)")
+    parser.add_argument("--flop-pairs", type=int, default=2,
+                        help="pairs of unmeasured runs, every step FLOP-counted vs none (default 2; 0 skips)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     return parser.parse_args(argv)
 
@@ -85,42 +96,81 @@ def main(argv: list[str] | None = None) -> int:
     run, meters, device = start_run(config, checked, run_dir, command="benchmarks/overhead.py")
     contexts = Contexts(RunRequest(config=config, show_progress=False), checked, run_dir, device, done, SINGLE)
     base = contexts.get(step.task, step.seed)
-    artifacts = {role: path for (task, _), found in done.artifacts.items() for role, path in found.items()}
+    artifacts = dict(base.artifacts)  # this (task, seed)'s models over those its seeds share
     load_before = os.getloadavg()
+
+    def timed(ctx: StageContext, stage: TrainingStage, opener: Any) -> tuple[float, float]:
+        """(wall s, this process's CPU s) of one run of the stage from the same seed."""
+        seed_everything(step.torch_seed)
+        wall_s, cpu = time.perf_counter(), os.times()
+        RUNNERS[stage.kind](dataclasses.replace(ctx, artifacts=dict(artifacts)), stage, opener)
+        after = os.times()
+        return time.perf_counter() - wall_s, (after.user + after.system) - (cpu.user + cpu.system)
+
     walls: dict[str, list[float]] = {"on": [], "off": []}
+    cpus: dict[str, list[float]] = {"on": [], "off": []}
+    counted_all: list[tuple[float, float]] = []  # (every step counted, none) wall s
     try:
         # One untimed run first: the split's tokenization (cached for every later run), the allocator's and
         # codecarbon's first-use costs (its hardware probe runs once per process) fall on neither side.
-        seed_everything(step.torch_seed)
-        RUNNERS[step.stage.kind](dataclasses.replace(base, artifacts=dict(artifacts)), step.stage,
-                                 Unmeasured(step.stage.kind))
+        timed(base, step.stage, Unmeasured(step.stage.kind))
         for repeat in range(args.repeats):
             for side in (("on", "off") if repeat % 2 == 0 else ("off", "on")):
-                ctx = dataclasses.replace(base, artifacts=dict(artifacts), count_flops=side == "on")
                 opener = (WindowOpener(step.stage, dataclasses.replace(run, task=step.task), meters, RunProgress(),
                                        time.perf_counter) if side == "on" else Unmeasured(step.stage.kind))
-                seed_everything(step.torch_seed)
-                start_s = time.perf_counter()
-                RUNNERS[step.stage.kind](ctx, step.stage, opener)
-                walls[side].append(time.perf_counter() - start_s)
+                wall_s, cpu_s = timed(dataclasses.replace(base, count_flops=side == "on"), step.stage, opener)
+                walls[side].append(wall_s)
+                cpus[side].append(cpu_s)
             print(f"pair {repeat + 1}: on {walls['on'][-1]:.2f} s, off {walls['off'][-1]:.2f} s, "
-                  f"ratio {walls['on'][-1] / walls['off'][-1]:.4f}", flush=True)
+                  f"ratio {walls['on'][-1] / walls['off'][-1]:.4f} (CPU time {cpus['on'][-1] / cpus['off'][-1]:.4f})",
+                  flush=True)
+        # FLOP counting amplified: every step counted vs none, both unmeasured, so that its cost per counted
+        # step stands far above the machine's noise; at the stage's own sampling it is then a small share.
+        every_step = dataclasses.replace(step.stage, flop_sample_every=1)
+        for repeat in range(args.flop_pairs):
+            pair = [0.0, 0.0]
+            for counted in ((True, False) if repeat % 2 == 0 else (False, True)):
+                pair[0 if counted else 1] = timed(dataclasses.replace(base, count_flops=counted), every_step,
+                                                  Unmeasured(step.stage.kind))[0]
+            counted_all.append((pair[0], pair[1]))
+            print(f"flop pair {repeat + 1}: every step counted {pair[0]:.2f} s, none {pair[1]:.2f} s", flush=True)
     finally:
         meters.gpu.close()
         lock.release()
-    ratios = [on / off for on, off in zip(walls["on"], walls["off"])]
     records = [r for r in read_records(run_dir) if r.get("stage") == step.stage.name]
+    num_steps = int(records[-1].get("num_steps") or 0)
     sampled = [re.search(r"\((\d+)/(\d+) steps sampled", str(r.get("flops_source"))) for r in records]
-    counted = [f"{m.group(1)}/{m.group(2)}" for m in sampled if m] or [str(records[-1].get("flops_source"))]
-    print(f"stage {step.stage.name!r} of {args.config}: {records[-1].get('num_steps')} steps, "
-          f"{args.repeats} pairs, order alternating")
-    print(f"wall time on/off: median of the pairs' ratios {statistics.median(ratios):.4f} (range {min(ratios):.4f} - "
-          f"{max(ratios):.4f}); ratio of the sums {sum(walls['on']) / sum(walls['off']):.4f}; median on "
-          f"{statistics.median(walls['on']):.2f} s, off {statistics.median(walls['off']):.2f} s")
-    print(f"FLOP-counted steps per measured run: {', '.join(dict.fromkeys(counted))}")
+    num_counted = max((int(m.group(1)) for m in sampled if m), default=num_steps)
+    print(f"stage {step.stage.name!r} of {args.config}: {num_steps} steps, {args.repeats} pairs, order alternating")
+    for label, times in (("wall time", walls), ("CPU time", cpus)):
+        ratios = [on / off for on, off in zip(times["on"], times["off"])]
+        low, high = bootstrap_interval(times["on"], times["off"])
+        print(f"{label} on/off: median of the pairs' ratios {statistics.median(ratios):.4f} (range {min(ratios):.4f} - "
+              f"{max(ratios):.4f}); ratio of the sums {sum(times['on']) / sum(times['off']):.4f} (90% bootstrap "
+              f"interval {low:.4f} - {high:.4f}); median on {statistics.median(times['on']):.2f} s, "
+              f"off {statistics.median(times['off']):.2f} s")
+    print(f"FLOP-counted steps per measured run: {num_counted}/{num_steps}")
+    if counted_all and num_steps:
+        extra_s = statistics.median([(every - none) / num_steps for every, none in counted_all])
+        plain_step_s = statistics.median([none / num_steps for _, none in counted_all])
+        share = extra_s * num_counted / statistics.median(walls["off"])
+        print(f"FLOP counting, amplified ({len(counted_all)} pairs, every step counted vs none): a counted step costs "
+              f"{(plain_step_s + extra_s) / plain_step_s:.3f}x a plain one (+{extra_s * 1000:.1f} ms); at "
+              f"{num_counted}/{num_steps} counted steps that is {share:.2%} of the stage's unmeasured wall time")
     print(f"load average (1, 5, 15 min) before {tuple(round(x, 2) for x in load_before)}, after "
           f"{tuple(round(x, 2) for x in os.getloadavg())}; {os.cpu_count()} CPUs")
     return 0
+
+
+def bootstrap_interval(on: list[float], off: list[float], *, level: float = 0.90,
+                       resamples: int = 2000) -> tuple[float, float]:
+    """A percentile bootstrap interval of sum(on) / sum(off), resampling the pairs (fixed seed)."""
+    rng = random.Random(0)
+    pairs = list(zip(on, off))
+    ratios = sorted(sum(a for a, _ in sample) / sum(b for _, b in sample)
+                    for sample in ([rng.choice(pairs) for _ in pairs] for _ in range(resamples)))
+    tail = (1.0 - level) / 2.0
+    return ratios[int(tail * resamples)], ratios[min(resamples - 1, int((1.0 - tail) * resamples))]
 
 
 if __name__ == "__main__":

@@ -156,11 +156,13 @@ def test_the_overhead_benchmark_runs_both_sides_on_a_tiny_config(tmp_path: Path)
     repo = Path(__file__).resolve().parents[1]
     config = write_tiny_config(tmp_path, write_sst2(tmp_path / "glue"))
     done = subprocess.run([sys.executable, str(repo / "benchmarks" / "overhead.py"), "--config", str(config),
-                           "--repeats", "1"], env=subprocess_env(), capture_output=True, text=True, timeout=300,
+                           "--repeats", "1", "--flop-pairs", "1"], env=subprocess_env(), capture_output=True, text=True, timeout=300,
                           cwd=repo)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "pair 1: on" in done.stdout and "ratio of the sums" in done.stdout
     assert re.search(r"FLOP-counted steps per measured run: \d+/\d+", done.stdout)
+    assert re.search(r"CPU time on/off: .*\(90% bootstrap interval [0-9.]+ - [0-9.]+", done.stdout)
+    assert re.search(r"a counted step costs [0-9.]+x a plain one", done.stdout)
     bad = subprocess.run([sys.executable, str(repo / "benchmarks" / "overhead.py"), "--config", str(config),
                           "--stage", "evaluate"], env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "not a training stage" in bad.stderr
