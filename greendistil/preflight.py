@@ -27,9 +27,10 @@ from greendistil.distributed import SINGLE, Dist, device
 from greendistil.errors import ConfigError, ModelSourceError, RunDirError
 from greendistil.models.mlm import checkpoint_has_mlm_head
 from greendistil.models.sources import ResolvedTeacher, load_tokenizer, model_source, resolve_teacher
-from greendistil.models.student import STUDENT_MODEL_TYPES
+from greendistil.models.student import STUDENT_MODEL_TYPES, copied_layers, scratch_config
 from greendistil.runlog.tensorboard import tensorboard_missing
 from greendistil.runtime.precision import resolve_precision
+from greendistil.train.matching import Shape, resolve_match
 
 logger = logging.getLogger(__name__)
 
@@ -189,6 +190,19 @@ def _check_teacher(config: Config, teacher: ResolvedTeacher) -> None:
     if layers is not None and max(layers) >= teacher.num_layers:
         raise ConfigError(f"student.layers: {list(layers)} is out of range; the teacher has {teacher.num_layers} "
                           f"layers, valid indices 0..{teacher.num_layers - 1}")
+    _check_matching(config, teacher)
+
+
+def _check_matching(config: Config, teacher: ResolvedTeacher) -> None:
+    """Each distill stage's layer maps and terms fit the two shapes (mlm stages have no intermediate term)."""
+    student_config = scratch_config(teacher.model_config, config.student) if config.student.init == "scratch" else None
+    teacher_shape = Shape.of(teacher.model_config)
+    student_shape = Shape.of(student_config) if student_config is not None else dataclasses.replace(
+        teacher_shape, num_layers=len(config.student.layers or range(0, teacher.num_layers, 2)))
+    copied = copied_layers(config.student, teacher_shape.num_layers, student_shape.num_layers)
+    for index, stage in enumerate(config.stages):
+        if isinstance(stage, DistillStage) and stage.objective != "mlm":
+            resolve_match(stage, student_shape, teacher_shape, copied, f"stages.{index}")
 
 
 def _load_splits(config: Config, task: GlueTask) -> dict[str, GlueExamples]:

@@ -112,28 +112,51 @@ class PretrainStage(TrainingStage):
 
 @dataclass(frozen=True, kw_only=True)
 class DistillStage(TrainingStage):
-    """Distillation from the frozen teacher: `objective = "task"` on the GLUE task, `"mlm"` on `[corpus]`.
+    """Distillation from the frozen teacher: `objective = "task"` on the GLUE task, `"mlm"` or `"corpus"` on
+    `[corpus]` (general distillation).
 
     task: alpha_ce * KL(teacher_T || student_T) * T^2 + alpha_task * task loss + alpha_cos * (1 - cos(h_s, h_t)).
     mlm (DistilBERT's general distillation): alpha_ce * the same KL over the vocabulary at every real token
     (or, with `ce_on_masked_only`, at the masked ones) + alpha_mlm * MLM cross-entropy + alpha_cos * cosine.
-    Each objective reads only its own weights: alpha_mlm is ignored by "task", alpha_task by "mlm".
+    corpus: general distillation without a vocabulary head: the intermediate terms and the cosine only.
+    Each objective reads only its own weights: alpha_mlm is ignored by "task", alpha_task by "mlm", both and
+    alpha_ce by "corpus".
     Defaults follow DistilBERT (Sanh et al. 2019): T = 2, alpha_ce = 5, alpha_mlm = 2, alpha_cos = 1, and
     alpha_task takes the weight DistilBERT gave its MLM term (2).
+
+    Intermediate terms (objectives "task" and "corpus"; off by default), see `train.intermediate`:
+    - alpha_hidden: TinyBERT's MSE between mapped layers' hidden states (`hidden_layer_map`, student layer ->
+      teacher layer; default each copied layer to the one it was copied from, else a uniform map ending at the
+      last layers), through a learned projection when the widths differ; `hidden_embeddings` adds the
+      embedding outputs (with a projection of their own);
+    - alpha_attn: MiniLM's KL between the self-attention distributions, alpha_value: MiniLM's KL between the
+      value relations, both over the same number of heads; alpha_qkv: MiniLMv2's query-query, key-key and
+      value-value relation KLs (summed) over `relation_heads` relation heads (0: the teacher's attention heads),
+      any head count; all three at `relation_layer_map` (default: the last layer to the last layer).
+    Layers are 0-based transformer layers, as in `student.layers`.
     """
 
     kind: Literal["distill"] = "distill"
     role: StudentRole = "student"  # general_student: a second student, of DistilBERT's general route (suites)
-    objective: Literal["task", "mlm"] = "task"
+    objective: Literal["task", "mlm", "corpus"] = "task"
     temperature: float = 2.0
     alpha_ce: float = 5.0
     alpha_task: float = 2.0
     alpha_mlm: float = 2.0
     alpha_cos: float = 1.0
+    alpha_hidden: float = 0.0
+    alpha_attn: float = 0.0
+    alpha_value: float = 0.0
+    alpha_qkv: float = 0.0
+    hidden_layer_map: tuple[tuple[int, ...], ...] | None = None  # [[student, teacher], ...]
+    hidden_embeddings: bool = False
+    relation_layer_map: tuple[tuple[int, ...], ...] | None = None  # [[student, teacher], ...]
+    relation_heads: int = 0
     ce_on_masked_only: bool = False  # mlm: the soft-target KL at masked tokens only (DistilBERT: restrict_ce_to_mask)
     # task: keep the frozen teacher's outputs from the first epoch and serve later epochs from memory (fp32,
     # on the training device). auto: when the stage has more than one epoch and the cache fits in
-    # teacher_cache_max_mb, in one process (under DDP a rank's later batches hold rows other ranks saw).
+    # teacher_cache_max_mb, in one process (under DDP a rank's later batches hold rows other ranks saw), and
+    # no intermediate term reads the teacher's inner layers.
     # mlm: never (its masks, and so the teacher's inputs, change every epoch).
     cache_teacher: Literal["auto"] | bool = "auto"
     teacher_cache_max_mb: float = 2048.0
@@ -141,20 +164,51 @@ class DistillStage(TrainingStage):
     def __post_init__(self) -> None:
         super().__post_init__()
         _require(self.temperature > 0, "temperature", self.temperature, "> 0")
-        for key in ("alpha_ce", "alpha_task", "alpha_mlm", "alpha_cos"):
+        for key in ("alpha_ce", "alpha_task", "alpha_mlm", "alpha_cos", *INTERMEDIATE_ALPHAS):
             _require(getattr(self, key) >= 0, key, getattr(self, key), ">= 0")
+        _require(self.relation_heads >= 0, "relation_heads", self.relation_heads,
+                 ">= 0 (0: the teacher's number of attention heads)")
+        for key in ("hidden_layer_map", "relation_layer_map"):
+            pairs = getattr(self, key)
+            _require(pairs is None or (len(pairs) > 0 and all(len(p) == 2 and min(p) >= 0 for p in pairs)), key,
+                     None if pairs is None else [list(p) for p in pairs],
+                     "a non-empty list of [student layer, teacher layer] pairs of 0-based layer indices")
+            _require(pairs is None or len({p[0] for p in pairs}) == len(pairs), key, pairs and [list(p) for p in pairs],
+                     "each student layer at most once")
         _require(self.teacher_cache_max_mb > 0, "teacher_cache_max_mb", self.teacher_cache_max_mb, "> 0 (MB)")
         _require(not (self.cache_teacher is True and self.objective == "mlm"), "cache_teacher", self.cache_teacher,
                  "false or 'auto' with objective = 'mlm': its masks change the teacher's inputs every epoch")
+        _require(not (self.cache_teacher is True and self.reads_teacher_layers), "cache_teacher", self.cache_teacher,
+                 "false or 'auto' with an intermediate term (alpha_hidden, alpha_attn, alpha_value, alpha_qkv): the "
+                 "cache holds only the teacher's logits and last hidden states")
+        _require(not (self.objective == "mlm" and any(getattr(self, k) > 0 for k in INTERMEDIATE_ALPHAS)),
+                 "objective", self.objective, "'task' or 'corpus' with an intermediate term (alpha_hidden, "
+                 "alpha_attn, alpha_value, alpha_qkv); 'mlm' has the soft-target, MLM and cosine terms only")
         active = self.active_alphas()
-        _require(sum(active.values()) > 0, "alpha_ce", self.alpha_ce,
+        _require(sum(active.values()) > 0, next(iter(active)), active[next(iter(active))],
                  f"at least one of {', '.join(active)} > 0 for objective = {self.objective!r} "
                  "(all are zero: nothing to learn)")
 
+    @property
+    def on_corpus(self) -> bool:
+        """General distillation: it trains on `[corpus]`, not on the task ("mlm" or "corpus")."""
+        return self.objective != "task"
+
+    @property
+    def reads_teacher_layers(self) -> bool:
+        """An intermediate term is on: the teacher's inner layers (hidden states, Q/K/V) are read."""
+        return any(getattr(self, key) > 0 for key in INTERMEDIATE_ALPHAS)
+
     def active_alphas(self) -> dict[str, float]:
-        """The loss weights the objective uses, by name: alpha_ce, alpha_task or alpha_mlm, alpha_cos."""
-        middle = "alpha_task" if self.objective == "task" else "alpha_mlm"
-        return {key: getattr(self, key) for key in ("alpha_ce", middle, "alpha_cos")}
+        """The loss weights the objective uses, by name: e.g. alpha_ce, alpha_task or alpha_mlm, alpha_cos,
+        then the intermediate terms' (mlm: none of them; corpus: no alpha_ce)."""
+        if self.objective == "mlm":
+            return {key: getattr(self, key) for key in ("alpha_ce", "alpha_mlm", "alpha_cos")}
+        first = ("alpha_ce", "alpha_task") if self.objective == "task" else ()
+        return {key: getattr(self, key) for key in (*first, "alpha_cos", *INTERMEDIATE_ALPHAS)}
+
+
+INTERMEDIATE_ALPHAS = ("alpha_hidden", "alpha_attn", "alpha_value", "alpha_qkv")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -84,7 +84,7 @@ class SuiteStep:
 
 def is_shared(stage: StageConfig) -> bool:
     """A stage that trains on the corpus, not on a task: it runs once and every task uses what it wrote."""
-    return isinstance(stage, PretrainStage) or (isinstance(stage, DistillStage) and stage.objective == "mlm")
+    return isinstance(stage, PretrainStage) or (isinstance(stage, DistillStage) and stage.on_corpus)
 
 
 def run_tasks(config: Config) -> tuple[str, ...]:

@@ -13,7 +13,7 @@ from greendistil.config.types import check_budgets, require as _require
 from greendistil.data.tasks import get_task
 
 TeacherSource = Literal["package", "hub", "local", "scratch"]
-StudentInit = Literal["teacher", "random"]
+StudentInit = Literal["teacher", "random", "scratch"]
 Device = Literal["auto", "cpu", "cuda"]
 
 
@@ -119,13 +119,30 @@ class TeacherSection:
 
 @dataclass(frozen=True, kw_only=True)
 class StudentSection:
-    """A DistilBERT-style student: a subset of the teacher's layers, copied."""
+    """The student. `init = "teacher"`: a DistilBERT-style subset of the teacher's layers, copied; "random":
+    the same shape, initialised at random; "scratch": a shape of its own (the sizes below, each defaulting to
+    the teacher's, `num_layers` to half of the teacher's), initialised at random: a narrower student for the
+    relation-based objectives, which need no equal widths. Sizes apply to "scratch" only."""
 
     layers: tuple[int, ...] | None = None  # teacher layer indices; default every other layer: 0, 2, 4, ...
     init: StudentInit = "teacher"  # copy the teacher's weights, or initialise at random (same shape)
+    hidden_size: int | None = None
+    num_layers: int | None = None
+    num_heads: int | None = None
+    intermediate_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.layers is not None:
             _require(len(self.layers) > 0, "layers", list(self.layers), "a non-empty list of teacher layers")
             _require(list(self.layers) == sorted(set(self.layers)) and min(self.layers) >= 0, "layers",
                      list(self.layers), "distinct, increasing, non-negative teacher layer indices")
+            _require(self.init != "scratch", "layers", list(self.layers),
+                     "unset with init = 'scratch' (a scratch student copies no layer; give num_layers)")
+        for key in ("hidden_size", "num_layers", "num_heads", "intermediate_size"):
+            value = getattr(self, key)
+            _require(value is None or value > 0, key, value, "> 0, or unset for the teacher's")
+            _require(value is None or self.init == "scratch", key, value,
+                     f"unset unless init = 'scratch' (init = {self.init!r} takes the teacher's shape)")
+        if self.hidden_size is not None and self.num_heads is not None:
+            _require(self.hidden_size % self.num_heads == 0, "hidden_size", self.hidden_size,
+                     f"a multiple of num_heads ({self.num_heads})")

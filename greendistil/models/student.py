@@ -1,7 +1,9 @@
-"""The DistilBERT-style student: the teacher with fewer layers.
+"""The student: a DistilBERT-style copy of the teacher with fewer layers, or a shape of its own.
 
-Same embeddings, pooler and head, and a chosen subset of the teacher's transformer layers copied in
-(DistilBERT took every other layer of BERT-base).
+`init = "teacher"`: the same embeddings, pooler and head, and a chosen subset of the teacher's transformer
+layers copied in (DistilBERT took every other layer of BERT-base); "random": that shape, initialised at
+random; "scratch": its own sizes (narrower, fewer heads, ...), initialised at random, sharing the teacher's
+vocabulary and tokenizer.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import copy
 
 import torch
-from transformers import PreTrainedModel
+from transformers import PretrainedConfig, PreTrainedModel
 
 from greendistil.config import StudentSection
 from greendistil.errors import ConfigError, ModelSourceError
@@ -19,12 +21,15 @@ STUDENT_MODEL_TYPES = frozenset({"bert", "roberta", "xlm-roberta", "electra", "c
 
 
 def build_student(teacher: PreTrainedModel, cfg: StudentSection) -> tuple[PreTrainedModel, tuple[int, ...]]:
-    """A student with `cfg.layers` of the teacher's layers (default every other one), weights copied.
+    """A student with `cfg.layers` of the teacher's layers (default every other one), weights copied; or,
+    with `init = "scratch"`, a randomly initialised model of the configured sizes.
 
     Works for BERT-like encoders whose base model has `encoder.layer` (BERT, RoBERTa, ELECTRA, ...).
-    Returns the student and the teacher layer indices it was built from.
+    Returns the student and the teacher layer indices it was built from (none for a scratch student).
     """
     num_teacher_layers = teacher.config.num_hidden_layers
+    if cfg.init == "scratch":
+        return type(teacher)(scratch_config(teacher.config, cfg)), ()
     layers = cfg.layers if cfg.layers is not None else tuple(range(0, num_teacher_layers, 2))
     if max(layers) >= num_teacher_layers:
         raise ConfigError(f"student.layers: {list(layers)} is out of range; the teacher has {num_teacher_layers} "
@@ -35,6 +40,34 @@ def build_student(teacher: PreTrainedModel, cfg: StudentSection) -> tuple[PreTra
     if cfg.init == "teacher":
         student.load_state_dict(_student_state_dict(teacher, layers))
     return student, tuple(layers)
+
+
+def scratch_config(teacher_config: PretrainedConfig, cfg: StudentSection) -> PretrainedConfig:
+    """The teacher's config with the scratch student's sizes (each unset one the teacher's; layers: half)."""
+    config = copy.deepcopy(teacher_config)
+    config.hidden_size = cfg.hidden_size or teacher_config.hidden_size
+    config.num_hidden_layers = cfg.num_layers or max(1, teacher_config.num_hidden_layers // 2)
+    config.num_attention_heads = cfg.num_heads or teacher_config.num_attention_heads
+    config.intermediate_size = cfg.intermediate_size or teacher_config.intermediate_size
+    if config.hidden_size % config.num_attention_heads:
+        raise ConfigError(f"student.hidden_size: {config.hidden_size} is not a multiple of the "
+                          f"{config.num_attention_heads} attention heads; set student.num_heads to a divisor of it")
+    return config
+
+
+def describe_shape(config: PretrainedConfig) -> str:
+    """A model's shape in words, e.g. "3 layers, hidden 384, 12 heads, FFN 1536"."""
+    return (f"{config.num_hidden_layers} layers, hidden {config.hidden_size}, {config.num_attention_heads} heads, "
+            f"FFN {config.intermediate_size}")
+
+
+def copied_layers(section: StudentSection, num_teacher_layers: int, num_student_layers: int) -> tuple[int, ...]:
+    """The teacher layers the student's layers were copied from (or shaped after), as the config says; none
+    for a scratch student or one whose depth does not match (a student loaded from elsewhere)."""
+    if section.init == "scratch":
+        return ()
+    layers = section.layers if section.layers is not None else tuple(range(0, num_teacher_layers, 2))
+    return tuple(layers) if len(layers) == num_student_layers else ()
 
 
 def _student_state_dict(teacher: PreTrainedModel, layers: tuple[int, ...]) -> dict[str, torch.Tensor]:

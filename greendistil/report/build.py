@@ -22,6 +22,7 @@ from greendistil.report.frame import (first_value, iter_runs, iter_tasks, iter_u
                                       task_order, unit_title)
 from greendistil.report.markdown import fmt_number, fmt_percent, table
 from greendistil.report.provenance import energy_kinds
+from greendistil.report.objectives import objectives_section
 from greendistil.report.routes import routes_section
 from greendistil.report.suite import suite_cost_section, table1_section
 from greendistil.report.seeds import seeds_section
@@ -73,7 +74,7 @@ def write_report(paths: list[Path], out_dir: Path, *, name: str | None = None) -
         distributed_section(frame),  # the cost table's distributed and GPU stages, per node and per GPU
         forecasts_section(frame),
         tables.teacher_student_section(frame), _figure_block(figures["teacher_student"]),
-        routes_section(frame),
+        routes_section(frame), objectives_section(frame),
         _serving_block(frame, out_dir),
         tables.regions_section(frame),
         tables.across_runs_section(frame), _figure_block(figures["across"]),

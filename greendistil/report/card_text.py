@@ -14,6 +14,7 @@ import pandas as pd
 import tomli_w
 from huggingface_hub import ModelCardData
 
+from greendistil.report.objectives import objective_words
 from greendistil.report.costs import cost_totals
 from greendistil.report.glue import task_label
 from greendistil.report.frame import column_sum, number, value
@@ -62,8 +63,10 @@ def _model_section(saved: SavedModel, data: ModelCardData) -> str:
     teacher_layers, student_layers = number(record, "details.teacher_num_layers"), number(record, "details.student_num_layers")
     if teacher_layers and student_layers:
         rows.append(["layers", f"{int(student_layers)} (the teacher has {int(teacher_layers)})"])
+    if value(record, "details.student_shape"):
+        rows.append(["shape", str(value(record, "details.student_shape"))])
     if value(record, "details.objective"):
-        rows.append(["distillation objective", str(value(record, "details.objective"))])
+        rows.append(["distillation objective", objective_words(record)])
     rows += [["run / stage", f"`{record['run_id']}` / `{record['stage']}` ({record['kind']})"],
              ["config hash, git commit", f"`{value(record, 'config_hash')}`, `{value(record, 'git_sha')}`"],
              ["license", data.license or "see the base model's"]]

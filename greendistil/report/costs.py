@@ -54,6 +54,9 @@ def training_records(records: pd.DataFrame) -> pd.DataFrame:
     return records[~records["kind"].isin(INFERENCE_KINDS)]
 
 
+GENERAL_OBJECTIVES = frozenset({"mlm", "corpus"})  # distillation on a corpus: the general route
+
+
 def distill_objectives(records: pd.DataFrame) -> set[str]:
     """The objectives of the distill stages that made a run's student ("task" for records written before
     objectives existed); a suite's general_student has a route of its own."""
@@ -76,7 +79,7 @@ def student_training_records(records: pd.DataFrame, role: str = "student") -> pd
         return training[(training["role"] == "general_student") | (training["kind"] == "pretrain")]
     training = training[training["role"] != "general_student"]
     objectives = distill_objectives(records)
-    if "mlm" not in objectives:
+    if not objectives & GENERAL_OBJECTIVES:
         head_only = (training["kind"] == "pretrain") & (training.get("details.train") == "head")
         return training[~head_only]
     if "task" in objectives:

@@ -18,6 +18,7 @@ import pandas as pd
 
 from greendistil.data.tasks import GLUE_ORDER, get_task
 from greendistil.report.frame import number, value
+from greendistil.report.objectives import role_objective, uses_new_objectives
 from greendistil.report.reference import PUBLISHED_GLUE_ROWS, PublishedGlueRow
 
 MODEL_ROLES = ("teacher", "student", "general_student")
@@ -67,13 +68,16 @@ def model_rows(frame: pd.DataFrame) -> list[ModelRow]:
     they started, then the paper's rows."""
     rows = []
     evaluates = frame[frame["kind"] == "evaluate"] if "kind" in frame else frame.iloc[0:0]
+    named = uses_new_objectives(frame)  # then each student row says what it was distilled with
     for run_dir in _runs_in_order(evaluates):
         records = evaluates[evaluates["run_dir"] == run_dir]
         run_id = str(value(records.iloc[0], "run_id"))
         for role in MODEL_ROLES:
             scores, cells, num_seeds = _role_scores(records, role)
             if scores:
-                label = MODEL_LABELS[role] + (f", median of {num_seeds} seeds" if num_seeds > 1 else "")
+                objective = role_objective(frame[frame["run_dir"] == run_dir], role) if named else None
+                label = MODEL_LABELS[role] + (f" [{objective}]" if objective else "") + (
+                    f", median of {num_seeds} seeds" if num_seeds > 1 else "")
                 rows.append(ModelRow(run_id=run_id, model=role, label=label, task_scores=scores, cells=cells))
     for paper in PUBLISHED_GLUE_ROWS:
         rows.append(ModelRow(run_id="published", model=paper.model, label=f"{paper.model} (published)",

@@ -1,6 +1,6 @@
 """General (MLM) + task distillation against task-only distillation, and the figures of the MLM stages.
 
-A run's route is read from its distill records: one with `details.objective = "mlm"` makes the run's
+A run's route is read from its distill records: one with `details.objective = "mlm"` (or "corpus") makes the run's
 student a general-distillation student (DistilBERT's recipe: distilled on a corpus, then trained on the
 task); otherwise the student was distilled on the task only. Each route's cost is what produced its student
 (`costs.student_training_records`): for the general route the teacher's MLM training, the MLM distillation
@@ -12,7 +12,7 @@ from __future__ import annotations
 import pandas as pd
 
 from greendistil.report.compare import teacher_student
-from greendistil.report.costs import cost_totals, distill_objectives, student_training_records
+from greendistil.report.costs import GENERAL_OBJECTIVES, cost_totals, distill_objectives, student_training_records
 from greendistil.report.frame import first_value, iter_runs, iter_tasks, iter_units, number, value
 from greendistil.report.markdown import NOT_AVAILABLE, code, fmt_count, fmt_number, fmt_percent, fmt_ratio, table
 from greendistil.report.provenance import energy_kinds
@@ -26,7 +26,7 @@ def student_route(records: pd.DataFrame) -> str | None:
     objectives = distill_objectives(records)
     if not objectives:
         return None
-    return GENERAL if "mlm" in objectives else TASK_ONLY
+    return GENERAL if objectives & GENERAL_OBJECTIVES else TASK_ONLY
 
 
 def routes_section(frame: pd.DataFrame) -> str:

@@ -35,7 +35,7 @@ from greendistil.runtime.precision import FP32_CPU, Precision
 from greendistil.models.mlm import HEAD_NOTE_KEY, head_note, load_mlm, load_teacher_mlm
 from greendistil.models.sources import (LoadedModel, ResolvedTeacher, load_classifier, load_teacher, load_tokenizer,
                                         save_model)
-from greendistil.models.student import build_student
+from greendistil.models.student import build_student, describe_shape
 from greendistil.runlog.tensorboard import ScalarLog
 from greendistil.runtime.signals import signals_deferred
 from greendistil.train.checkpoint import StateFile, discard_state
@@ -142,8 +142,7 @@ class StageContext:
         if role == "teacher":
             return teacher
         student, layers = build_student(teacher.model, self.config.student)
-        return LoadedModel(model=student, tokenizer=teacher.tokenizer,
-                           source=f"student(layers {list(layers)} of {teacher.source}, init={self.config.student.init})")
+        return LoadedModel(model=student, tokenizer=teacher.tokenizer, source=_student_label(student, layers, teacher, self.config.student.init))
 
     def encoded(self, split: str, tokenizer: Any) -> EncodedSplit:
         """Tokenized `split`; cached, since teacher and student share the teacher's tokenizer."""
@@ -162,10 +161,9 @@ class StageContext:
             return teacher
         student, layers = build_student(teacher.model, self.config.student)
         copied = f"copied from the teacher, whose head was {head_note(teacher.model)}"
-        student.config.update({HEAD_NOTE_KEY: copied if self.config.student.init == "teacher"
-                               else "initialised randomly (student.init = 'random')"})
-        return LoadedModel(model=student, tokenizer=teacher.tokenizer,
-                           source=f"student(layers {list(layers)} of {teacher.source}, init={self.config.student.init})")
+        init = self.config.student.init
+        student.config.update({HEAD_NOTE_KEY: copied if init == "teacher" else f"initialised randomly (student.init = {init!r})"})
+        return LoadedModel(model=student, tokenizer=teacher.tokenizer, source=_student_label(student, layers, teacher, self.config.student.init))
 
     def encoded_corpus(self, tokenizer: Any) -> EncodedCorpus:
         """The corpus tokenized (once: teacher and student share the teacher's tokenizer)."""
@@ -184,3 +182,10 @@ class StageContext:
             raise ValueError("this run resolved no teacher (a bug: the preflight skips it only when sources "
                              "name every model)")
         return self.teacher
+
+
+def _student_label(student: Any, layers: tuple[int, ...], teacher: LoadedModel, init: str) -> str:
+    """Where a student built in this run came from, for the record: its teacher layers, or its own shape."""
+    if not layers:
+        return f"student(scratch: {describe_shape(student.config)}; vocabulary of {teacher.source})"
+    return f"student(layers {list(layers)} of {teacher.source}, init={init})"

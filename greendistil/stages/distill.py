@@ -1,14 +1,19 @@
 """`distill`: the student learns from the frozen teacher on the task's train split (task distillation).
 With `objective = "mlm"` the stage is general distillation on the corpus instead: see `stages.distill_mlm`.
 
+With `objective = "corpus"`, general distillation on the corpus by the intermediate terms only: see
+`stages.distill_corpus`.
+
 loss = alpha_ce * KL(teacher_T || student_T) * T^2 + alpha_task * task loss + alpha_cos * (1 - cos(h_s, h_t))
-over the last hidden states. For regression (STS-B) the soft-target term is the MSE to the teacher's output.
-The teacher runs in eval mode under no_grad, and its forward FLOPs are counted with the student's.
+over the last hidden states, + the intermediate terms that are on (TinyBERT's hidden-state MSE, MiniLM's
+attention and value relations, MiniLMv2's Q/K/V relations: `stages.matched`). For regression (STS-B) the
+soft-target term is the MSE to the teacher's output. The teacher runs in eval mode under no_grad, and its
+forward FLOPs are counted with the student's.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -18,18 +23,34 @@ from greendistil.measure.flops import FlopScope, count_nonembedding_params
 from greendistil.measure.window import Window
 from greendistil.models.inputs import model_inputs
 from greendistil.models.sources import count_params
+from greendistil.models.student import describe_shape
 from greendistil.stages.context import StageContext, single_window
+from greendistil.stages.distill_corpus import distill_corpus
 from greendistil.stages.distill_mlm import distill_mlm
+from greendistil.stages.matched import describe, set_up_matching
 from greendistil.stages.training import TrainingPlan, name_model, publish_plan, train_loader, train_plan
 from greendistil.train.loop import LossTerms
 from greendistil.train.teacher_cache import CacheShape, TeacherCache
 from greendistil.train.losses import hidden_cosine, soft_target_kl, soft_target_mse, task_loss, weighted_sum
 
 
+class TeacherView(NamedTuple):
+    """What a step reads of the teacher: logits (B, C), last hidden states (B, T, H), and with intermediate
+    terms every layer's hidden states (embeddings first) and the attention taps."""
+
+    logits: torch.Tensor
+    last_hidden: torch.Tensor
+    hidden_states: tuple[torch.Tensor, ...] = ()
+    taps: dict[tuple[int, str], torch.Tensor] = {}
+
+
 @single_window
 def run_distill(ctx: StageContext, cfg: DistillStage, window: Window) -> None:
     if cfg.objective == "mlm":
         distill_mlm(ctx, cfg, window)
+        return
+    if cfg.objective == "corpus":
+        distill_corpus(ctx, cfg, window)
         return
     teacher_loaded, student_loaded = ctx.load("teacher"), ctx.load(cfg.role)
     teacher = teacher_loaded.model.to(ctx.device).eval()
@@ -41,32 +62,41 @@ def run_distill(ctx: StageContext, cfg: DistillStage, window: Window) -> None:
     is_regression = ctx.task.is_regression
     # DDP under torchrun; the frozen teacher is simply replicated per rank. Without a logit term (cosine
     # only) the classifier gets no gradient, which DDP must be told about.
-    replica = ctx.parallel(student, find_unused_parameters=cfg.alpha_ce == 0 and cfg.alpha_task == 0)
-    weights = {"loss_ce": cfg.alpha_ce, "loss_task": cfg.alpha_task, "loss_cos": cfg.alpha_cos}
+    matching = set_up_matching(cfg, ctx.config.student, student, teacher, f"stages.{cfg.name}")
+    replica = ctx.parallel(matching.student if matching else student,
+                           find_unused_parameters=cfg.alpha_ce == 0 and cfg.alpha_task == 0)
+    weights = {"loss_ce": cfg.alpha_ce, "loss_task": cfg.alpha_task, "loss_cos": cfg.alpha_cos,
+               **(matching.match.weights if matching else {})}
     cache, cache_details = teacher_cache(ctx, cfg, teacher, train_split)
     served_padded_tokens = [0]
 
-    def teacher_outputs(batch: Batch, scope: FlopScope) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits (B, C), last hidden states (B, T, H)): from the cache when it has the whole batch."""
+    def teacher_outputs(batch: Batch, scope: FlopScope) -> TeacherView:
+        """The teacher's logits (B, C) and last hidden states (B, T, H): from the cache when it has the whole
+        batch; with intermediate terms (never cached) also every layer's hidden states and the taps."""
         indices = batch.get(EXAMPLE_INDEX)  # (B,) on the CPU
         found = cache.lookup(indices, batch["attention_mask"]) if cache is not None and indices is not None else None
         if found is not None:
             served_padded_tokens[0] += batch["input_ids"].numel()
-            return found  # type: ignore[return-value]  # the terms that read a missing part are off
+            return TeacherView(*found)  # type: ignore[arg-type]  # the terms that read a missing part are off
         with torch.no_grad(), ctx.precision.autocast():
             out = scope.run("teacher_forward", lambda: teacher(**model_inputs(batch, teacher), output_hidden_states=True))
         if cache is not None and indices is not None:
             cache.store(indices, out.logits, out.hidden_states[-1])
         # fp32, as the cache serves them: a bf16 run then computes the same loss with or without the cache.
-        return out.logits.float(), out.hidden_states[-1].float()
+        return TeacherView(out.logits.float(), out.hidden_states[-1].float(), out.hidden_states,
+                           matching.teacher_taps.take() if matching else {})
 
     def step(batch: Batch, scope: FlopScope) -> LossTerms:
         student_inputs = model_inputs(batch, student)
-        teacher_logits, teacher_hidden = teacher_outputs(batch, scope)
+        seen = teacher_outputs(batch, scope)
+        teacher_logits, teacher_hidden = seen.logits, seen.last_hidden
 
         def forward_backward() -> LossTerms:
             with ctx.precision.autocast():  # bf16 where the run computes in it; backward outside, as AMP asks
-                student_out = replica(**student_inputs, output_hidden_states=True)
+                if matching is None:
+                    student_out = replica(**student_inputs, output_hidden_states=True)
+                else:
+                    student_out, projected = replica(**student_inputs)
                 terms: dict[str, torch.Tensor] = {}
                 if cfg.alpha_ce > 0:
                     terms["loss_ce"] = (soft_target_mse(student_out.logits, teacher_logits) if is_regression
@@ -76,6 +106,8 @@ def run_distill(ctx: StageContext, cfg: DistillStage, window: Window) -> None:
                 if cfg.alpha_cos > 0:
                     terms["loss_cos"] = hidden_cosine(student_out.hidden_states[-1], teacher_hidden,
                                                       batch["attention_mask"])  # (B, T, H) each
+                if matching is not None:
+                    terms |= matching.terms(projected, seen.hidden_states, seen.taps, batch["attention_mask"])
                 loss = weighted_sum(terms, weights)
             loss.backward()
             return {"loss": loss.detach(), **{name: value.detach() for name, value in terms.items()}}
@@ -85,11 +117,16 @@ def run_distill(ctx: StageContext, cfg: DistillStage, window: Window) -> None:
     plan = TrainingPlan(model=student, source=student_loaded.source, tokenizer=tokenizer,
                         loader=train_loader(ctx, cfg, train_split, tokenizer), step=step,
                         analytic_flops_per_token=6.0 * count_nonembedding_params(student)
-                        + 2.0 * count_nonembedding_params(teacher), num_train_examples=len(train_split))
+                        + 2.0 * count_nonembedding_params(teacher)
+                        + (matching.analytic_flops_per_token() if matching else 0.0),
+                        num_train_examples=len(train_split), trained=matching.trained if matching else None)
     teacher_flops_per_token = 2.0 * count_nonembedding_params(teacher)
     try:
         summary = train_plan(ctx, cfg, window, plan)
     finally:  # a stopped stage's record says what its cache served too
+        if matching is not None:
+            matching.close()
+            window.counters.details.update(describe(matching))
         # The analytic count charged every step the teacher's 2N per token: take back the steps it did not run.
         window.counters.flops_analytic -= teacher_flops_per_token * served_padded_tokens[0]
         window.counters.details["teacher_cache"] = cache_details | _served(cache) | {
@@ -98,8 +135,8 @@ def run_distill(ctx: StageContext, cfg: DistillStage, window: Window) -> None:
         "objective": cfg.objective, "teacher_model": teacher_loaded.source,
         "teacher_num_params": count_params(teacher), "student_num_params": count_params(student),
         "student_num_layers": student.config.num_hidden_layers, "teacher_num_layers": teacher.config.num_hidden_layers,
-        "temperature": cfg.temperature, "alpha_ce": cfg.alpha_ce, "alpha_task": cfg.alpha_task,
-        "alpha_cos": cfg.alpha_cos,
+        "temperature": cfg.temperature, **cfg.active_alphas(), **describe(matching),
+        "student_shape": describe_shape(student.config),
     })
 
 
@@ -114,6 +151,9 @@ def teacher_cache(ctx: StageContext, cfg: DistillStage, teacher: torch.nn.Module
                                "where": str(ctx.device)}
     if cfg.cache_teacher is False:
         return None, details | {"used": False, "reason": "cache_teacher = false"}
+    if cfg.cache_teacher == "auto" and cfg.reads_teacher_layers:
+        return None, details | {"used": False, "reason": "an intermediate term reads the teacher's inner layers, "
+                                                          "which the cache does not hold"}
     if cfg.cache_teacher == "auto" and cfg.epochs <= 1:
         return None, details | {"used": False, "reason": f"one epoch or less ({cfg.epochs:g}): nothing repeats"}
     if cfg.cache_teacher == "auto" and ctx.dist.world_size > 1:  # rank r's rows of a later epoch's batches are

@@ -1,0 +1,89 @@
+"""`distill` with `objective = "corpus"`: general distillation on the corpus without a vocabulary head.
+
+loss = the intermediate terms that are on (TinyBERT's hidden-state MSE, MiniLM's attention and value
+relations, MiniLMv2's Q/K/V relations; `stages.matched`) + alpha_cos * (1 - cos) between the last hidden
+states at every real token. Only the encoders run: no masking, no vocabulary logits, so neither a trained
+masked-LM head nor the pretrain stage that would train one is needed. The teacher is frozen, in eval mode
+and under no_grad, and its forward FLOPs are counted. The student is saved with the head it had (untrained,
+and said so), as the general route's encoder for a later finetune.
+Analytic FLOPs per token: 6N_student + 2N_teacher over the encoders (+ the projections' 6N).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from greendistil.config import DistillStage
+from greendistil.data.batching import Batch
+from greendistil.measure.flops import FlopScope, count_nonembedding_params
+from greendistil.measure.window import Window
+from greendistil.models.inputs import model_inputs
+from greendistil.models.mlm import HEAD_NOTE_KEY, head_note
+from greendistil.models.sources import count_params
+from greendistil.models.student import describe_shape
+from greendistil.stages.context import StageContext
+from greendistil.stages.matched import describe, set_up_matching
+from greendistil.stages.training import TrainingPlan, name_model, publish_plan, train_loader, train_plan
+from greendistil.train.loop import LossTerms
+from greendistil.train.losses import hidden_cosine, weighted_sum
+
+
+def distill_corpus(ctx: StageContext, cfg: DistillStage, window: Window) -> None:
+    """The body of `run_distill` for objective = "corpus", in the stage's window."""
+    teacher_loaded, student_loaded = ctx.load_mlm("teacher"), ctx.load_mlm(cfg.role)
+    teacher_model = teacher_loaded.model.to(ctx.device).eval()
+    teacher_model.requires_grad_(False)
+    student_model, tokenizer = student_loaded.model.to(ctx.device), teacher_loaded.tokenizer
+    name_model(window, student_loaded.source, student_model)
+    teacher, student = teacher_model.base_model, student_model.base_model  # the encoders: no vocabulary head
+    corpus = ctx.encoded_corpus(tokenizer)
+    matching = set_up_matching(cfg, ctx.config.student, student, teacher, f"stages.{cfg.name}")
+    replica = ctx.parallel(matching.student if matching else student)
+    weights = {"loss_cos": cfg.alpha_cos, **(matching.match.weights if matching else {})}
+
+    def step(batch: Batch, scope: FlopScope) -> LossTerms:
+        inputs, mask = model_inputs(batch, student), batch["attention_mask"]  # mask (B, T)
+        with torch.no_grad(), ctx.precision.autocast():
+            seen = scope.run("teacher_forward", lambda: teacher(**model_inputs(batch, teacher), output_hidden_states=True))
+        teacher_taps = matching.teacher_taps.take() if matching else {}
+
+        def forward_backward() -> LossTerms:
+            with ctx.precision.autocast():  # bf16 where the run computes in it; backward outside, as AMP asks
+                if matching is None:
+                    out, projected = replica(**inputs), []
+                else:
+                    out, projected = replica(**inputs)
+                terms: dict[str, torch.Tensor] = {}
+                if cfg.alpha_cos > 0:
+                    terms["loss_cos"] = hidden_cosine(out.last_hidden_state, seen.last_hidden_state.float(), mask)
+                if matching is not None:
+                    terms |= matching.terms(projected, seen.hidden_states, teacher_taps, mask)
+                loss = weighted_sum(terms, weights)
+            loss.backward()
+            return {"loss": loss.detach(), **{name: value.detach() for name, value in terms.items()}}
+
+        return scope.run("student_train", forward_backward)
+
+    plan = TrainingPlan(model=student_model, source=student_loaded.source, tokenizer=tokenizer,
+                        loader=train_loader(ctx, cfg, corpus.train, tokenizer), step=step,
+                        analytic_flops_per_token=6.0 * count_nonembedding_params(student)
+                        + 2.0 * count_nonembedding_params(teacher)
+                        + (matching.analytic_flops_per_token() if matching else 0.0),
+                        num_train_examples=len(corpus.train),
+                        trained=(matching.trained if matching and matching.trained else student))
+    try:
+        summary = train_plan(ctx, cfg, window, plan)
+    finally:
+        if matching is not None:
+            matching.close()
+            window.counters.details.update(describe(matching))
+    head = (f"not trained: the encoder was distilled in stage {cfg.name!r} with objective 'corpus' (no vocabulary "
+            f"term); before: {head_note(student_model)}")
+    student_model.config.update({HEAD_NOTE_KEY: head})
+    publish_plan(ctx, cfg, window, plan, summary, (f"{cfg.role}_mlm", cfg.role), {
+        "objective": cfg.objective, "teacher_model": teacher_loaded.source, "mlm_head": head,
+        "teacher_num_params": count_params(teacher), "student_num_params": count_params(student),
+        "student_num_layers": student.config.num_hidden_layers, "teacher_num_layers": teacher.config.num_hidden_layers,
+        **cfg.active_alphas(), **describe(matching), "student_shape": describe_shape(student.config),
+        "corpus": corpus.details,
+    })
