@@ -226,3 +226,36 @@ def test_bad_intermediate_input_exits_2_before_anything_is_written(tmp_path: Pat
     assert "stages.1.alpha_cos: 1 compares the last hidden states, which needs equal widths (student 16, teacher 32)" \
         in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_a_run_with_projections_resumed_mid_stage_ends_with_the_uninterrupted_weights(tmp_path: Path) -> None:
+    """The projections are trained state: the step checkpoint holds them, so a distillation stopped by a real
+    SIGINT and resumed ends bit for bit where the uninterrupted run ends (the student and its loss)."""
+    import subprocess
+    import sys
+
+    from builders import student_weights, subprocess_env
+
+    glue = write_sst2(tmp_path / "glue")
+    config = write_tiny_config(tmp_path, glue, {
+        "student": {"layers": None, "init": "scratch", "hidden_size": 16, "num_layers": 1, "num_heads": 4},
+        "stages": [{"kind": "finetune", "role": "teacher", "batch_size": 16, "epochs": 1},
+                   {"kind": "distill", "batch_size": 16, "epochs": 2, "checkpoint_every_steps": 3, "alpha_cos": 0.0,
+                    "alpha_hidden": 1.0, "hidden_embeddings": True, "alpha_qkv": 1.0, "relation_heads": 2}]})
+
+    def run(run_id: str, signal_at: str | None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "greendistil", "run", str(config), "--no-progress", "--run-id",
+                               run_id], cwd=tmp_path, env=subprocess_env(signal_at), capture_output=True, text=True,
+                              timeout=300)
+
+    assert run("reference", None).returncode == 0
+    assert run("stopped", "step:distill:5:SIGINT").returncode == 130
+    assert main(["run", "--resume", str(tmp_path / "runs" / "stopped"), "--no-progress"]) == 0
+    reference, resumed = _records(tmp_path / "runs" / "reference"), _records(tmp_path / "runs" / "stopped")
+    assert [r["status"] for r in resumed if r["stage"] == "distill"] == ["interrupted", "ok"]
+    assert resumed[-1]["resumed_from_step"] == 4
+    assert resumed[-1]["details"]["final_loss"] == reference[-1]["details"]["final_loss"]
+    expected, weights = student_weights(tmp_path / "runs" / "reference"), student_weights(tmp_path / "runs" / "stopped")
+    assert expected.keys() == weights.keys() and not any(".projection" in key for key in weights)
+    assert all(torch.equal(expected[key], weights[key]) for key in expected)
