@@ -239,7 +239,8 @@ def _prepare_corpus(config: Config, teacher: ResolvedTeacher | None) -> CorpusTe
     if teacher is None or not any(is_shared(stage) for stage in config.stages):
         return None
     _check_stage_order(config, teacher)
-    build_masker(teacher.tokenizer, config.masking)  # no mask token, no word boundaries: fails here
+    if any(isinstance(s, PretrainStage) or (isinstance(s, DistillStage) and s.objective == "mlm") for s in config.stages):
+        build_masker(teacher.tokenizer, config.masking)  # no mask token, no word boundaries: fails here
     return load_corpus_text(config.corpus, default_glue_dir=config.task.glue_dir)
 
 

@@ -62,6 +62,20 @@ def test_relation_probabilities_and_kl_by_hand() -> None:
     assert relation_kl(log_probs, log_probs, mask).item() == pytest.approx(0.0, abs=1e-7)
 
 
+def test_relations_stay_in_fp32_under_a_bf16_autocast() -> None:
+    """A KL of near-equal distributions is a difference of log-probabilities: bf16 would round it away."""
+    torch.manual_seed(0)
+    mask = torch.ones(2, 5)
+    query, key = torch.randn(2, 5, 8), torch.randn(2, 5, 8)
+    reference = relation_kl(relation_log_probs(query, key, mask, 2), relation_log_probs(query * 1.01, key, mask, 2), mask)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        log_probs = relation_log_probs(query, key, mask, 2)
+        kl = relation_kl(log_probs, relation_log_probs(query * 1.01, key, mask, 2), mask)
+        mse = hidden_mse(query, key, mask)
+    assert log_probs.dtype == kl.dtype == mse.dtype == torch.float32
+    assert kl.item() == pytest.approx(reference.item(), rel=1e-6) and kl.item() > 0
+
+
 def test_recomputed_attention_equals_the_eager_paths_distributions() -> None:
     """The taps' queries and keys give exactly the probabilities eager attention returns (eval: no dropout)."""
     torch.manual_seed(0)

@@ -64,7 +64,7 @@ def describe_shape(config: PretrainedConfig) -> str:
 def copied_layers(section: StudentSection, num_teacher_layers: int, num_student_layers: int) -> tuple[int, ...]:
     """The teacher layers the student's layers were copied from (or shaped after), as the config says; none
     for a scratch student or one whose depth does not match (a student loaded from elsewhere)."""
-    if section.init == "scratch":
+    if section.init != "teacher":  # a random or scratch student copied nothing: TinyBERT's uniform map
         return ()
     layers = section.layers if section.layers is not None else tuple(range(0, num_teacher_layers, 2))
     return tuple(layers) if len(layers) == num_student_layers else ()

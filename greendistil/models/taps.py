@@ -43,7 +43,7 @@ class AttentionTaps:
             raise ValueError(f"unknown attention parts {unknown}; valid: {', '.join(PARTS)}")
         self._outputs: dict[tuple[int, str], torch.Tensor] = {}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
-        modules = encoder_layers(model)
+        modules = encoder_layers(model) if self.layers else []
         for index in self.layers:
             attention = modules[index].attention.self
             for part in self.parts:

@@ -14,7 +14,7 @@ import pandas as pd
 import tomli_w
 from huggingface_hub import ModelCardData
 
-from greendistil.report.objectives import objective_words
+from greendistil.report.objectives import objective_words, record_uses_new_objectives
 from greendistil.report.costs import cost_totals
 from greendistil.report.glue import task_label
 from greendistil.report.frame import column_sum, number, value
@@ -66,7 +66,8 @@ def _model_section(saved: SavedModel, data: ModelCardData) -> str:
     if value(record, "details.student_shape"):
         rows.append(["shape", str(value(record, "details.student_shape"))])
     if value(record, "details.objective"):
-        rows.append(["distillation objective", objective_words(record)])
+        rows.append(["distillation objective", objective_words(record) if record_uses_new_objectives(record)
+                     else str(value(record, "details.objective"))])
     rows += [["run / stage", f"`{record['run_id']}` / `{record['stage']}` ({record['kind']})"],
              ["config hash, git commit", f"`{value(record, 'config_hash')}`, `{value(record, 'git_sha')}`"],
              ["license", data.license or "see the base model's"]]

@@ -27,9 +27,12 @@ def _distills(frame: pd.DataFrame) -> pd.DataFrame:
 
 def uses_new_objectives(frame: pd.DataFrame) -> bool:
     """Whether any distill record used an intermediate term or the corpus objective."""
-    distills = _distills(frame)
-    return bool(len(distills)) and any(_weights(row) and set(_weights(row)) & set(INTERMEDIATE_TERMS)
-                                       or value(row, "details.objective") == "corpus" for _, row in distills.iterrows())
+    return any(record_uses_new_objectives(row) for _, row in _distills(frame).iterrows())
+
+
+def record_uses_new_objectives(row: pd.Series) -> bool:
+    """A distill record with an intermediate term or the corpus objective."""
+    return bool(set(_weights(row)) & set(INTERMEDIATE_TERMS)) or value(row, "details.objective") == "corpus"
 
 
 def _weights(row: pd.Series) -> dict[str, float]:

@@ -142,7 +142,8 @@ class StageContext:
         if role == "teacher":
             return teacher
         student, layers = build_student(teacher.model, self.config.student)
-        return LoadedModel(model=student, tokenizer=teacher.tokenizer, source=_student_label(student, layers, teacher, self.config.student.init))
+        label = _student_label(student, layers, teacher, self.config.student.init)
+        return LoadedModel(model=student, tokenizer=teacher.tokenizer, source=label)
 
     def encoded(self, split: str, tokenizer: Any) -> EncodedSplit:
         """Tokenized `split`; cached, since teacher and student share the teacher's tokenizer."""
@@ -162,8 +163,10 @@ class StageContext:
         student, layers = build_student(teacher.model, self.config.student)
         copied = f"copied from the teacher, whose head was {head_note(teacher.model)}"
         init = self.config.student.init
-        student.config.update({HEAD_NOTE_KEY: copied if init == "teacher" else f"initialised randomly (student.init = {init!r})"})
-        return LoadedModel(model=student, tokenizer=teacher.tokenizer, source=_student_label(student, layers, teacher, self.config.student.init))
+        student.config.update({HEAD_NOTE_KEY: copied if init == "teacher"
+                               else f"initialised randomly (student.init = {init!r})"})
+        label = _student_label(student, layers, teacher, self.config.student.init)
+        return LoadedModel(model=student, tokenizer=teacher.tokenizer, source=label)
 
     def encoded_corpus(self, tokenizer: Any) -> EncodedCorpus:
         """The corpus tokenized (once: teacher and student share the teacher's tokenizer)."""

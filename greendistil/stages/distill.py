@@ -13,6 +13,8 @@ forward FLOPs are counted with the student's.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import torch
@@ -41,7 +43,7 @@ class TeacherView(NamedTuple):
     logits: torch.Tensor
     last_hidden: torch.Tensor
     hidden_states: tuple[torch.Tensor, ...] = ()
-    taps: dict[tuple[int, str], torch.Tensor] = {}
+    taps: Mapping[tuple[int, str], torch.Tensor] = MappingProxyType({})
 
 
 @single_window

@@ -38,7 +38,8 @@ def distill_corpus(ctx: StageContext, cfg: DistillStage, window: Window) -> None
     teacher, student = teacher_model.base_model, student_model.base_model  # the encoders: no vocabulary head
     corpus = ctx.encoded_corpus(tokenizer)
     matching = set_up_matching(cfg, ctx.config.student, student, teacher, f"stages.{cfg.name}")
-    replica = ctx.parallel(matching.student if matching else student)
+    # Without the cosine, terms that read inner layers leave the top of the student without a gradient.
+    replica = ctx.parallel(matching.student if matching else student, find_unused_parameters=cfg.alpha_cos == 0)
     weights = {"loss_cos": cfg.alpha_cos, **(matching.match.weights if matching else {})}
 
     def step(batch: Batch, scope: FlopScope) -> LossTerms:

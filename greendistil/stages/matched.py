@@ -6,6 +6,7 @@ The taps sit only on the layers the relation terms read and come off when the st
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,7 +44,7 @@ class Matching:
         return 6.0 * (per_layer * num_layers + embeddings)
 
     def terms(self, projected: list[torch.Tensor], teacher_hidden: tuple[torch.Tensor, ...],
-              teacher_taps: dict[tuple[int, str], torch.Tensor], attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+              teacher_taps: Mapping[tuple[int, str], torch.Tensor], attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """The intermediate terms of this step: call after the student's forward (its taps are read here)."""
         return intermediate_terms(self.match, projected, teacher_hidden, self.student_taps.take(), teacher_taps,
                                   attention_mask)

@@ -33,7 +33,8 @@ def hidden_mse(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, atten
     mask = attention_mask.bool()  # (B, T)
     if not bool(mask.any()):
         return student_hidden.sum() * 0.0
-    return F.mse_loss(student_hidden[mask].float(), teacher_hidden[mask].float())  # (N, H) each
+    with torch.autocast(student_hidden.device.type, enabled=False):
+        return F.mse_loss(student_hidden[mask].float(), teacher_hidden[mask].float())  # (N, H) each
 
 
 def relation_log_probs(left: torch.Tensor, right: torch.Tensor, attention_mask: torch.Tensor,
@@ -49,11 +50,13 @@ def relation_log_probs(left: torch.Tensor, right: torch.Tensor, attention_mask: 
     if width % num_heads:
         raise ValueError(f"width {width} is not divisible by {num_heads} heads")
     head_dim = width // num_heads
-    left_heads = left.float().view(batch, length, num_heads, head_dim).transpose(1, 2)  # (B, heads, T, d)
-    right_heads = right.float().view(batch, length, num_heads, head_dim).transpose(1, 2)  # (B, heads, T, d)
-    scores = left_heads @ right_heads.transpose(-1, -2) / head_dim**0.5  # (B, heads, T, T)
-    keys = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T)
-    return F.log_softmax(scores.masked_fill(~keys, _MASKED), dim=-1)
+    with torch.autocast(left.device.type, enabled=False):  # fp32 under a bf16 run: a KL of near-equal
+        # distributions is a difference of log-probabilities that bf16 would round to about 0.01
+        left_heads = left.float().view(batch, length, num_heads, head_dim).transpose(1, 2)  # (B, heads, T, d)
+        right_heads = right.float().view(batch, length, num_heads, head_dim).transpose(1, 2)  # (B, heads, T, d)
+        scores = left_heads @ right_heads.transpose(-1, -2) / head_dim**0.5  # (B, heads, T, T)
+        keys = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T)
+        return F.log_softmax(scores.masked_fill(~keys, _MASKED), dim=-1)
 
 
 def relation_kl(teacher_log_probs: torch.Tensor, student_log_probs: torch.Tensor,
@@ -64,7 +67,9 @@ def relation_kl(teacher_log_probs: torch.Tensor, student_log_probs: torch.Tensor
     queries = attention_mask.bool()  # (B, T)
     if not bool(queries.any()):
         return student_log_probs.sum() * 0.0
-    teacher_probs = teacher_log_probs.exp()  # (B, heads, T, T)
-    keys = queries[:, None, None, :]  # (B, 1, 1, T)
-    kl = (teacher_probs * (teacher_log_probs - student_log_probs)).masked_fill(~keys, 0.0).sum(dim=-1)  # (B, heads, T)
-    return kl.transpose(1, 2)[queries].mean()  # (N, heads) -> mean over real queries and heads
+    with torch.autocast(student_log_probs.device.type, enabled=False):
+        teacher_log_probs, student_log_probs = teacher_log_probs.float(), student_log_probs.float()
+        teacher_probs = teacher_log_probs.exp()  # (B, heads, T, T)
+        keys = queries[:, None, None, :]  # (B, 1, 1, T)
+        kl = (teacher_probs * (teacher_log_probs - student_log_probs)).masked_fill(~keys, 0.0).sum(dim=-1)  # (B, heads, T)
+        return kl.transpose(1, 2)[queries].mean()  # (N, heads) -> mean over real queries and heads

@@ -8,6 +8,7 @@ with the student; `intermediate_terms` computes the active terms from both model
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,7 +117,8 @@ def _check_pairs(key: str, pairs: Pairs, student: Shape, teacher: Shape) -> None
 
 
 def _common_divisors(a: int, b: int) -> str:
-    return ", ".join(str(d) for d in range(1, min(a, b) + 1) if a % d == 0 and b % d == 0 and d > 1)[:60] or "1"
+    divisors = [str(d) for d in range(2, min(a, b) + 1) if a % d == 0 and b % d == 0][:8]
+    return ", ".join(divisors) or "1"
 
 
 class MatchedStudent(torch.nn.Module):
@@ -150,7 +152,7 @@ def _apply(projection: torch.nn.Module | None, hidden: torch.Tensor) -> torch.Te
 
 def intermediate_terms(match: LayerMatch, projected: list[torch.Tensor], teacher_hidden: tuple[torch.Tensor, ...],
                        student_taps: dict[tuple[int, str], torch.Tensor],
-                       teacher_taps: dict[tuple[int, str], torch.Tensor],
+                       teacher_taps: Mapping[tuple[int, str], torch.Tensor],
                        attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
     """The active intermediate terms by name (loss_hidden, loss_attn, loss_value, loss_qkv).
 
