@@ -68,14 +68,16 @@ def model_rows(frame: pd.DataFrame) -> list[ModelRow]:
     they started, then the paper's rows."""
     rows = []
     evaluates = frame[frame["kind"] == "evaluate"] if "kind" in frame else frame.iloc[0:0]
+    # When any run used the new objectives, every student row names its objective: the routes are compared
+    # on this one table. Otherwise the labels are as they always were.
+    named = uses_new_objectives(frame)
     for run_dir in _runs_in_order(evaluates):
         records = evaluates[evaluates["run_dir"] == run_dir]
         run_id = str(value(records.iloc[0], "run_id"))
         for role in MODEL_ROLES:
             scores, cells, num_seeds = _role_scores(records, role)
             if scores:
-                run = frame[frame["run_dir"] == run_dir]  # a run with the new objectives names each student's
-                objective = role_objective(run, role) if uses_new_objectives(run) else None
+                objective = role_objective(frame[frame["run_dir"] == run_dir], role) if named else None
                 label = MODEL_LABELS[role] + (f" [{objective}]" if objective else "") + (
                     f", median of {num_seeds} seeds" if num_seeds > 1 else "")
                 rows.append(ModelRow(run_id=run_id, model=role, label=label, task_scores=scores, cells=cells))

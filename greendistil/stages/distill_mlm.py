@@ -23,6 +23,7 @@ from greendistil.measure.flops import FlopScope, count_nonembedding_params
 from greendistil.measure.window import Window
 from greendistil.models.mlm import HEAD_NOTE_KEY, MlmForward, evaluate_mlm, head_note, mlm_forward
 from greendistil.models.sources import count_params
+from greendistil.models.student import describe_shape
 from greendistil.stages.context import StageContext
 from greendistil.stages.training import (TrainingPlan, name_model, publish_plan, record_heldout_flops, train_loader,
                                          train_plan)
@@ -94,7 +95,7 @@ def distill_mlm(ctx: StageContext, cfg: DistillStage, window: Window) -> None:
         "objective": cfg.objective, "teacher_model": teacher_loaded.source, "teacher_mlm_head": head_note(teacher),
         "mlm_head": student_head, "teacher_num_params": count_params(teacher), "student_num_params": count_params(student),
         "student_num_layers": student.config.num_hidden_layers, "teacher_num_layers": teacher.config.num_hidden_layers,
-        "temperature": cfg.temperature, **cfg.active_alphas(), "ce_on_masked_only": cfg.ce_on_masked_only,
+        "student_shape": describe_shape(student.config), "temperature": cfg.temperature, **cfg.active_alphas(), "ce_on_masked_only": cfg.ce_on_masked_only,
         "corpus": corpus.details, "masking": dataclasses.asdict(ctx.config.masking),
         "heldout": {"num_sequences": after.num_sequences, "num_masked_tokens": after.num_masked_tokens},
     })
