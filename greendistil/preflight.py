@@ -27,7 +27,7 @@ from greendistil.distributed import SINGLE, Dist, device
 from greendistil.errors import ConfigError, ModelSourceError, RunDirError
 from greendistil.models.mlm import checkpoint_has_mlm_head
 from greendistil.models.sources import ResolvedTeacher, load_tokenizer, model_source, resolve_teacher
-from greendistil.models.student import STUDENT_MODEL_TYPES, copied_layers, scratch_config
+from greendistil.models.student import STUDENT_MODEL_TYPES, copied_layers, scratch_config, student_layers
 from greendistil.runlog.tensorboard import tensorboard_missing
 from greendistil.runtime.precision import resolve_precision
 from greendistil.train.matching import Shape, resolve_match
@@ -198,7 +198,7 @@ def _check_matching(config: Config, teacher: ResolvedTeacher) -> None:
     student_config = scratch_config(teacher.model_config, config.student) if config.student.init == "scratch" else None
     teacher_shape = Shape.of(teacher.model_config)
     student_shape = Shape.of(student_config) if student_config is not None else dataclasses.replace(
-        teacher_shape, num_layers=len(config.student.layers or range(0, teacher.num_layers, 2)))
+        teacher_shape, num_layers=len(student_layers(config.student, teacher.num_layers)))
     copied = copied_layers(config.student, teacher_shape.num_layers, student_shape.num_layers)
     for index, stage in enumerate(config.stages):
         if isinstance(stage, DistillStage) and stage.objective != "mlm":

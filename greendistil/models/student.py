@@ -30,7 +30,7 @@ def build_student(teacher: PreTrainedModel, cfg: StudentSection) -> tuple[PreTra
     num_teacher_layers = teacher.config.num_hidden_layers
     if cfg.init == "scratch":
         return type(teacher)(scratch_config(teacher.config, cfg)), ()
-    layers = cfg.layers if cfg.layers is not None else tuple(range(0, num_teacher_layers, 2))
+    layers = student_layers(cfg, num_teacher_layers)
     if max(layers) >= num_teacher_layers:
         raise ConfigError(f"student.layers: {list(layers)} is out of range; the teacher has {num_teacher_layers} "
                           f"layers, valid indices 0..{num_teacher_layers - 1}")
@@ -66,8 +66,13 @@ def copied_layers(section: StudentSection, num_teacher_layers: int, num_student_
     for a scratch student or one whose depth does not match (a student loaded from elsewhere)."""
     if section.init != "teacher":  # a random or scratch student copied nothing: TinyBERT's uniform map
         return ()
-    layers = section.layers if section.layers is not None else tuple(range(0, num_teacher_layers, 2))
-    return tuple(layers) if len(layers) == num_student_layers else ()
+    layers = student_layers(section, num_teacher_layers)
+    return layers if len(layers) == num_student_layers else ()
+
+
+def student_layers(section: StudentSection, num_teacher_layers: int) -> tuple[int, ...]:
+    """The teacher layers a copied (or same-shape random) student takes: `student.layers`, default every other."""
+    return tuple(section.layers) if section.layers is not None else tuple(range(0, num_teacher_layers, 2))
 
 
 def _student_state_dict(teacher: PreTrainedModel, layers: tuple[int, ...]) -> dict[str, torch.Tensor]:

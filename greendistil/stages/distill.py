@@ -30,7 +30,8 @@ from greendistil.stages.context import StageContext, single_window
 from greendistil.stages.distill_corpus import distill_corpus
 from greendistil.stages.distill_mlm import distill_mlm
 from greendistil.stages.matched import describe, set_up_matching
-from greendistil.stages.training import TrainingPlan, name_model, publish_plan, train_loader, train_plan
+from greendistil.stages.training import (TrainingPlan, backward_terms, distill_flops_per_token, name_model, publish_plan,
+                                         train_loader, train_plan)
 from greendistil.train.loop import LossTerms
 from greendistil.train.teacher_cache import CacheShape, TeacherCache
 from greendistil.train.losses import hidden_cosine, soft_target_kl, soft_target_mse, task_loss, weighted_sum
@@ -111,15 +112,13 @@ def run_distill(ctx: StageContext, cfg: DistillStage, window: Window) -> None:
                 if matching is not None:
                     terms |= matching.terms(projected, seen.hidden_states, seen.taps, batch["attention_mask"])
                 loss = weighted_sum(terms, weights)
-            loss.backward()
-            return {"loss": loss.detach(), **{name: value.detach() for name, value in terms.items()}}
+            return backward_terms(loss, terms)
 
         return scope.run("student_train", forward_backward)
 
     plan = TrainingPlan(model=student, source=student_loaded.source, tokenizer=tokenizer,
                         loader=train_loader(ctx, cfg, train_split, tokenizer), step=step,
-                        analytic_flops_per_token=6.0 * count_nonembedding_params(student)
-                        + 2.0 * count_nonembedding_params(teacher)
+                        analytic_flops_per_token=distill_flops_per_token(student, teacher)
                         + (matching.analytic_flops_per_token() if matching else 0.0),
                         num_train_examples=len(train_split), trained=matching.trained if matching else None)
     teacher_flops_per_token = 2.0 * count_nonembedding_params(teacher)

@@ -15,7 +15,7 @@ import torch
 
 from greendistil.config import DistillStage
 from greendistil.data.batching import Batch
-from greendistil.measure.flops import FlopScope, count_nonembedding_params
+from greendistil.measure.flops import FlopScope
 from greendistil.measure.window import Window
 from greendistil.models.inputs import model_inputs
 from greendistil.models.mlm import HEAD_NOTE_KEY, head_note
@@ -23,7 +23,8 @@ from greendistil.models.sources import count_params
 from greendistil.models.student import describe_shape
 from greendistil.stages.context import StageContext
 from greendistil.stages.matched import describe, set_up_matching
-from greendistil.stages.training import TrainingPlan, name_model, publish_plan, train_loader, train_plan
+from greendistil.stages.training import (TrainingPlan, backward_terms, distill_flops_per_token, name_model, publish_plan,
+                                         train_loader, train_plan)
 from greendistil.train.loop import LossTerms
 from greendistil.train.losses import hidden_cosine, weighted_sum
 
@@ -60,15 +61,13 @@ def distill_corpus(ctx: StageContext, cfg: DistillStage, window: Window) -> None
                 if matching is not None:
                     terms |= matching.terms(projected, seen.hidden_states, teacher_taps, mask)
                 loss = weighted_sum(terms, weights)
-            loss.backward()
-            return {"loss": loss.detach(), **{name: value.detach() for name, value in terms.items()}}
+            return backward_terms(loss, terms)
 
         return scope.run("student_train", forward_backward)
 
     plan = TrainingPlan(model=student_model, source=student_loaded.source, tokenizer=tokenizer,
                         loader=train_loader(ctx, cfg, corpus.train, tokenizer), step=step,
-                        analytic_flops_per_token=6.0 * count_nonembedding_params(student)
-                        + 2.0 * count_nonembedding_params(teacher)
+                        analytic_flops_per_token=distill_flops_per_token(student, teacher)
                         + (matching.analytic_flops_per_token() if matching else 0.0),
                         num_train_examples=len(corpus.train),
                         trained=(matching.trained if matching and matching.trained else student))

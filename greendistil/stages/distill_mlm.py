@@ -25,8 +25,8 @@ from greendistil.models.mlm import HEAD_NOTE_KEY, MlmForward, evaluate_mlm, head
 from greendistil.models.sources import count_params
 from greendistil.models.student import describe_shape
 from greendistil.stages.context import StageContext
-from greendistil.stages.training import (TrainingPlan, name_model, publish_plan, record_heldout_flops, train_loader,
-                                         train_plan)
+from greendistil.stages.training import (TrainingPlan, backward_terms, distill_flops_per_token, name_model, publish_plan,
+                                         record_heldout_flops, train_loader, train_plan)
 from greendistil.train.loop import LossTerms
 from greendistil.train.losses import hidden_cosine, mlm_cross_entropy, soft_target_kl, weighted_sum
 
@@ -70,15 +70,13 @@ def distill_mlm(ctx: StageContext, cfg: DistillStage, window: Window) -> None:
                 if cfg.alpha_cos > 0:
                     terms["loss_cos"] = hidden_cosine(student_hidden, teacher_hidden, batch["attention_mask"])
                 loss = weighted_sum(terms, weights)
-            loss.backward()
-            return {"loss": loss.detach(), **{name: value.detach() for name, value in terms.items()}}
+            return backward_terms(loss, terms)
 
         return scope.run("student_train", forward_backward)
 
     plan = TrainingPlan(model=student, source=student_loaded.source, tokenizer=tokenizer,
                         loader=train_loader(ctx, cfg, corpus.train, tokenizer), step=step,
-                        analytic_flops_per_token=6.0 * count_nonembedding_params(student)
-                        + 2.0 * count_nonembedding_params(teacher), num_train_examples=len(corpus.train))
+                        analytic_flops_per_token=distill_flops_per_token(student, teacher), num_train_examples=len(corpus.train))
     summary = train_plan(ctx, cfg, window, plan)
     after = evaluate_mlm(student, corpus.heldout, masker, **evaluate)
     record_heldout_flops(counters, "teacher_heldout_forward", [teacher_scores], count_nonembedding_params(teacher))

@@ -18,12 +18,12 @@ from torch.utils.data import DataLoader
 from greendistil.config import TrainingStage
 from greendistil.data.batching import EncodedSplit, make_loader
 from greendistil.measure.counters import StageCounters
-from greendistil.measure.flops import FlopSampler
+from greendistil.measure.flops import FlopSampler, count_nonembedding_params
 from greendistil.measure.window import Window
 from greendistil.models.mlm import MlmScores
 from greendistil.models.sources import count_params
 from greendistil.stages.context import StageContext
-from greendistil.train.loop import LogPoint, StepFn, TrainSummary, train
+from greendistil.train.loop import LogPoint, LossTerms, StepFn, TrainSummary, train
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,6 +38,19 @@ class TrainingPlan:
     analytic_flops_per_token: float
     num_train_examples: int
     trained: torch.nn.Module | None = None  # the part the optimizer and the checkpoint see (default: model)
+
+
+def backward_terms(loss: torch.Tensor, terms: dict[str, torch.Tensor]) -> LossTerms:
+    """Backpropagate a distillation loss (outside autocast, as AMP asks) and hand the loop the loss and its
+    named terms, detached (read at log intervals, never per step)."""
+    loss.backward()
+    return {"loss": loss.detach(), **{name: value.detach() for name, value in terms.items()}}
+
+
+def distill_flops_per_token(student: torch.nn.Module, teacher: torch.nn.Module) -> float:
+    """Analytic FLOPs per training token of distillation: the student's training step (6N) and the frozen
+    teacher's forward pass (2N), N the non-embedding parameters (Kaplan et al. 2020)."""
+    return 6.0 * count_nonembedding_params(student) + 2.0 * count_nonembedding_params(teacher)
 
 
 def train_loader(ctx: StageContext, cfg: TrainingStage, split: EncodedSplit, tokenizer: Any) -> DataLoader:
