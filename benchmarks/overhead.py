@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from greendistil.config import TrainingStage, WindowSpec, load_config, suite_steps
+from greendistil.data.batching import PlannedSteps
 from greendistil.distributed import SINGLE
 from greendistil.measure.window import Window
 from greendistil.pipeline import Contexts, RunRequest, WindowOpener, execute, start_run
@@ -71,6 +72,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=10, help="pairs of runs (default 10)")
     parser.add_argument("--flop-pairs", type=int, default=2,
                         help="pairs of unmeasured runs, every step FLOP-counted vs none (default 2; 0 skips)")
+    parser.add_argument("--part-repeats", type=int, default=20,
+                        help="repeats of each part of measuring timed alone (default 20; 0 skips)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     return parser.parse_args(argv)
 
@@ -134,9 +137,18 @@ def main(argv: list[str] | None = None) -> int:
                                                   Unmeasured(step.stage.kind))[0]
             counted_all.append((pair[0], pair[1]))
             print(f"flop pair {repeat + 1}: every step counted {pair[0]:.2f} s, none {pair[1]:.2f} s", flush=True)
+        summarize(args, step, run_dir, run, meters, walls, cpus, counted_all, workdir)
     finally:
         meters.gpu.close()
         lock.release()
+    print(f"load average (1, 5, 15 min) before {tuple(round(x, 2) for x in load_before)}, after "
+          f"{tuple(round(x, 2) for x in os.getloadavg())}; {os.cpu_count()} CPUs")
+    return 0
+
+
+def summarize(args: argparse.Namespace, step: Any, run_dir: Path, run: Any, meters: Any, walls: dict[str, list[float]],
+              cpus: dict[str, list[float]], counted_all: list[tuple[float, float]], workdir: Path) -> None:
+    """The on/off ratios, FLOP counting amplified, and the parts of measuring timed alone."""
     records = [r for r in read_records(run_dir) if r.get("stage") == step.stage.name]
     num_steps = int(records[-1].get("num_steps") or 0)
     sampled = [re.search(r"\((\d+)/(\d+) steps sampled", str(r.get("flops_source"))) for r in records]
@@ -157,9 +169,89 @@ def main(argv: list[str] | None = None) -> int:
         print(f"FLOP counting, amplified ({len(counted_all)} pairs, every step counted vs none): a counted step costs "
               f"{(plain_step_s + extra_s) / plain_step_s:.3f}x a plain one (+{extra_s * 1000:.1f} ms); at "
               f"{num_counted}/{num_steps} counted steps that is {share:.2%} of the stage's unmeasured wall time")
-    print(f"load average (1, 5, 15 min) before {tuple(round(x, 2) for x in load_before)}, after "
-          f"{tuple(round(x, 2) for x in os.getloadavg())}; {os.cpu_count()} CPUs")
-    return 0
+    if args.part_repeats > 0 and walls["off"]:
+        parts_dir, parts_lock = create_run_dir(workdir, "parts")  # the parts' records stay out of the stage's log
+        opener = WindowOpener(step.stage, dataclasses.replace(run, task=step.task, run_dir=parts_dir), meters,
+                              RunProgress(), time.perf_counter)
+        spec = step.stage.windows()[0]
+        try:
+            parts = time_parts(lambda: opener(spec), lambda: Unmeasured(step.stage.kind)(spec), num_steps=num_steps,
+                               hold_s=statistics.median(walls["off"]), repeats=args.part_repeats)
+        finally:
+            parts_lock.release()
+        num_checkpoints = int(records[-1].get("num_checkpoints") or 0)
+        flop_s = extra_s * num_counted if counted_all and num_steps else None
+        print_parts(parts, num_steps=num_steps, num_checkpoints=num_checkpoints, flop_s=flop_s,
+                    num_counted=num_counted, off_s=statistics.median(walls["off"]), repeats=args.part_repeats)
+
+
+@dataclasses.dataclass(frozen=True)
+class PartCosts:
+    """What each part of measuring adds to one run of the stage, each timed alone, beyond a bare window."""
+
+    window_s: float  # opening and closing a measured window (codecarbon's tracker, NVML, the run log, the record)
+    thread_cpu_s: float  # CPU time the meters' sampling threads took while a window was open for `hold_s`
+    hold_s: float
+    per_step_s: float  # the loop's calls on the window after every step (forecaster, budget check): one step's
+    flush_s: float  # one codecarbon flush (the loop flushes at every checkpoint)
+
+
+def time_parts(measured: Any, bare: Any, *, num_steps: int, hold_s: float, repeats: int) -> PartCosts:
+    """Each part of measuring timed alone, amplified by `repeats` (medians), measured window minus bare window:
+    on a shared machine the whole stage's on/off ratio drifts by more than these parts add up to.
+    `measured()` / `bare()` open a window of the stage; neither trains."""
+    def window_s(open_window: Any) -> float:
+        times = []
+        for _ in range(repeats):
+            start_s = time.perf_counter()
+            with open_window():
+                pass
+            times.append(time.perf_counter() - start_s)
+        return statistics.median(times)
+
+    def steps_s(open_window: Any) -> float:
+        planned = PlannedSteps(rows=[32] * num_steps, tokens=[32 * 20] * num_steps,
+                               padded_tokens=[32 * (16 + (i * 7) % 48) for i in range(num_steps)])
+        times = []
+        for _ in range(max(1, repeats // 4)):
+            with open_window() as window:
+                start_s = time.perf_counter()
+                for step in range(1, num_steps + 1):  # as train/loop.py calls them after each step
+                    window.observe_step(step, first_step=0, total_steps=num_steps, planned=planned)
+                    window.over_budget(step, 1)
+                times.append(time.perf_counter() - start_s)
+        return statistics.median(times) / num_steps
+
+    with measured() as window:  # the meters' threads: CPU taken while the window is open and the process idles
+        before = os.times()
+        time.sleep(hold_s)
+        after = os.times()
+        flushes = []
+        for _ in range(repeats):
+            start_s = time.perf_counter()
+            window.flush_meters()
+            flushes.append(time.perf_counter() - start_s)
+    return PartCosts(window_s=window_s(measured) - window_s(bare),
+                     thread_cpu_s=(after.user + after.system) - (before.user + before.system), hold_s=hold_s,
+                     per_step_s=steps_s(measured) - steps_s(bare), flush_s=statistics.median(flushes))
+
+
+def print_parts(parts: PartCosts, *, num_steps: int, num_checkpoints: int, flop_s: float | None, num_counted: int,
+                off_s: float, repeats: int) -> None:
+    """The parts of measuring per run of the stage, and their sum as a share of the stage's unmeasured time."""
+    threads_s = parts.thread_cpu_s * off_s / parts.hold_s  # at most this much CPU is taken from training
+    by_part = {"window open + close": parts.window_s, "meters' sampling threads (CPU)": threads_s,
+               f"per-step forecaster and budget check ({num_steps} steps)": parts.per_step_s * num_steps,
+               f"codecarbon flush at checkpoints ({num_checkpoints})": parts.flush_s * num_checkpoints}
+    if flop_s is not None:
+        by_part[f"FLOP counting ({num_counted} counted steps)"] = flop_s
+    print(f"parts of measuring, each timed alone (medians of {repeats}), per run of the stage:")
+    for name, seconds in by_part.items():
+        print(f"  {name}: {seconds * 1000:.1f} ms ({seconds / off_s:.2%})")
+    total_s = sum(by_part.values())
+    print(f"accounted overhead: {total_s * 1000:.0f} ms of the stage's {off_s:.2f} s unmeasured = {total_s / off_s:.2%}"
+          f" (ratio {1 + total_s / off_s:.4f}); one codecarbon flush {parts.flush_s * 1000:.1f} ms, the meters' threads "
+          f"{parts.thread_cpu_s * 1000:.0f} ms CPU over a {parts.hold_s:.1f} s window")
 
 
 def bootstrap_interval(on: list[float], off: list[float], *, level: float = 0.90,

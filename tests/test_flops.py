@@ -76,6 +76,16 @@ def test_sampler_schedule() -> None:
         FlopSampler(sample_every=0)
 
 
+@pytest.mark.parametrize(("num_steps", "leading"), [(None, 3), (10, 1), (63, 1), (199, 1), (200, 2), (300, 3),
+                                                    (5000, 3)])
+def test_a_short_stage_counts_fewer_leading_steps(num_steps: int | None, leading: int) -> None:
+    sampler = FlopSampler(sample_steps=3, sample_every=200, num_steps=num_steps)
+    counted = [s for s in range(num_steps or 1000) if sampler.should_count(s)]
+    assert counted[:leading] == list(range(leading)) and leading not in counted
+    every = FlopSampler(sample_steps=3, sample_every=1, num_steps=63)  # asked for every step: every step
+    assert all(every.should_count(s) for s in range(63))
+
+
 def test_sampler_extrapolates_by_padded_tokens_per_component() -> None:
     sampler = FlopSampler(sample_steps=2, sample_every=100)
     for step in range(10):

@@ -163,6 +163,8 @@ def test_the_overhead_benchmark_runs_both_sides_on_a_tiny_config(tmp_path: Path)
     assert re.search(r"FLOP-counted steps per measured run: \d+/\d+", done.stdout)
     assert re.search(r"CPU time on/off: .*\(90% bootstrap interval [0-9.]+ - [0-9.]+", done.stdout)
     assert re.search(r"a counted step costs [0-9.]+x a plain one", done.stdout)
+    assert re.search(r"accounted overhead: \d+ ms of the stage's [0-9.]+ s unmeasured = [0-9.]+%", done.stdout)
+    assert "per-step forecaster and budget check" in done.stdout
     bad = subprocess.run([sys.executable, str(repo / "benchmarks" / "overhead.py"), "--config", str(config),
                           "--stage", "evaluate"], env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "not a training stage" in bad.stderr

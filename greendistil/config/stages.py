@@ -51,8 +51,8 @@ class TrainingStage:
     max_grad_norm: float = 1.0
     group_by_length: bool = True  # batches of similar length: much less padding on short sentences
     log_every_steps: int = 50
-    flop_sample_steps: int = 3  # count FLOPs exactly on the first N steps ...
-    flop_sample_every: int = 200  # ... and on every N-th step after; extrapolate by padded tokens
+    flop_sample_steps: int = 3  # count FLOPs exactly on the first N steps (at most 1% of the steps, >= 1) ...
+    flop_sample_every: int = 200  # ... and on every N-th step after (1: every step); extrapolate by padded tokens
     checkpoint_every_steps: int = 500  # training state (model, optimizer, schedule, data position, RNG) for
     checkpoint_at_epoch_end: bool = True  # `--resume`; 0 = only at epoch ends (if set), never the final step
     # This stage's budgets, over its segments (None: no limit); the run's [run] budgets apply as well.

@@ -167,8 +167,8 @@ def train(*, cfg: TrainingStage, model: torch.nn.Module, loader: DataLoader, ste
     optimizer = make_optimizer(model, learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = linear_schedule(optimizer, total_steps=total_steps, warmup_steps=int(cfg.warmup_ratio * total_steps))
     position = _start_position(state, model, optimizer, scheduler, window, dist)
-    sampler = (FlopSampler(sample_steps=cfg.flop_sample_steps, sample_every=cfg.flop_sample_every) if count_flops
-               else FlopSampler.never())
+    sampler = (FlopSampler(sample_steps=cfg.flop_sample_steps, sample_every=cfg.flop_sample_every,
+                           num_steps=total_steps - position.step) if count_flops else FlopSampler.never())
     counters = window.counters
     counters.flop_sampler = sampler
     losses = LossLog(position, cfg.log_every_steps)
