@@ -33,8 +33,8 @@ from greendistil.data.batching import PlannedSteps, collate, encode
 from greendistil.distributed import SINGLE
 from greendistil.errors import ConfigError
 from greendistil.measure.budget import Limits
-from greendistil.measure.calibration import (COMPONENTS, CostForecast, StepMark, WindowCost, forward_forecast,
-                                             step_cost, training_forecast)
+from greendistil.measure.calibration import (COMPONENTS, CachedSteps, CostForecast, StepMark, WindowCost,
+                                             forward_forecast, step_cost, training_forecast)
 from greendistil.measure.flops import count_nonembedding_params
 from greendistil.measure.forecast import Forecast
 from greendistil.measure.window import Clock, Meters, RunInfo, Window, measure
@@ -135,13 +135,14 @@ class _MarkedWindow:
         self.marks: list[StepMark] = []
         self.planned: PlannedSteps | None = None
         self.total_steps = 0
+        self.cached_from_step: int | None = None  # the first step a teacher cache will serve
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._window, name)
 
     def observe_step(self, step: int, *, first_step: int, total_steps: int,
-                     planned: PlannedSteps | None = None) -> Forecast | None:
-        self.planned, self.total_steps = planned, total_steps
+                     planned: PlannedSteps | None = None, cached_from_step: int | None = None) -> Forecast | None:
+        self.planned, self.total_steps, self.cached_from_step = planned, total_steps, cached_from_step
         live = self._window.live_scalars()
         energy = {c: live[f"{c}_energy_kwh"] for c in COMPONENTS if f"{c}_energy_kwh" in live} or None
         power = {c: live[f"{c}_power_w"] for c in ("cpu", "ram") if f"{c}_power_w" in live} or None
@@ -198,10 +199,37 @@ def _plan_training(ctx: StageContext, stage: TrainingStage, run: RunInfo, meters
     analytic = record.get("flops_analytic")
     work |= {"epochs": stage.epochs, "num_train_examples": record.get("details", {}).get("train_examples"),
              "flops_analytic": analytic / cost.padded_tokens * padded if analytic and cost.padded_tokens else None}
+    cached, teacher_analytic = _cached_steps(ctx, stage, marked, record, clock)
+    if cached is not None and work["flops_analytic"] is not None:  # the run takes the served steps' 2N back too
+        work["flops_analytic"] -= teacher_analytic * cached.padded_tokens
     forecast = training_forecast(marks=marked.marks, cost=cost, warmup_steps=warmup_steps, total_steps=total_steps,
-                                 total_padded_tokens=padded, kg_co2_per_kwh=run.kg_co2_per_kwh)
+                                 total_padded_tokens=padded, kg_co2_per_kwh=run.kg_co2_per_kwh, cached=cached)
     logger.info("plan: %s calibrated on %d steps in %.1f s", stage.name, len(marked.marks), cost.duration_s)
     return _entry(run.task, stage, stage.name, stage.trained_role, work, forecast)
+
+
+def _cached_steps(ctx: StageContext, stage: TrainingStage, marked: _MarkedWindow, record: dict[str, Any],
+                  clock: Clock) -> tuple[CachedSteps | None, float]:
+    """The steps a distillation's teacher cache will serve, and the teacher forward each skips: timed on the
+    stage's own training batches (as evaluation's forwards are), its FLOPs per padded token as counted; and
+    the teacher's analytic FLOPs per padded token (2N)."""
+    if marked.cached_from_step is None or marked.planned is None or marked.cached_from_step >= marked.total_steps:
+        return None, 0.0
+    served = marked.planned.padded_tokens[marked.cached_from_step:marked.total_steps]
+    loaded = ctx.load("teacher")
+    teacher = loaded.model.to(ctx.device).eval()
+    encoded = ctx.encoded("train", loaded.tokenizer)
+    order = np.argsort(np.asarray(encoded.lengths), kind="stable")
+    rows = [order[i:i + stage.batch_size] for i in range(0, len(order), stage.batch_size)]
+    count = max(FORWARD_TIMED_BATCHES, math.ceil(FORWARD_TIMED_EXAMPLES / stage.batch_size))
+    s_per_step, s_per_token = _time_forward(teacher, _batches(encoded, _spread(rows, count), teacher,
+                                                              loaded.tokenizer.pad_token_id, ctx.device), clock)
+    teacher_flops = (record.get("flops_by_component") or {}).get("teacher_forward")
+    padded = int(record.get("num_padded_tokens") or 0)
+    return CachedSteps(num_steps=len(served), padded_tokens=int(sum(served)), teacher_s_per_step=s_per_step,
+                       teacher_s_per_token=s_per_token if not math.isnan(s_per_token) else 0.0,
+                       teacher_flops_per_token=teacher_flops / padded if teacher_flops and padded else None,
+                       ), 2.0 * count_nonembedding_params(teacher)
 
 
 def _time_forward(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]], clock: Clock) -> tuple[float, float]:

@@ -13,7 +13,7 @@ from conftest import write_sst2, write_tiny_config
 from fakes import FakeClock
 from greendistil.cli import main
 from greendistil.measure.live import EnergyNow
-from greendistil.measure.forecast import METHODS, Forecaster
+from greendistil.measure.forecast import METHODS, CachedStepCost, Forecaster
 
 
 class Meter:
@@ -71,6 +71,37 @@ def test_by_padded_tokens_a_short_first_batch_sample_does_not_bias_the_forecast(
     assert first.at_step == 10 and first.duration_s == pytest.approx(0.01 * sum(tokens))  # per step: 100 s, -50%
     assert first.energy_kwh == pytest.approx(1e-6 * sum(tokens))
     assert forecaster.summary()["method"] == METHODS["padded_tokens"]
+
+
+@pytest.mark.parametrize("padded", [True, False])
+def test_steps_a_teacher_cache_serves_are_forecast_at_their_weight(padded: bool) -> None:
+    """3 epochs of 40 steps; from step 40 on a cache serves the teacher's outputs and a step costs 0.7 of a
+    full one (0.05 s + 0.002 s per padded token, times 0.7). Forecast in epoch 1, where no step was served."""
+    clock, meter = FakeClock(start_s=0.0), Meter()
+    tokens = [50 + (i * 37) % 200 for i in range(120)]
+    cached = CachedStepCost(first_step=40, weight=0.7, source="test")
+    forecaster = Forecaster(first_step=0, total_steps=120, energy_now=meter, clock=clock, start_s=0.0,
+                            kg_co2_per_kwh=1.0, padded_tokens_per_step=tokens if padded else None, cached=cached)
+    uncached = Forecaster(first_step=0, total_steps=120, energy_now=meter, clock=clock, start_s=0.0,
+                          kg_co2_per_kwh=1.0, padded_tokens_per_step=tokens if padded else None)
+    actual_s = 0.0
+    for step, size in enumerate(tokens, start=1):
+        seconds = (0.05 + 0.002 * size) * (0.7 if step > 40 else 1.0)
+        actual_s += seconds
+        clock.advance(seconds)
+        meter.energy_kwh += seconds * 1e-5  # a constant power
+        forecaster.observe(step)
+        uncached.observe(step)
+    at = {f.at_fraction: f for f in forecaster.forecasts}
+    if padded:  # the fitted step cost on the full scale: exact at 10% (epoch 1) and at 50% (epoch 2)
+        assert at[0.1].duration_s == pytest.approx(actual_s) and at[0.5].duration_s == pytest.approx(actual_s)
+        assert at[0.1].energy_kwh == pytest.approx(actual_s * 1e-5)
+        assert uncached.forecasts[0].duration_s > 1.2 * actual_s  # every step as a full one: far over
+    else:  # per step: the mean step so far, weighted
+        assert at[0.5].duration_s == pytest.approx(actual_s, rel=0.1)
+    summary = forecaster.summary()
+    assert (summary["cached_steps_from"], summary["cached_step_weight"], summary["cached_step_weight_source"]) == (
+        40, 0.7, "test")
 
 
 def test_a_resumed_segment_forecasts_its_own_end() -> None:

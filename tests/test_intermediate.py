@@ -135,8 +135,7 @@ def test_layer_map_and_term_validation(stage: DistillStage, student: Shape, mess
 def test_config_refuses_malformed_maps_and_terms_the_objective_cannot_use(tmp_path: Path) -> None:
     for stage, fragment in (({"hidden_layer_map": [[0, 1, 2]]}, "stages.1.hidden_layer_map"),
                             ({"hidden_layer_map": [[0, 1], [0, 2]]}, "each student layer at most once"),
-                            ({"objective": "mlm", "alpha_qkv": 1.0}, "stages.1.objective"),
-                            ({"alpha_hidden": 1.0, "cache_teacher": True}, "stages.1.cache_teacher")):
+                            ({"objective": "mlm", "alpha_qkv": 1.0}, "stages.1.objective")):
         raw = tiny_config(tmp_path / "glue", tmp_path / "runs")
         raw["stages"][1].update(stage)
         with pytest.raises(ConfigError, match=fragment.replace(".", r"\.")):
@@ -191,7 +190,9 @@ def test_a_narrower_scratch_student_distils_with_hidden_and_relation_terms(tmp_p
     assert inner["hidden_layer_map"] == [[0, 1]] and inner["relation_layer_map"] == [[0, 1]]
     assert inner["attention_taps"] == {"student_layers": [0], "teacher_layers": [1], "parts": ["query", "key", "value"]}
     assert {"loss_hidden", "loss_qkv"} <= set(details["mean_loss"]) and "loss_cos" not in details["mean_loss"]
-    assert details["teacher_cache"]["used"] is False and "intermediate" in details["teacher_cache"]["reason"]
+    cache = details["teacher_cache"]  # 2 epochs: the second is served, with the parts the terms read
+    assert cache["used"] is True and cache["parts"] == ["hidden:2", "query:1", "key:1", "value:1"]
+    assert cache["num_batches_stored"] == cache["num_batches_served"] == 4
     assert distill["flops"] > 0 and set(distill["flops_by_component"]) == {"teacher_forward", "student_train"}
     report = (tmp_path / "runs" / "narrow" / "report" / "report.md").read_text(encoding="utf-8")
     objectives = section_of(report, "## Distillation objectives")

@@ -21,20 +21,23 @@ EPOCHS = 3
 
 def test_the_cache_gives_back_what_it_stored_padded_to_the_new_batch() -> None:
     lengths = [3, 5, 2]
+    parts = ("hidden:2", "query:1")
     cache = TeacherCache(CacheShape(num_examples=3, num_real_tokens=10, num_labels=2, hidden_size=4, logits=True,
-                                    hidden=True), lengths, torch.device("cpu"))
-    hidden = torch.randn(2, 5, 4)  # examples 0 and 1 in one batch, padded to 5
+                                    token_parts=parts), lengths, torch.device("cpu"))
+    hidden, query = torch.randn(2, 5, 4), torch.randn(2, 5, 4)  # examples 0 and 1 in one batch, padded to 5
     logits = torch.randn(2, 2)
-    cache.store(torch.tensor([0, 1]), logits, hidden)
+    cache.store(torch.tensor([0, 1]), logits, {"hidden:2": hidden, "query:1": query})
     assert cache.lookup(torch.tensor([1, 2]), torch.ones(2, 5)) is None  # example 2 not seen yet
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])  # now 1 first, then 0, padded to 5
-    got_logits, got_hidden = cache.lookup(torch.tensor([1, 0]), mask)
-    assert torch.equal(got_logits, logits[[1, 0]])
-    assert torch.equal(got_hidden[0], hidden[1]) and torch.equal(got_hidden[1, :3], hidden[0, :3])
-    assert torch.count_nonzero(got_hidden[1, 3:]) == 0  # padding: zeros, never read by the loss
+    got_logits, got = cache.lookup(torch.tensor([1, 0]), mask)
+    assert torch.equal(got_logits, logits[[1, 0]]) and list(got) == list(parts)
+    for name, stored in (("hidden:2", hidden), ("query:1", query)):
+        assert torch.equal(got[name][0], stored[1]) and torch.equal(got[name][1, :3], stored[0, :3])
+        assert torch.count_nonzero(got[name][1, 3:]) == 0  # padding: zeros, never read by the loss
     assert (cache.num_stored, cache.num_served) == (1, 1)
-    assert CacheShape(num_examples=3, num_real_tokens=10, num_labels=2, hidden_size=4, logits=True,
-                      hidden=False).num_bytes == 3 * 2 * 4
+    assert CacheShape(num_examples=3, num_real_tokens=10, num_labels=2, hidden_size=4, logits=True).num_bytes == 3 * 2 * 4
+    assert CacheShape(num_examples=3, num_real_tokens=10, num_labels=2, hidden_size=4, logits=False,
+                      token_parts=parts).num_bytes == 10 * 4 * 2 * 4
 
 
 def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -45,31 +48,58 @@ def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
+# The intermediate terms on top of the triple loss: hidden-state MSE (embeddings too), attention and value
+# relations (MiniLM), Q/K/V relations (MiniLMv2), each reading parts of the teacher that the cache must hold.
+INTERMEDIATE = {"alpha_hidden": 1.0, "hidden_embeddings": True, "alpha_attn": 1.0, "alpha_value": 1.0,
+                "alpha_qkv": 1.0, "relation_heads": 2}
+
+
 @pytest.fixture(scope="module")
-def distilled(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """The tiny distillation over 3 epochs, logged every step, with the cache off and on."""
+def distilled(tmp_path_factory: pytest.TempPathFactory) -> dict[Any, Any]:
+    """The tiny distillation over 3 epochs, logged every step, with the cache off and on: the triple loss
+    (keys False, True) and with every intermediate term ("inner", False / True)."""
     root = tmp_path_factory.mktemp("cache")
     glue = write_sst2(root / "glue")
-    runs = {}
-    for setting in (False, True):
-        config = write_tiny_config(root, glue, {
-            "run": {"tensorboard": True, "report": False},
-            "stages": [{"kind": "finetune", "role": "teacher", "batch_size": 16},
-                       {"kind": "distill", "batch_size": 16, "epochs": EPOCHS, "log_every_steps": 1,
-                        "cache_teacher": setting}]}, name=f"cache-{setting}.toml")
-        run_id = f"cache-{str(setting).lower()}"
-        assert main(["run", str(config), "--no-progress", "--run-id", run_id]) == 0
-        run_dir = root / "runs" / run_id
-        runs[setting] = {"dir": run_dir, "distill": read_records_strict(run_dir)[-1], "scalars": scalars(run_dir)}
+    runs: dict[Any, Any] = {}
+    for terms, extra in (("", {}), ("inner", INTERMEDIATE)):
+        for setting in (False, True):
+            config = write_tiny_config(root, glue, {
+                "run": {"tensorboard": True, "report": False},
+                "stages": [{"kind": "finetune", "role": "teacher", "batch_size": 16},
+                           {"kind": "distill", "batch_size": 16, "epochs": EPOCHS, "log_every_steps": 1,
+                            "cache_teacher": setting, **extra}]}, name=f"cache-{terms}{setting}.toml")
+            run_id = f"cache-{terms}{str(setting).lower()}"
+            assert main(["run", str(config), "--no-progress", "--run-id", run_id]) == 0
+            run_dir = root / "runs" / run_id
+            runs[(terms, setting) if terms else setting] = {
+                "dir": run_dir, "distill": read_records_strict(run_dir)[-1], "scalars": scalars(run_dir)}
     return runs
 
 
-def test_every_steps_loss_terms_equal_the_uncached_runs(distilled: dict[Any, Any]) -> None:
-    plain, cached = distilled[False]["scalars"], distilled[True]["scalars"]
-    for term in ("loss", "loss_ce", "loss_task", "loss_cos"):
+@pytest.mark.parametrize("terms", ["", "inner"])
+def test_every_steps_loss_terms_equal_the_uncached_runs(distilled: dict[Any, Any], terms: str) -> None:
+    key = (lambda setting: (terms, setting)) if terms else (lambda setting: setting)
+    plain, cached = distilled[key(False)]["scalars"], distilled[key(True)]["scalars"]
+    names = ["loss", "loss_ce", "loss_task", "loss_cos"] + (
+        ["loss_hidden", "loss_attn", "loss_value", "loss_qkv"] if terms else [])
+    for term in names:
         a, b = plain[f"distill/loss/{term}"], cached[f"distill/loss/{term}"]
         assert [s for s, _ in a] == [s for s, _ in b] and len(a) == EPOCHS * 4  # 64 examples / 16, per epoch
         assert max(abs(x - y) for (_, x), (_, y) in zip(a, b)) < 1e-5, term
+    served = distilled[key(True)]["distill"]["details"]["teacher_cache"]
+    assert (served["num_batches_stored"], served["num_batches_served"]) == (4, 8)
+
+
+def test_the_cache_holds_the_parts_the_intermediate_terms_read(distilled: dict[Any, Any]) -> None:
+    """The tiny teacher has 2 layers; the student copies layer 0 (default map: student 0 -> teacher 0, so
+    hidden_states[1]; the embeddings hidden_states[0]); the relations read the last layers (teacher 1)."""
+    cache = distilled[("inner", True)]["distill"]["details"]["teacher_cache"]
+    assert cache["parts"] == ["hidden:2", "hidden:0", "hidden:1", "query:1", "key:1", "value:1"]
+    record = distilled[("inner", True)]["distill"]
+    assert record["details"]["intermediate"]["hidden_layer_map"] == [[0, 0]]
+    plain = distilled[("inner", False)]["distill"]
+    assert plain["details"]["teacher_cache"]["used"] is False
+    assert record["flops_by_component"]["teacher_forward"] < plain["flops_by_component"]["teacher_forward"] / 2
 
 
 def test_the_saved_flops_are_the_skipped_forwards(distilled: dict[Any, Any]) -> None:
@@ -176,7 +206,7 @@ def test_auto_does_not_cache_under_ddp() -> None:
     from greendistil.config import DistillStage
     from greendistil.stages.distill import teacher_cache
 
-    teacher = SimpleNamespace(config=SimpleNamespace(num_labels=2, hidden_size=8))
+    teacher = SimpleNamespace(config=SimpleNamespace(num_labels=2, hidden_size=8, num_hidden_layers=2))
     split = type("Split", (), {"num_tokens": 40, "lengths": [4] * 10, "__len__": lambda self: 10})()
     for world_size, used in ((1, True), (2, False)):
         ctx = SimpleNamespace(dist=SimpleNamespace(world_size=world_size), device=torch.device("cpu"), resuming=False)

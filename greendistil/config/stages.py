@@ -155,8 +155,8 @@ class DistillStage(TrainingStage):
     ce_on_masked_only: bool = False  # mlm: the soft-target KL at masked tokens only (DistilBERT: restrict_ce_to_mask)
     # task: keep the frozen teacher's outputs from the first epoch and serve later epochs from memory (fp32,
     # on the training device). auto: when the stage has more than one epoch and the cache fits in
-    # teacher_cache_max_mb, in one process (under DDP a rank's later batches hold rows other ranks saw), and
-    # no intermediate term reads the teacher's inner layers.
+    # teacher_cache_max_mb, in one process (under DDP a rank's later batches hold rows other ranks saw). With
+    # intermediate terms it also holds the hidden states and attention projections they read.
     # mlm: never (its masks, and so the teacher's inputs, change every epoch).
     cache_teacher: Literal["auto"] | bool = "auto"
     teacher_cache_max_mb: float = 2048.0
@@ -178,9 +178,6 @@ class DistillStage(TrainingStage):
         _require(self.teacher_cache_max_mb > 0, "teacher_cache_max_mb", self.teacher_cache_max_mb, "> 0 (MB)")
         _require(not (self.cache_teacher is True and self.objective == "mlm"), "cache_teacher", self.cache_teacher,
                  "false or 'auto' with objective = 'mlm': its masks change the teacher's inputs every epoch")
-        _require(not (self.cache_teacher is True and self.reads_teacher_layers), "cache_teacher", self.cache_teacher,
-                 "false or 'auto' with an intermediate term (alpha_hidden, alpha_attn, alpha_value, alpha_qkv): the "
-                 "cache holds only the teacher's logits and last hidden states")
         _require(not (self.objective == "mlm" and any(getattr(self, k) > 0 for k in INTERMEDIATE_ALPHAS)),
                  "objective", self.objective, "'task' or 'corpus' with an intermediate term (alpha_hidden, "
                  "alpha_attn, alpha_value, alpha_qkv); 'mlm' has the soft-target, MLM and cosine terms only")

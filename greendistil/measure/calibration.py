@@ -17,6 +17,11 @@ window's mean power times the duration where no live figure was read. FLOPs are 
 FLOPs per padded token times the stage's padded tokens. Every figure's provenance starts with
 `forecast:` and names its method and what it was calibrated on.
 
+Distillation with a teacher cache: the calibration's steps are all first-epoch steps, which run the teacher;
+a cached later epoch does not. The plan times the teacher's forward passes on the stage's batches (as for
+evaluation) and takes that time, and the teacher's counted FLOPs per padded token, off every step the cache
+will serve (`CachedSteps`).
+
 Forward passes (evaluation, the benchmark): each timed batch's seconds, fitted as a cost per batch plus a
 cost per padded token (at batch size 1 the call's own cost is most of it), applied to the stage's batches
 and padded tokens; a benchmark window repeats whole passes until both `repeats` and `min_window_s` are
@@ -105,6 +110,32 @@ class CostForecast:
                 "flops_method": self.flops_method if self.flops is not None else None, **self.detail}
 
 
+@dataclass(frozen=True, kw_only=True)
+class CachedSteps:
+    """The steps a teacher cache will serve (the epochs after the first) and what each does not spend: the
+    teacher's forward, timed alone (seconds per step and per padded token) and its FLOPs per padded token."""
+
+    num_steps: int
+    padded_tokens: int
+    teacher_s_per_step: float
+    teacher_s_per_token: float
+    teacher_flops_per_token: float | None
+
+    @property
+    def saved_s(self) -> float:
+        return self.num_steps * self.teacher_s_per_step + self.padded_tokens * self.teacher_s_per_token
+
+    @property
+    def saved_flops(self) -> float | None:
+        return None if self.teacher_flops_per_token is None else self.teacher_flops_per_token * self.padded_tokens
+
+    def detail(self) -> dict[str, Any]:
+        return {"teacher_cache_served_steps": self.num_steps, "teacher_cache_saved_s": self.saved_s,
+                "teacher_cache_saved_flops": self.saved_flops,
+                "teacher_forward_s_per_step": self.teacher_s_per_step,
+                "teacher_forward_s_per_million_padded_tokens": self.teacher_s_per_token * 1e6}
+
+
 def _energy(cost: WindowCost, duration_s: float) -> dict[str, float]:
     return {c: kw * duration_s / 3600.0 for c, kw in cost.power_kw().items()}
 
@@ -114,10 +145,12 @@ def _co2(energy_kwh: dict[str, float], kg_co2_per_kwh: float) -> float | None:
 
 
 def training_forecast(*, marks: list[StepMark], cost: WindowCost, warmup_steps: int, total_steps: int,
-                      total_padded_tokens: int, kg_co2_per_kwh: float) -> CostForecast:
+                      total_padded_tokens: int, kg_co2_per_kwh: float,
+                      cached: CachedSteps | None = None) -> CostForecast:
     """The whole training stage's figures from its calibration (see the module's docstring). `marks`: one
     after each calibration step, in order; `warmup_steps`: the first steps left out of the rate (at least
-    one is kept out; fewer timed steps than that: the rate is taken over every step after the first)."""
+    one is kept out; fewer timed steps than that: the rate is taken over every step after the first);
+    `cached`: the later steps a teacher cache will serve, whose teacher forward is taken off."""
     if not marks:
         raise ValueError("a calibration needs at least one step")
     last = marks[-1]
@@ -135,15 +168,22 @@ def training_forecast(*, marks: list[StepMark], cost: WindowCost, warmup_steps: 
     warm = marks[warm_index]
     s_per_step, s_per_token = step_cost(marks[warm_index:])
     head_s, tail_s = warm.time_s, max(0.0, cost.duration_s - last.time_s)
-    duration_s = (head_s + (total_steps - warm.step) * s_per_step
-                  + (total_padded_tokens - warm.padded_tokens) * s_per_token + tail_s)
+    steps_s = (total_steps - warm.step) * s_per_step + (total_padded_tokens - warm.padded_tokens) * s_per_token
+    if cached is not None:  # a served step saves its teacher forward, at most its whole fitted time
+        steps_s -= min(cached.saved_s, cached.num_steps * s_per_step + cached.padded_tokens * s_per_token)
+        if flops is not None and cached.saved_flops is not None:
+            flops -= cached.saved_flops
+    duration_s = head_s + steps_s + tail_s
     energy, energy_method = _steps_energy(marks[warm_index:], duration_s - head_s), STEP_ENERGY_METHOD
     if energy is None:
         energy, energy_method = _energy(cost, duration_s), ENERGY_METHOD
     return CostForecast(duration_s=duration_s, energy_kwh=energy, energy_basis=cost.energy_sources,
-                        co2_kg=_co2(energy, kg_co2_per_kwh), flops=flops, duration_method=DURATION_METHOD,
+                        co2_kg=_co2(energy, kg_co2_per_kwh), flops=flops,
+                        duration_method=DURATION_METHOD + ("-minus-the-timed-teacher-forward-on-cached-steps"
+                                                           if cached is not None else ""),
                         energy_method=energy_method,
-                        detail={"calibration_steps": last.step, "timed_steps": last.step - warm.step,
+                        detail=(cached.detail() if cached is not None else {}) | {
+                                "calibration_steps": last.step, "timed_steps": last.step - warm.step,
                                 "head_s": head_s, "tail_s": tail_s, "s_per_step": s_per_step,
                                 "s_per_million_padded_tokens": s_per_token * 1e6,
                                 "calibration_mean_power_w": {c: kw * 1000.0 for c, kw in cost.power_kw().items()},

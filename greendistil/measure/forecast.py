@@ -81,6 +81,20 @@ class Forecast:
                     f"{prefix}.run_co2_kg": self.run_co2_kg} if self.run_duration_s is not None else {})}
 
 
+@dataclass(frozen=True, kw_only=True)
+class CachedStepCost:
+    """The steps a teacher cache serves, from `first_step` (0-based) on, each costing `weight` of a full step
+    (1 - the teacher forward's share of a step's time), and where that share came from."""
+
+    first_step: int
+    weight: float
+    source: str  # e.g. "forecast:plan-timed-teacher-forward", "estimated:teacher-flop-share"
+
+    def weights(self, total_steps: int) -> list[float]:
+        served_from = min(max(self.first_step, 0), total_steps)
+        return [1.0] * served_from + [self.weight] * (total_steps - served_from)
+
+
 def _step_at(fraction: float, total_steps: int) -> int:
     """The first step at or past `fraction` of the steps (the epsilon absorbs float error: 0.1 x 30)."""
     return math.ceil(fraction * total_steps - 1e-9)
@@ -99,20 +113,32 @@ class Forecaster:
 
     `first_step`: the step the segment started from (0, or a resumed checkpoint's); `energy_now`: the
     window's energy until now (or None); `clock`: the window's clock, read once per observed step;
-    `padded_tokens_per_step`: each of the stage's steps' padded tokens (None: extrapolate per step).
+    `padded_tokens_per_step`: each of the stage's steps' padded tokens (None: extrapolate per step);
+    `cached`: the steps a teacher cache serves and their cost relative to a full step (they skip the
+    teacher's forward); the fit puts every step back on the full step's scale and the steps left are
+    forecast at their own weights.
     """
 
     def __init__(self, *, first_step: int, total_steps: int, energy_now: Callable[[], EnergyNow | None],
                  clock: Callable[[], float], start_s: float, kg_co2_per_kwh: float,
                  padded_tokens_per_step: Sequence[int] | None = None, fractions: tuple[float, ...] = FRACTIONS,
-                 warmup_fraction: float = WARMUP_FRACTION, run_totals: RunTotals | None = None) -> None:
+                 warmup_fraction: float = WARMUP_FRACTION, run_totals: RunTotals | None = None,
+                 cached: CachedStepCost | None = None) -> None:
         self.first_step, self.total_steps = first_step, total_steps
         self.run_totals = run_totals
         self._energy_now, self._clock, self._kg_co2_per_kwh = energy_now, clock, kg_co2_per_kwh
         usable = padded_tokens_per_step is not None and len(padded_tokens_per_step) >= total_steps
         self.unit = "padded_tokens" if usable else "steps"
-        # work done after k steps: cumulative padded tokens (or k itself)
-        self._work = list(itertools.accumulate(padded_tokens_per_step[:total_steps], initial=0)) if usable else None
+        self.cached = cached
+        weights = cached.weights(total_steps) if cached is not None else None
+        self._weights = weights
+        padded = list(padded_tokens_per_step[:total_steps]) if usable else None  # type: ignore[index]
+        # after k steps: padded tokens (for the fit), the steps and the work (padded tokens, or steps) weighted
+        self._padded = list(itertools.accumulate(padded, initial=0)) if padded is not None else None
+        self._steps_weighted = list(itertools.accumulate(weights, initial=0.0)) if weights else None
+        per_step = padded if padded is not None else [1] * total_steps
+        self._work = (list(itertools.accumulate((w * p for w, p in zip(weights, per_step)), initial=0.0)) if weights
+                      else list(itertools.accumulate(per_step, initial=0)) if padded is not None else None)
         self._start = _Mark(first_step, start_s, 0.0, self._work_at(first_step))
         self._warm_end_step = first_step + max(1, math.ceil(warmup_fraction * total_steps))
         self._warm: _Mark | None = None
@@ -126,12 +152,12 @@ class Forecaster:
         if self._warm is None:
             if step >= self._warm_end_step:
                 self._warm = self._mark(step)
-                self._steps = [StepMark(step, self._warm.time_s, int(self._warm.work))]
+                self._steps = [StepMark(step, self._warm.time_s, self._padded_at(step))]
             return None
         if not self._pending:
             return None
         if self.unit == "padded_tokens":  # each step's time, for the fit of its fixed and per-token cost
-            self._steps.append(StepMark(step, self._clock(), int(self._work_at(step))))
+            self._steps.append(StepMark(step, self._clock(), self._padded_at(step)))
         if step < _step_at(self._pending[0], self.total_steps):
             return None
         fraction = self._pending.pop(0)
@@ -142,7 +168,24 @@ class Forecaster:
         return forecast
 
     def _work_at(self, step: int) -> float:
+        """The work done after `step` steps: padded tokens or steps, each step at its weight."""
         return float(self._work[step]) if self._work is not None else float(step)
+
+    def _padded_at(self, step: int) -> int:
+        return int(self._padded[step]) if self._padded is not None else step
+
+    def _steps_at(self, step: int) -> float:
+        return float(self._steps_weighted[step]) if self._steps_weighted is not None else float(step)
+
+    def _full_scale(self) -> list[StepMark]:
+        """The observed steps with each step's time divided by its weight: every step as a full one."""
+        if self._weights is None:
+            return self._steps
+        marks, time_s = [self._steps[0]], self._steps[0].time_s
+        for before, mark in itertools.pairwise(self._steps):
+            time_s += (mark.time_s - before.time_s) / self._weights[mark.step - 1]
+            marks.append(StepMark(mark.step, time_s, mark.padded_tokens))
+        return marks
 
     def _mark(self, step: int) -> _Mark:
         reading = self._energy_now()
@@ -152,14 +195,14 @@ class Forecaster:
     def _time_left_s(self, warm: _Mark, now: _Mark) -> float:
         """The steps left, at the cost per step and per padded token fitted since the warm-up (Theil-Sen, as
         the plan's calibration); per step, or without a usable fit, at the mean rate per unit of work."""
-        steps_left = self.total_steps - now.step
+        steps_left = self._steps_at(self.total_steps) - self._steps_at(now.step)
         work_done, work_left = now.work - warm.work, self._work_at(self.total_steps) - now.work
         if self.unit == "padded_tokens" and len(self._steps) > 3:
-            s_per_step, s_per_token = step_cost(self._steps)
+            s_per_step, s_per_token = step_cost(self._full_scale())
             if not math.isnan(s_per_token):
                 return steps_left * s_per_step + work_left * s_per_token
         if work_done <= 0:  # steps of no padded tokens cannot happen; guard the division anyway
-            work_done, work_left = float(now.step - warm.step), float(steps_left)
+            work_done, work_left = float(now.step - warm.step), float(self.total_steps - now.step)
         return work_left * (now.time_s - warm.time_s) / work_done
 
     def _forecast(self, fraction: float, now: _Mark) -> Forecast:
@@ -186,6 +229,9 @@ class Forecaster:
                                   "first_step": self.first_step, "total_steps": self.total_steps}
         if self.run_totals is not None:
             fields["run_total_method"] = RUN_TOTAL_METHODS[self.run_totals.planned]
+        if self.cached is not None:
+            fields |= {"cached_steps_from": self.cached.first_step, "cached_step_weight": self.cached.weight,
+                       "cached_step_weight_source": self.cached.source}
         for forecast in self.forecasts:
             fields |= forecast.fields()
         return fields

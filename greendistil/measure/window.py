@@ -24,7 +24,7 @@ from greendistil.errors import BudgetExceeded, RunInterrupted
 from greendistil.measure.budget import BudgetGuard
 from greendistil.measure.carbon import CarbonMeter
 from greendistil.measure.counters import StageCounters
-from greendistil.measure.forecast import Forecast, Forecaster, RunTotals
+from greendistil.measure.forecast import CachedStepCost, Forecast, Forecaster, RunTotals
 from greendistil.measure.live import LiveReading, live_energy, read_live
 from greendistil.measure.nvml import GpuReading, NvmlMeter
 from greendistil.measure.ranks import RankReading, Work, combine, flop_figures
@@ -93,10 +93,11 @@ class Window:
         self._start_s: float | None = None
 
     def observe_step(self, step: int, *, first_step: int, total_steps: int,
-                     planned: PlannedSteps | None = None) -> Forecast | None:
+                     planned: PlannedSteps | None = None, cached_from_step: int | None = None) -> Forecast | None:
         """After each training step (`step` of `total_steps` done; the segment started at `first_step`): the
         forecast of the segment's end made at this step, if it reached one of `measure.forecast.FRACTIONS`.
-        `planned` (each step's shape, known in advance): forecast by padded tokens, not by steps."""
+        `planned` (each step's shape, known in advance): forecast by padded tokens, not by steps.
+        `cached_from_step`: the first step (0-based) a teacher cache serves; those steps are forecast lighter."""
         if self._meters is None or self._start_s is None or self.run is None:
             return None
         if self.forecaster is None:
@@ -105,8 +106,26 @@ class Window:
                                          energy_now=lambda: live_energy(meters), clock=self._clock,
                                          start_s=self._start_s, kg_co2_per_kwh=self.run.kg_co2_per_kwh,
                                          padded_tokens_per_step=planned.padded_tokens if planned is not None else None,
-                                         run_totals=self.run_totals)
+                                         run_totals=self.run_totals, cached=self._cached_cost(cached_from_step))
         return self.forecaster.observe(step)
+
+    def _cached_cost(self, first_step: int | None) -> CachedStepCost | None:
+        """What a served step costs next to a full one: 1 - the teacher forward's share of a step, as the plan
+        timed it (per padded token), else as the counted FLOPs of the steps so far split it."""
+        if first_step is None:
+            return None
+        plan = self.plan_forecast or {}
+        teacher_s, step_s = plan.get("teacher_forward_s_per_million_padded_tokens"), plan.get("s_per_million_padded_tokens")
+        if teacher_s and step_s and 0 < teacher_s < step_s:
+            return CachedStepCost(first_step=first_step, weight=1.0 - teacher_s / step_s,
+                                  source="forecast:the-plan's-timed-teacher-forward-share-per-padded-token")
+        sampler = self.counters.flop_sampler
+        flops = sampler.by_component() if sampler is not None else {}
+        total = sum(flops.values())
+        if flops.get("teacher_forward") and total > flops["teacher_forward"]:
+            return CachedStepCost(first_step=first_step, weight=1.0 - flops["teacher_forward"] / total,
+                                  source="estimated:teacher-forward-share-of-the-counted-flops")
+        return None
 
     def elapsed_s(self) -> float | None:
         """Seconds since the window opened, on its clock (None before it opened)."""

@@ -29,22 +29,31 @@ from greendistil.models.student import describe_shape
 from greendistil.stages.context import StageContext, single_window
 from greendistil.stages.distill_corpus import distill_corpus
 from greendistil.stages.distill_mlm import distill_mlm
-from greendistil.stages.matched import describe, set_up_matching
+from greendistil.stages.matched import Matching, describe, set_up_matching
 from greendistil.stages.training import (TrainingPlan, backward_terms, distill_flops_per_token, name_model, publish_plan,
                                          train_loader, train_plan)
 from greendistil.train.loop import LossTerms
-from greendistil.train.teacher_cache import CacheShape, TeacherCache
+from greendistil.train.teacher_cache import CacheShape, TeacherCache, hidden_part
 from greendistil.train.losses import hidden_cosine, soft_target_kl, soft_target_mse, task_loss, weighted_sum
 
 
 class TeacherView(NamedTuple):
     """What a step reads of the teacher: logits (B, C), last hidden states (B, T, H), and with intermediate
-    terms every layer's hidden states (embeddings first) and the attention taps."""
+    terms its hidden states by index (embeddings first: every layer's, or from the cache those the terms
+    read) and the attention taps."""
 
-    logits: torch.Tensor
-    last_hidden: torch.Tensor
-    hidden_states: tuple[torch.Tensor, ...] = ()
+    logits: torch.Tensor | None
+    last_hidden: torch.Tensor | None
+    hidden_states: tuple[torch.Tensor, ...] | Mapping[int, torch.Tensor] = ()
     taps: Mapping[tuple[int, str], torch.Tensor] = MappingProxyType({})
+
+    @classmethod
+    def of_cache(cls, logits: torch.Tensor | None, parts: Mapping[str, torch.Tensor], num_layers: int) -> TeacherView:
+        """A served batch's view from the cache's parts (`train.teacher_cache` names them)."""
+        hidden = {int(name.split(":")[1]): t for name, t in parts.items() if name.startswith("hidden:")}
+        taps = {(int(name.split(":")[1]), name.split(":")[0]): t for name, t in parts.items()
+                if not name.startswith("hidden:")}
+        return cls(logits, hidden.get(num_layers), hidden, taps)
 
 
 @single_window
@@ -70,24 +79,26 @@ def run_distill(ctx: StageContext, cfg: DistillStage, window: Window) -> None:
                            find_unused_parameters=cfg.alpha_ce == 0 and cfg.alpha_task == 0)
     weights = {"loss_ce": cfg.alpha_ce, "loss_task": cfg.alpha_task, "loss_cos": cfg.alpha_cos,
                **(matching.match.weights if matching else {})}
-    cache, cache_details = teacher_cache(ctx, cfg, teacher, train_split)
+    cache, cache_details = teacher_cache(ctx, cfg, teacher, train_split, matching)
     served_padded_tokens = [0]
+    num_teacher_layers = int(teacher.config.num_hidden_layers)
 
     def teacher_outputs(batch: Batch, scope: FlopScope) -> TeacherView:
-        """The teacher's logits (B, C) and last hidden states (B, T, H): from the cache when it has the whole
-        batch; with intermediate terms (never cached) also every layer's hidden states and the taps."""
+        """The teacher's logits (B, C) and last hidden states (B, T, H), with intermediate terms also its hidden
+        states and attention taps: from the cache when it has the whole batch (the parts the terms read)."""
         indices = batch.get(EXAMPLE_INDEX)  # (B,) on the CPU
         found = cache.lookup(indices, batch["attention_mask"]) if cache is not None and indices is not None else None
         if found is not None:
             served_padded_tokens[0] += batch["input_ids"].numel()
-            return TeacherView(*found)  # type: ignore[arg-type]  # the terms that read a missing part are off
+            return TeacherView.of_cache(*found, num_teacher_layers)  # the terms that read a missing part are off
         with torch.no_grad(), ctx.precision.autocast():
             out = scope.run("teacher_forward", lambda: teacher(**model_inputs(batch, teacher), output_hidden_states=True))
+        taps = matching.teacher_taps.take() if matching else {}
         if cache is not None and indices is not None:
-            cache.store(indices, out.logits, out.hidden_states[-1])
+            cache.store(indices, out.logits, {name: _part(name, out.hidden_states, taps)
+                                              for name in cache.shape.token_parts})
         # fp32, as the cache serves them: a bf16 run then computes the same loss with or without the cache.
-        return TeacherView(out.logits.float(), out.hidden_states[-1].float(), out.hidden_states,
-                           matching.teacher_taps.take() if matching else {})
+        return TeacherView(out.logits.float(), out.hidden_states[-1].float(), out.hidden_states, taps)
 
     def step(batch: Batch, scope: FlopScope) -> LossTerms:
         student_inputs = model_inputs(batch, student)
@@ -120,7 +131,8 @@ def run_distill(ctx: StageContext, cfg: DistillStage, window: Window) -> None:
                         loader=train_loader(ctx, cfg, train_split, tokenizer), step=step,
                         analytic_flops_per_token=distill_flops_per_token(student, teacher)
                         + (matching.analytic_flops_per_token() if matching else 0.0),
-                        num_train_examples=len(train_split), trained=matching.trained if matching else None)
+                        num_train_examples=len(train_split), trained=matching.trained if matching else None,
+                        teacher_cached=cache is not None)
     teacher_flops_per_token = 2.0 * count_nonembedding_params(teacher)
     try:
         summary = train_plan(ctx, cfg, window, plan)
@@ -141,20 +153,28 @@ def run_distill(ctx: StageContext, cfg: DistillStage, window: Window) -> None:
     })
 
 
-def teacher_cache(ctx: StageContext, cfg: DistillStage, teacher: torch.nn.Module,
-                  split: EncodedSplit) -> tuple[TeacherCache | None, dict[str, Any]]:
-    """The stage's teacher cache (None: the teacher runs every step) and what the record says of the choice."""
+def _part(name: str, hidden_states: tuple[torch.Tensor, ...], taps: Mapping[tuple[int, str], torch.Tensor]
+          ) -> torch.Tensor:
+    """The teacher's output that a cache part names (`train.teacher_cache`), (B, T, H)."""
+    kind, index = name.split(":")
+    return hidden_states[int(index)] if kind == "hidden" else taps[(int(index), kind)]
+
+
+def teacher_cache(ctx: StageContext, cfg: DistillStage, teacher: torch.nn.Module, split: EncodedSplit,
+                  matching: Matching | None = None) -> tuple[TeacherCache | None, dict[str, Any]]:
+    """The stage's teacher cache (None: the teacher runs every step) and what the record says of the choice.
+    It holds what the terms read: the logits, the last hidden states for the cosine, and with intermediate
+    terms (`matching`) the hidden states and attention projections they match."""
+    last = [hidden_part(int(teacher.config.num_hidden_layers))] if cfg.alpha_cos > 0 else []
+    parts = tuple(dict.fromkeys(last + list(matching.teacher_parts() if matching else ())))
     shape = CacheShape(num_examples=len(split), num_real_tokens=split.num_tokens,
                        num_labels=int(teacher.config.num_labels), hidden_size=int(teacher.config.hidden_size),
-                       logits=cfg.alpha_ce > 0, hidden=cfg.alpha_cos > 0)
+                       logits=cfg.alpha_ce > 0, token_parts=parts)
     size_mb = shape.num_bytes / 1e6
     details: dict[str, Any] = {"setting": cfg.cache_teacher, "size_mb": size_mb, "precision": "fp32",
-                               "where": str(ctx.device)}
+                               "where": str(ctx.device), "parts": list(parts)}
     if cfg.cache_teacher is False:
         return None, details | {"used": False, "reason": "cache_teacher = false"}
-    if cfg.cache_teacher == "auto" and cfg.reads_teacher_layers:
-        return None, details | {"used": False, "reason": "an intermediate term reads the teacher's inner layers, "
-                                                          "which the cache does not hold"}
     if cfg.cache_teacher == "auto" and cfg.epochs <= 1:
         return None, details | {"used": False, "reason": f"one epoch or less ({cfg.epochs:g}): nothing repeats"}
     if cfg.cache_teacher == "auto" and ctx.dist.world_size > 1:  # rank r's rows of a later epoch's batches are

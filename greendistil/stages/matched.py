@@ -16,6 +16,7 @@ from greendistil.config import DistillStage, StudentSection
 from greendistil.measure.flops import count_nonembedding_params
 from greendistil.models.student import copied_layers
 from greendistil.models.taps import AttentionTaps
+from greendistil.train.teacher_cache import hidden_part, tap_part
 from greendistil.train.matching import LayerMatch, MatchedStudent, Shape, intermediate_terms, resolve_match
 
 
@@ -48,6 +49,14 @@ class Matching:
         """The intermediate terms of this step: call after the student's forward (its taps are read here)."""
         return intermediate_terms(self.match, projected, teacher_hidden, self.student_taps.take(), teacher_taps,
                                   attention_mask)
+
+    def teacher_parts(self) -> tuple[str, ...]:
+        """What the terms read of the teacher per token, as `train.teacher_cache` names the parts: the hidden
+        states the layer map targets, then the tapped projections."""
+        hidden = ([0] if self.match.hidden_embeddings else []) + [t + 1 for _, t in self.match.hidden_pairs]
+        names = [hidden_part(i) for i in hidden] if "loss_hidden" in self.match.weights else []
+        return tuple(names + [tap_part(layer, projection) for layer in self.teacher_taps.layers
+                              for projection in self.teacher_taps.parts])
 
     def close(self) -> None:
         self.student_taps.close()

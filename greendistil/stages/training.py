@@ -38,6 +38,7 @@ class TrainingPlan:
     analytic_flops_per_token: float
     num_train_examples: int
     trained: torch.nn.Module | None = None  # the part the optimizer and the checkpoint see (default: model)
+    teacher_cached: bool = False  # a teacher cache serves the epochs after the first (for the forecasts)
 
 
 def backward_terms(loss: torch.Tensor, terms: dict[str, torch.Tensor]) -> LossTerms:
@@ -69,7 +70,7 @@ def train_plan(ctx: StageContext, cfg: TrainingStage, window: Window, plan: Trai
     return train(cfg=cfg, model=plan.trained or plan.model, loader=plan.loader, step_fn=plan.step, window=window,
                  analytic_flops_per_token=plan.analytic_flops_per_token, state=ctx.train_state(cfg.name),
                  dist=ctx.dist, show_progress=ctx.show_progress, on_log=_live_scalars(ctx, window),
-                 max_steps=ctx.max_train_steps, count_flops=ctx.count_flops)
+                 max_steps=ctx.max_train_steps, count_flops=ctx.count_flops, teacher_cached=plan.teacher_cached)
 
 
 def _live_scalars(ctx: StageContext, window: Window) -> Callable[[LogPoint], None] | None:

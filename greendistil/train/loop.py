@@ -53,7 +53,7 @@ class TrainingWindow(Protocol):
     def over_budget(self, steps_done: int, steps_ahead: int = 1) -> BaseException | None: ...
 
     def observe_step(self, step: int, *, first_step: int, total_steps: int,
-                     planned: PlannedSteps | None = None) -> Forecast | None: ...
+                     planned: PlannedSteps | None = None, cached_from_step: int | None = None) -> Forecast | None: ...
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -147,7 +147,7 @@ def train(*, cfg: TrainingStage, model: torch.nn.Module, loader: DataLoader, ste
           window: TrainingWindow, analytic_flops_per_token: float, state: StateFile | None = None,
           dist: Dist = SINGLE, show_progress: bool | None = None,
           on_log: Callable[[LogPoint], None] | None = None, max_steps: int | None = None,
-          count_flops: bool = True) -> TrainSummary:
+          count_flops: bool = True, teacher_cached: bool = False) -> TrainSummary:
     """Train `model` for `cfg.epochs` over `loader`, recording counts and FLOPs into `window.counters`.
 
     `analytic_flops_per_token` (e.g. 6N for training, + 2N_teacher for distillation) is multiplied by the
@@ -157,6 +157,8 @@ def train(*, cfg: TrainingStage, model: torch.nn.Module, loader: DataLoader, ste
     `show_progress`: a bar (None: only on a terminal). `on_log` gets each log interval's `LogPoint`.
     `max_steps` (a plan's calibration): stop after that many steps of the stage, its schedule unchanged.
     `count_flops=False` (only the overhead benchmark's measurement-off side): no step is FLOP-counted.
+    `teacher_cached`: a teacher cache serves the steps from one epoch after the segment's start on (it fills
+    in the segment's first epoch), which the forecasts count lighter.
 
     Under DDP (`dist`), `model` is the unwrapped model (the step function runs its DDP wrapper), `loader`
     yields this rank's rows, and only rank 0 writes the training state, holding every rank's RNG state.
@@ -180,6 +182,7 @@ def train(*, cfg: TrainingStage, model: torch.nn.Module, loader: DataLoader, ste
     start_s = time.perf_counter()
     forecast: Forecast | None = None  # the latest forecast of the segment's end (for the progress bar)
     planned = planned_steps(loader, total_steps)  # each step's shape, for the forecasts (and a plan)
+    cached_from_step = step + len(loader) if teacher_cached else None
 
     def checkpoint(batch_in_epoch: int, generator_state: torch.Tensor | None) -> None:
         losses.read(step=step, stage=window.stage, dist=dist, device=device)
@@ -218,8 +221,8 @@ def train(*, cfg: TrainingStage, model: torch.nn.Module, loader: DataLoader, ste
             counters.add_batch(num_examples=num_examples, num_tokens=num_tokens, num_padded_tokens=padded_tokens,
                                analytic_flops_per_token=analytic_flops_per_token)
             bar.update(1)
-            forecast = window.observe_step(step, first_step=first_step, total_steps=total_steps,
-                                           planned=planned) or forecast
+            forecast = window.observe_step(step, first_step=first_step, total_steps=total_steps, planned=planned,
+                                           cached_from_step=cached_from_step) or forecast
             if step % cfg.log_every_steps == 0 or step == stop_at:
                 interval = losses.read(step=step, stage=window.stage, dist=dist, device=device)
                 rate = counters.num_examples / max(time.perf_counter() - start_s, 1e-9)
