@@ -210,6 +210,8 @@ def time_parts(measured: Any, bare: Any, *, num_steps: int, hold_s: float, repea
         return statistics.median(times)
 
     def steps_s(open_window: Any) -> float:
+        if num_steps == 0:
+            return 0.0
         planned = PlannedSteps(rows=[32] * num_steps, tokens=[32 * 20] * num_steps,
                                padded_tokens=[32 * (16 + (i * 7) % 48) for i in range(num_steps)])
         times = []
@@ -239,8 +241,10 @@ def time_parts(measured: Any, bare: Any, *, num_steps: int, hold_s: float, repea
 def print_parts(parts: PartCosts, *, num_steps: int, num_checkpoints: int, flop_s: float | None, num_counted: int,
                 off_s: float, repeats: int) -> None:
     """The parts of measuring per run of the stage, and their sum as a share of the stage's unmeasured time."""
-    threads_s = parts.thread_cpu_s * off_s / parts.hold_s  # at most this much CPU is taken from training
-    by_part = {"window open + close": parts.window_s, "meters' sampling threads (CPU)": threads_s,
+    # The threads' CPU seconds count as wall seconds: an upper bound, exact where training fills every core
+    # (as here: 2 cores, 2 torch threads), less where a core is idle to run them.
+    threads_s = parts.thread_cpu_s * off_s / parts.hold_s
+    by_part = {"window open + close": parts.window_s, "meters' sampling threads (CPU s, as wall: an upper bound)": threads_s,
                f"per-step forecaster and budget check ({num_steps} steps)": parts.per_step_s * num_steps,
                f"codecarbon flush at checkpoints ({num_checkpoints})": parts.flush_s * num_checkpoints}
     if flop_s is not None:

@@ -45,6 +45,7 @@ from greendistil.runlog.plans import PLAN_VERSION
 from greendistil.runlog.progress import RunProgress
 from greendistil.runlog.store import utc_now
 from greendistil.runtime.device import synchronize
+from greendistil.runtime.precision import Precision
 from greendistil.runtime.rng import seed_everything
 from greendistil.stages import RUNNERS, StageContext
 
@@ -173,8 +174,10 @@ class _CalibrationOpener:
 
 def _plan_training(ctx: StageContext, stage: TrainingStage, run: RunInfo, meters: Meters, clock: Clock,
                    calibrate_steps: int) -> dict[str, Any]:
-    """Run the stage's first steps for real and extrapolate. The warm-up is the FLOP-counted steps (slower
-    by the counting) plus one."""
+    """Run the stage's first steps for real and extrapolate. The warm-up is the stage's `flop_sample_steps`
+    plus one: at least its FLOP-counted leading steps (slower by the counting; a short stage counts fewer)
+    and the first uncounted one. A distillation whose teacher cache will serve its later epochs is
+    calibrated on its first epoch's steps only, and the teacher's forward is taken off the served ones."""
     warmup_steps = stage.flop_sample_steps + 1
     ctx.max_train_steps = warmup_steps + calibrate_steps
     opener = _CalibrationOpener(stage, run, meters, clock)
@@ -201,7 +204,7 @@ def _plan_training(ctx: StageContext, stage: TrainingStage, run: RunInfo, meters
              "flops_analytic": analytic / cost.padded_tokens * padded if analytic and cost.padded_tokens else None}
     cached, teacher_analytic = _cached_steps(ctx, stage, marked, record, clock)
     if cached is not None and work["flops_analytic"] is not None:  # the run takes the served steps' 2N back too
-        work["flops_analytic"] -= teacher_analytic * cached.padded_tokens
+        work["flops_analytic"] -= teacher_analytic * cached.num_padded_tokens
     forecast = training_forecast(marks=marked.marks, cost=cost, warmup_steps=warmup_steps, total_steps=total_steps,
                                  total_padded_tokens=padded, kg_co2_per_kwh=run.kg_co2_per_kwh, cached=cached)
     logger.info("plan: %s calibrated on %d steps in %.1f s", stage.name, len(marked.marks), cost.duration_s)
@@ -222,26 +225,29 @@ def _cached_steps(ctx: StageContext, stage: TrainingStage, marked: _MarkedWindow
     order = np.argsort(np.asarray(encoded.lengths), kind="stable")
     rows = [order[i:i + stage.batch_size] for i in range(0, len(order), stage.batch_size)]
     count = max(FORWARD_TIMED_BATCHES, math.ceil(FORWARD_TIMED_EXAMPLES / stage.batch_size))
-    s_per_step, s_per_token = _time_forward(teacher, _batches(encoded, _spread(rows, count), teacher,
-                                                              loaded.tokenizer.pad_token_id, ctx.device), clock)
+    timed = _batches(encoded, _spread(rows, count), teacher, loaded.tokenizer.pad_token_id, ctx.device)
+    # as the distillation step runs it: in the run's precision, every layer's hidden states out
+    s_per_step, s_per_token = _time_forward(teacher, timed, clock, ctx.precision, output_hidden_states=True)
     teacher_flops = (record.get("flops_by_component") or {}).get("teacher_forward")
     padded = int(record.get("num_padded_tokens") or 0)
-    return CachedSteps(num_steps=len(served), padded_tokens=int(sum(served)), teacher_s_per_step=s_per_step,
+    return CachedSteps(num_steps=len(served), num_padded_tokens=int(sum(served)), teacher_s_per_step=s_per_step,
                        teacher_s_per_token=s_per_token if not math.isnan(s_per_token) else 0.0,
                        teacher_flops_per_token=teacher_flops / padded if teacher_flops and padded else None,
                        ), 2.0 * count_nonembedding_params(teacher)
 
 
-def _time_forward(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]], clock: Clock) -> tuple[float, float]:
-    """(seconds per batch, seconds per padded token) of `model`'s forward passes over `batches`, each timed
-    on its own (after one untimed pass) and fitted as `measure.calibration.step_cost` fits training steps."""
+def _time_forward(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]], clock: Clock,
+                  precision: Precision, **forward_kwargs: Any) -> tuple[float, float]:
+    """(seconds per batch, seconds per padded token) of `model`'s forward passes over `batches` in the run's
+    `precision` (bf16 autocast where the run computes in it), each timed on its own (after one untimed pass)
+    and fitted as `measure.calibration.step_cost` fits training steps."""
     marks = [StepMark(0, 0.0, 0)]
-    with torch.inference_mode():
-        model(**batches[0])
+    with torch.inference_mode(), precision.autocast():
+        model(**batches[0], **forward_kwargs)
         synchronize()
         start = clock()
         for index, batch in enumerate(batches, 1):
-            model(**batch)
+            model(**batch, **forward_kwargs)
             synchronize()
             marks.append(StepMark(index, clock() - start, marks[-1].padded_tokens + int(batch["input_ids"].numel())))
     return step_cost(marks)
@@ -297,7 +303,7 @@ def _plan_evaluate(ctx: StageContext, stage: EvaluateStage, run: RunInfo, meters
                 examples, tokens = examples + len(encoded), tokens + encoded.num_tokens
                 count = max(FORWARD_TIMED_BATCHES, math.ceil(FORWARD_TIMED_EXAMPLES / stage.batch_size))
                 timed = _batches(encoded, _spread(rows, count), model, loaded.tokenizer.pad_token_id, ctx.device)
-                rate = _time_forward(model, timed, clock)
+                rate = _time_forward(model, timed, clock, ctx.precision)
                 pass_s, padded = _pass_s(rate, rows, np.asarray(encoded.lengths))
                 timings.append((load_s, pass_s, padded, per_token_flops * padded))
                 load_s = 0.0  # the model is loaded once for all its splits
@@ -329,7 +335,7 @@ def _plan_benchmark(ctx: StageContext, stage: BenchmarkStage, run: RunInfo, mete
             rows = [np.arange(i, min(i + size, len(encoded))) for i in range(0, len(encoded), size)]
             count = max(FORWARD_TIMED_BATCHES, math.ceil(FORWARD_TIMED_EXAMPLES / size))
             timed = _batches(encoded, _spread(rows, count), model, loaded.tokenizer.pad_token_id, ctx.device)
-            rate = _time_forward(model, timed, clock)
+            rate = _time_forward(model, timed, clock, ctx.precision)
             pass_s, padded = _pass_s(rate, rows, np.asarray(encoded.lengths))
             rates.append((spec, len(encoded), padded, pass_s, rate, 2.0 * count_nonembedding_params(model) * padded))
     entries = []

@@ -104,6 +104,20 @@ def test_steps_a_teacher_cache_serves_are_forecast_at_their_weight(padded: bool)
         40, 0.7, "test")
 
 
+def test_cached_step_weights_start_at_the_first_served_step_and_rescale_each_step_to_a_full_one() -> None:
+    cached = CachedStepCost(first_step=3, weight=0.5, source="test")
+    assert cached.weights(5) == [1.0, 1.0, 1.0, 0.5, 0.5] and cached.weights(2) == [1.0, 1.0]
+    clock = FakeClock(start_s=0.0)
+    forecaster = Forecaster(first_step=0, total_steps=8, energy_now=lambda: None, clock=clock, start_s=0.0,
+                            kg_co2_per_kwh=1.0, padded_tokens_per_step=[10] * 8, cached=cached, warmup_fraction=0.0)
+    for step, seconds in enumerate([1.0, 1.0, 1.0, 0.5, 0.5], start=1):  # steps 4 and 5 (0-based 3, 4) served
+        clock.advance(seconds)
+        forecaster.observe(step)
+    rescaled = forecaster._full_scale()
+    assert [m.step for m in rescaled] == [1, 2, 3, 4, 5]
+    assert [b.time_s - a.time_s for a, b in zip(rescaled, rescaled[1:])] == [1.0, 1.0, 1.0, 1.0]
+
+
 def test_a_resumed_segment_forecasts_its_own_end() -> None:
     clock, meter = FakeClock(start_s=0.0), Meter()
     forecaster = Forecaster(first_step=40, total_steps=100, energy_now=meter, clock=clock, start_s=0.0,

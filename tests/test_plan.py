@@ -270,24 +270,29 @@ def test_a_plan_under_torchrun_is_refused(tmp_path: Path, capsys: pytest.Capture
     assert "a plan calibrates one process" in capsys.readouterr().err and not (tmp_path / "runs").exists()
 
 
-def test_a_cached_distillation_is_planned_and_forecast_without_the_served_teacher_forwards(tmp_path: Path) -> None:
+@pytest.mark.parametrize("calibrate_steps", [2, 30])
+def test_a_cached_distillation_is_planned_and_forecast_without_the_served_teacher_forwards(
+        tmp_path: Path, calibrate_steps: int) -> None:
     """3 epochs of 8 steps with the teacher cache: the plan takes the timed teacher forward and its counted
     FLOPs off the 16 served steps (the FLOPs then match the run's within 5%, which they would miss by the
-    saved share), and the run's in-run forecasts weigh those steps by the plan's teacher share."""
+    saved share), and the run's in-run forecasts weigh those steps by the plan's teacher share. A calibration
+    longer than the first epoch stops at its end: it times full steps only."""
     config_path = write_tiny_config(tmp_path, write_sst2(tmp_path / "glue"), {"run": {"report": False}, "stages": [
         {"kind": "finetune", "role": "teacher", "batch_size": 16, "epochs": 1},
         {"kind": "distill", "batch_size": 8, "epochs": 3, "cache_teacher": True}]})
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("builtins.print", lambda *a, **k: None)
-        assert main(["plan", str(config_path), "--calibrate-steps", "2"]) == 0
+        assert main(["plan", str(config_path), "--calibrate-steps", str(calibrate_steps)]) == 0
         assert main(["run", str(config_path), "--run-id", "cached", "--no-progress"]) == 0
     config = load_config(config_path)
     plan = json.loads(default_plan_path(config.run.output_dir, config.run.name, config.config_hash()).read_text())
     entry = next(e for e in plan["stages"] if e["window"] == "distill")
     record = records(tmp_path / "runs" / "cached")[-1]
     assert entry["duration_method"] == DURATION_METHOD + "-minus-the-timed-teacher-forward-on-cached-steps"
-    assert entry["teacher_cache_served_steps"] == 16 == record["details"]["teacher_cache"]["num_batches_served"]
+    assert entry["teacher_cache_num_served_steps"] == 16 == record["details"]["teacher_cache"]["num_batches_served"]
+    assert entry["flops_method"].endswith("-minus-the-teachers-on-cached-steps")
     assert entry["teacher_cache_saved_s"] > 0 and entry["teacher_forward_s_per_million_padded_tokens"] > 0
+    assert entry["calibration_steps"] == min(8, 4 + calibrate_steps)  # warm-up 4 + timed, within epoch 1
     assert entry["flops"] == pytest.approx(record["flops"], rel=0.05)
     assert entry["teacher_cache_saved_flops"] > 0.05 * entry["flops"]
     assert entry["flops_analytic"] == pytest.approx(record["flops_analytic"], rel=0.05)

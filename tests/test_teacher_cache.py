@@ -154,6 +154,9 @@ def test_a_resumed_stage_refills_its_cache(tmp_path: Path) -> None:
     assert first["details"]["teacher_cache"]["num_batches_served"] == 2  # steps 5-6: epoch 2 from the cache
     resumed = second["details"]["teacher_cache"]
     assert resumed["used"] and "refilled" in resumed["on_resume"]
+    # The forecasts' served steps: from epoch 2 (step 4) at first; resumed mid-epoch (step 5), the refilled
+    # cache serves from the epoch after the next at the earliest (step 12: none of this stage's).
+    assert first["forecast"]["cached_steps_from"] == 4 and second["forecast"]["cached_steps_from"] == 12
     # From the checkpoint on (step 5: the kill came before step 6's), the rest of epoch 2 refills the cache,
     # and an epoch-3 batch is served only when all its examples were seen since the resume.
     left = EPOCHS * 4 - second["resumed_from_step"]
@@ -186,7 +189,7 @@ def test_the_overhead_benchmark_runs_both_sides_on_a_tiny_config(tmp_path: Path)
     repo = Path(__file__).resolve().parents[1]
     config = write_tiny_config(tmp_path, write_sst2(tmp_path / "glue"))
     done = subprocess.run([sys.executable, str(repo / "benchmarks" / "overhead.py"), "--config", str(config),
-                           "--repeats", "1", "--flop-pairs", "1"], env=subprocess_env(), capture_output=True, text=True, timeout=300,
+                           "--repeats", "1", "--flop-pairs", "1", "--part-repeats", "2"], env=subprocess_env(), capture_output=True, text=True, timeout=300,
                           cwd=repo)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "pair 1: on" in done.stdout and "ratio of the sums" in done.stdout

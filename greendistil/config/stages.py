@@ -178,6 +178,8 @@ class DistillStage(TrainingStage):
         _require(self.teacher_cache_max_mb > 0, "teacher_cache_max_mb", self.teacher_cache_max_mb, "> 0 (MB)")
         _require(not (self.cache_teacher is True and self.objective == "mlm"), "cache_teacher", self.cache_teacher,
                  "false or 'auto' with objective = 'mlm': its masks change the teacher's inputs every epoch")
+        _require(not (self.cache_teacher is True and self.objective == "corpus"), "cache_teacher", self.cache_teacher,
+                 "false or 'auto' with objective = 'corpus': general distillation runs its corpus once, and never caches")
         _require(not (self.objective == "mlm" and any(getattr(self, k) > 0 for k in INTERMEDIATE_ALPHAS)),
                  "objective", self.objective, "'task' or 'corpus' with an intermediate term (alpha_hidden, "
                  "alpha_attn, alpha_value, alpha_qkv); 'mlm' has the soft-target, MLM and cosine terms only")

@@ -45,6 +45,8 @@ ENERGY_METHOD = "forecast:calibrated-mean-power-x-duration"
 STEP_ENERGY_METHOD = "forecast:measured-head-plus-calibrated-step-power-x-the-rest"
 FLOPS_METHOD = "forecast:calibrated-counted-flops-per-padded-token"
 FORWARD_FLOPS_METHOD = "estimated:2N-per-padded-token"
+CACHED_SUFFIX = {"duration": "-minus-the-timed-teacher-forward-on-cached-steps",
+                 "flops": "-minus-the-teachers-on-cached-steps"}
 
 
 @dataclass(frozen=True)
@@ -116,21 +118,24 @@ class CachedSteps:
     teacher's forward, timed alone (seconds per step and per padded token) and its FLOPs per padded token."""
 
     num_steps: int
-    padded_tokens: int
+    num_padded_tokens: int
     teacher_s_per_step: float
     teacher_s_per_token: float
     teacher_flops_per_token: float | None
 
     @property
     def saved_s(self) -> float:
-        return self.num_steps * self.teacher_s_per_step + self.padded_tokens * self.teacher_s_per_token
+        """Seconds the served steps do not spend on the teacher."""
+        return self.num_steps * self.teacher_s_per_step + self.num_padded_tokens * self.teacher_s_per_token
 
     @property
     def saved_flops(self) -> float | None:
-        return None if self.teacher_flops_per_token is None else self.teacher_flops_per_token * self.padded_tokens
+        """The teacher's counted FLOPs per padded token over the served steps (None: not counted)."""
+        return None if self.teacher_flops_per_token is None else self.teacher_flops_per_token * self.num_padded_tokens
 
     def detail(self) -> dict[str, Any]:
-        return {"teacher_cache_served_steps": self.num_steps, "teacher_cache_saved_s": self.saved_s,
+        """The plan entry's figures of the cache (units in the names)."""
+        return {"teacher_cache_num_served_steps": self.num_steps, "teacher_cache_saved_s": self.saved_s,
                 "teacher_cache_saved_flops": self.saved_flops,
                 "teacher_forward_s_per_step": self.teacher_s_per_step,
                 "teacher_forward_s_per_million_padded_tokens": self.teacher_s_per_token * 1e6}
@@ -170,7 +175,7 @@ def training_forecast(*, marks: list[StepMark], cost: WindowCost, warmup_steps: 
     head_s, tail_s = warm.time_s, max(0.0, cost.duration_s - last.time_s)
     steps_s = (total_steps - warm.step) * s_per_step + (total_padded_tokens - warm.padded_tokens) * s_per_token
     if cached is not None:  # a served step saves its teacher forward, at most its whole fitted time
-        steps_s -= min(cached.saved_s, cached.num_steps * s_per_step + cached.padded_tokens * s_per_token)
+        steps_s -= min(cached.saved_s, cached.num_steps * s_per_step + cached.num_padded_tokens * s_per_token)
         if flops is not None and cached.saved_flops is not None:
             flops -= cached.saved_flops
     duration_s = head_s + steps_s + tail_s
@@ -179,8 +184,8 @@ def training_forecast(*, marks: list[StepMark], cost: WindowCost, warmup_steps: 
         energy, energy_method = _energy(cost, duration_s), ENERGY_METHOD
     return CostForecast(duration_s=duration_s, energy_kwh=energy, energy_basis=cost.energy_sources,
                         co2_kg=_co2(energy, kg_co2_per_kwh), flops=flops,
-                        duration_method=DURATION_METHOD + ("-minus-the-timed-teacher-forward-on-cached-steps"
-                                                           if cached is not None else ""),
+                        duration_method=DURATION_METHOD + (CACHED_SUFFIX["duration"] if cached is not None else ""),
+                        flops_method=FLOPS_METHOD + (CACHED_SUFFIX["flops"] if cached is not None else ""),
                         energy_method=energy_method,
                         detail=(cached.detail() if cached is not None else {}) | {
                                 "calibration_steps": last.step, "timed_steps": last.step - warm.step,

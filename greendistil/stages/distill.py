@@ -33,7 +33,7 @@ from greendistil.stages.matched import Matching, describe, set_up_matching
 from greendistil.stages.training import (TrainingPlan, backward_terms, distill_flops_per_token, name_model, publish_plan,
                                          train_loader, train_plan)
 from greendistil.train.loop import LossTerms
-from greendistil.train.teacher_cache import CacheShape, TeacherCache, hidden_part
+from greendistil.train.teacher_cache import CacheShape, TeacherCache, hidden_part, parse_part
 from greendistil.train.losses import hidden_cosine, soft_target_kl, soft_target_mse, task_loss, weighted_sum
 
 
@@ -50,9 +50,9 @@ class TeacherView(NamedTuple):
     @classmethod
     def of_cache(cls, logits: torch.Tensor | None, parts: Mapping[str, torch.Tensor], num_layers: int) -> TeacherView:
         """A served batch's view from the cache's parts (`train.teacher_cache` names them)."""
-        hidden = {int(name.split(":")[1]): t for name, t in parts.items() if name.startswith("hidden:")}
-        taps = {(int(name.split(":")[1]), name.split(":")[0]): t for name, t in parts.items()
-                if not name.startswith("hidden:")}
+        named = [(parse_part(name), tensor) for name, tensor in parts.items()]
+        hidden = {index: tensor for (kind, index), tensor in named if kind == "hidden"}
+        taps = {(layer, kind): tensor for (kind, layer), tensor in named if kind != "hidden"}
         return cls(logits, hidden.get(num_layers), hidden, taps)
 
 
@@ -132,7 +132,7 @@ def run_distill(ctx: StageContext, cfg: DistillStage, window: Window) -> None:
                         analytic_flops_per_token=distill_flops_per_token(student, teacher)
                         + (matching.analytic_flops_per_token() if matching else 0.0),
                         num_train_examples=len(train_split), trained=matching.trained if matching else None,
-                        teacher_cached=cache is not None)
+                        teacher_cached=cache is not None and ctx.dist.world_size == 1)  # DDP: hardly ever served
     teacher_flops_per_token = 2.0 * count_nonembedding_params(teacher)
     try:
         summary = train_plan(ctx, cfg, window, plan)
@@ -156,8 +156,8 @@ def run_distill(ctx: StageContext, cfg: DistillStage, window: Window) -> None:
 def _part(name: str, hidden_states: tuple[torch.Tensor, ...], taps: Mapping[tuple[int, str], torch.Tensor]
           ) -> torch.Tensor:
     """The teacher's output that a cache part names (`train.teacher_cache`), (B, T, H)."""
-    kind, index = name.split(":")
-    return hidden_states[int(index)] if kind == "hidden" else taps[(int(index), kind)]
+    kind, index = parse_part(name)
+    return hidden_states[index] if kind == "hidden" else taps[(index, kind)]
 
 
 def teacher_cache(ctx: StageContext, cfg: DistillStage, teacher: torch.nn.Module, split: EncodedSplit,

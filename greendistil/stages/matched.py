@@ -6,7 +6,7 @@ The taps sit only on the layers the relation terms read and come off when the st
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +44,8 @@ class Matching:
         embeddings = count_nonembedding_params(self.student.embedding_projection) if self.student.embedding_projection else 0
         return 6.0 * (per_layer * num_layers + embeddings)
 
-    def terms(self, projected: list[torch.Tensor], teacher_hidden: tuple[torch.Tensor, ...],
+    def terms(self, projected: list[torch.Tensor],
+              teacher_hidden: Sequence[torch.Tensor] | Mapping[int, torch.Tensor],
               teacher_taps: Mapping[tuple[int, str], torch.Tensor], attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """The intermediate terms of this step: call after the student's forward (its taps are read here)."""
         return intermediate_terms(self.match, projected, teacher_hidden, self.student_taps.take(), teacher_taps,

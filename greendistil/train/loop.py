@@ -155,20 +155,25 @@ def train(*, cfg: TrainingStage, model: torch.nn.Module, loader: DataLoader, ste
     every `cfg.checkpoint_every_steps` steps and at epoch ends, and (under `--resume`) an existing state is
     continued exactly: same data order, same RNG, same schedule. The counters hold this segment's work only.
     `show_progress`: a bar (None: only on a terminal). `on_log` gets each log interval's `LogPoint`.
-    `max_steps` (a plan's calibration): stop after that many steps of the stage, its schedule unchanged.
+    `max_steps` (a plan's calibration): stop after that many steps of the stage, its schedule unchanged, and
+    before the first step a teacher cache would serve (the calibration times full steps only).
     `count_flops=False` (only the overhead benchmark's measurement-off side): no step is FLOP-counted.
-    `teacher_cached`: a teacher cache serves the steps from one epoch after the segment's start on (it fills
-    in the segment's first epoch), which the forecasts count lighter.
+    `teacher_cached`: a teacher cache serves the steps of the epochs after the one it fills (the epoch after
+    the segment's start: a segment resumed mid-epoch fills the rest of that epoch and the next, the
+    next's later batches being new to it, and serves from the one after), which the forecasts count lighter.
 
     Under DDP (`dist`), `model` is the unwrapped model (the step function runs its DDP wrapper), `loader`
     yields this rank's rows, and only rank 0 writes the training state, holding every rank's RNG state.
     """
     device = next(model.parameters()).device
     total_steps = max(1, math.ceil(len(loader) * cfg.epochs))
-    stop_at = total_steps if max_steps is None else min(total_steps, max_steps)
     optimizer = make_optimizer(model, learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = linear_schedule(optimizer, total_steps=total_steps, warmup_steps=int(cfg.warmup_ratio * total_steps))
     position = _start_position(state, model, optimizer, scheduler, window, dist)
+    steps_per_epoch = len(loader)
+    # The first step a teacher cache serves: a whole epoch after the first epoch boundary from here on.
+    cached_from_step = (math.ceil(position.step / steps_per_epoch) + 1) * steps_per_epoch if teacher_cached else None
+    stop_at = total_steps if max_steps is None else min(total_steps, max_steps, cached_from_step or total_steps)
     sampler = (FlopSampler(sample_steps=cfg.flop_sample_steps, sample_every=cfg.flop_sample_every,
                            num_steps=total_steps - position.step) if count_flops else FlopSampler.never())
     counters = window.counters
@@ -182,7 +187,6 @@ def train(*, cfg: TrainingStage, model: torch.nn.Module, loader: DataLoader, ste
     start_s = time.perf_counter()
     forecast: Forecast | None = None  # the latest forecast of the segment's end (for the progress bar)
     planned = planned_steps(loader, total_steps)  # each step's shape, for the forecasts (and a plan)
-    cached_from_step = step + len(loader) if teacher_cached else None
 
     def checkpoint(batch_in_epoch: int, generator_state: torch.Tensor | None) -> None:
         losses.read(step=step, stage=window.stage, dist=dist, device=device)

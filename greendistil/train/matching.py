@@ -8,7 +8,7 @@ with the student; `intermediate_terms` computes the active terms from both model
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,14 +150,16 @@ def _apply(projection: torch.nn.Module | None, hidden: torch.Tensor) -> torch.Te
     return hidden if projection is None else projection(hidden)
 
 
-def intermediate_terms(match: LayerMatch, projected: list[torch.Tensor], teacher_hidden: tuple[torch.Tensor, ...],
+def intermediate_terms(match: LayerMatch, projected: list[torch.Tensor],
+                       teacher_hidden: Sequence[torch.Tensor] | Mapping[int, torch.Tensor],
                        student_taps: dict[tuple[int, str], torch.Tensor],
                        teacher_taps: Mapping[tuple[int, str], torch.Tensor],
                        attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
     """The active intermediate terms by name (loss_hidden, loss_attn, loss_value, loss_qkv).
 
-    projected: `MatchedStudent.project`'s list; teacher_hidden: the teacher's hidden states (embeddings
-    first); taps: (layer, part) -> (B, T, H) from `models.taps.AttentionTaps`; mask (B, T).
+    projected: `MatchedStudent.project`'s list; teacher_hidden: the teacher's hidden states by index
+    (embeddings first; all of them, or from the teacher cache those the terms read); taps: (layer, part) ->
+    (B, T, H) from `models.taps.AttentionTaps`; mask (B, T).
     """
     terms: dict[str, torch.Tensor] = {}
     if "loss_hidden" in match.weights:

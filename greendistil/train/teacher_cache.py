@@ -32,6 +32,12 @@ def tap_part(layer: int, projection: str) -> str:
     return f"{projection}:{layer}"
 
 
+def parse_part(name: str) -> tuple[str, int]:
+    """("hidden", hidden_states index) or (projection, layer): a part name read back."""
+    kind, index = name.split(":")
+    return kind, int(index)
+
+
 @dataclass(frozen=True, kw_only=True)
 class CacheShape:
     """What a cache of one training split holds, and its size."""
