@@ -31,7 +31,7 @@ GOLDEN_FINAL_LOSS = {  # the mean over the last log interval (4 steps)
 GOLDEN_METRICS = {"teacher.accuracy": 0.5, "student.accuracy": 1.0}
 # distill: 198994299 until the teacher cache (cache_teacher = "auto": its 4 epochs read epoch 1's teacher
 # outputs; the losses above did not move); the teacher's forwards of epochs 2-4 are no longer computed.
-# finetune 237818311 and distill 139539722 until a short stage counted fewer leading steps (its 16 steps: the
+# finetune 237818311 and distill 139539722 until a short stage counted fewer leading steps (its 32 steps: the
 # first only, where 3 were counted; the losses did not move).
 GOLDEN_FLOPS = {"finetune": 234332160, "distill": 137738240, "evaluate": 18927616}
 
