@@ -222,10 +222,7 @@ def _cached_steps(ctx: StageContext, stage: TrainingStage, marked: _MarkedWindow
     loaded = ctx.load("teacher")
     teacher = loaded.model.to(ctx.device).eval()
     encoded = ctx.encoded("train", loaded.tokenizer)
-    order = np.argsort(np.asarray(encoded.lengths), kind="stable")
-    rows = [order[i:i + stage.batch_size] for i in range(0, len(order), stage.batch_size)]
-    count = max(FORWARD_TIMED_BATCHES, math.ceil(FORWARD_TIMED_EXAMPLES / stage.batch_size))
-    timed = _batches(encoded, _spread(rows, count), teacher, loaded.tokenizer.pad_token_id, ctx.device)
+    _, timed = _sorted_batches(encoded, stage.batch_size, teacher, loaded.tokenizer.pad_token_id, ctx.device)
     # as the distillation step runs it: in the run's precision, every layer's hidden states out
     s_per_step, s_per_token = _time_forward(teacher, timed, clock, ctx.precision, output_hidden_states=True)
     teacher_flops = (record.get("flops_by_component") or {}).get("teacher_forward")
@@ -265,6 +262,16 @@ def _batches(encoded: Any, rows: list[np.ndarray], model: torch.nn.Module, pad_t
                                                         model).items()} for r in rows]
 
 
+def _sorted_batches(encoded: Any, batch_size: int, model: torch.nn.Module, pad_token_id: int,
+                    device: torch.device) -> tuple[list[np.ndarray], list[dict[str, torch.Tensor]]]:
+    """A split's rows batched by length (as evaluation batches them), and the batches to time: spread over
+    them, at least `FORWARD_TIMED_BATCHES` and `FORWARD_TIMED_EXAMPLES` examples' worth."""
+    order = np.argsort(np.asarray(encoded.lengths), kind="stable")
+    rows = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    count = max(FORWARD_TIMED_BATCHES, math.ceil(FORWARD_TIMED_EXAMPLES / batch_size))
+    return rows, _batches(encoded, _spread(rows, count), model, pad_token_id, device)
+
+
 def _spread(items: list[Any], count: int) -> list[Any]:
     """`count` items evenly spaced over `items` (all of them when there are fewer)."""
     if len(items) <= count:
@@ -298,11 +305,9 @@ def _plan_evaluate(ctx: StageContext, stage: EvaluateStage, run: RunInfo, meters
             per_token_flops = 2.0 * count_nonembedding_params(model)
             for split in ctx.task.dev_splits:
                 encoded = ctx.encoded(split, loaded.tokenizer)
-                order = np.argsort(np.asarray(encoded.lengths), kind="stable")
-                rows = [order[i:i + stage.batch_size] for i in range(0, len(order), stage.batch_size)]
+                rows, timed = _sorted_batches(encoded, stage.batch_size, model, loaded.tokenizer.pad_token_id,
+                                              ctx.device)
                 examples, tokens = examples + len(encoded), tokens + encoded.num_tokens
-                count = max(FORWARD_TIMED_BATCHES, math.ceil(FORWARD_TIMED_EXAMPLES / stage.batch_size))
-                timed = _batches(encoded, _spread(rows, count), model, loaded.tokenizer.pad_token_id, ctx.device)
                 rate = _time_forward(model, timed, clock, ctx.precision)
                 pass_s, padded = _pass_s(rate, rows, np.asarray(encoded.lengths))
                 timings.append((load_s, pass_s, padded, per_token_flops * padded))

@@ -54,8 +54,8 @@ class Matching:
     def teacher_parts(self) -> tuple[str, ...]:
         """What the terms read of the teacher per token, as `train.teacher_cache` names the parts: the hidden
         states the layer map targets, then the tapped projections."""
-        hidden = ([0] if self.match.hidden_embeddings else []) + [t + 1 for _, t in self.match.hidden_pairs]
-        names = [hidden_part(i) for i in hidden] if "loss_hidden" in self.match.weights else []
+        hidden = self.match.teacher_hidden_indices() if "loss_hidden" in self.match.weights else []
+        names = [hidden_part(i) for i in hidden]
         return tuple(names + [tap_part(layer, projection) for layer in self.teacher_taps.layers
                               for projection in self.teacher_taps.parts])
 

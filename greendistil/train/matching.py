@@ -51,6 +51,10 @@ class LayerMatch:
     def needs_projection(self) -> bool:
         return "loss_hidden" in self.weights and self.student.hidden_size != self.teacher.hidden_size
 
+    def teacher_hidden_indices(self) -> list[int]:
+        """The teacher `hidden_states` indices the hidden-state MSE reads, in its order (0: the embeddings)."""
+        return ([0] if self.hidden_embeddings else []) + [t + 1 for _, t in self.hidden_pairs]
+
     def tapped_parts(self) -> tuple[str, ...]:
         """The attention projections the relation terms read."""
         parts = (["query", "key"] if "loss_attn" in self.weights else []) + (
@@ -163,8 +167,7 @@ def intermediate_terms(match: LayerMatch, projected: list[torch.Tensor],
     """
     terms: dict[str, torch.Tensor] = {}
     if "loss_hidden" in match.weights:
-        targets = ([teacher_hidden[0]] if match.hidden_embeddings else []) + [
-            teacher_hidden[t + 1] for _, t in match.hidden_pairs]
+        targets = [teacher_hidden[i] for i in match.teacher_hidden_indices()]
         losses = [hidden_mse(s, t, attention_mask) for s, t in zip(projected, targets)]
         terms["loss_hidden"] = torch.stack(losses).sum()  # TinyBERT sums the layers' losses
     relations: dict[str, list[torch.Tensor]] = {"loss_attn": [], "loss_value": [], "loss_qkv": []}
