@@ -11,6 +11,7 @@ import pytest
 
 from greendistil.config import (BenchmarkStage, Config, DistillStage, EvaluateStage, FinetuneStage, PretrainStage,
                                 StudentSection, build_config, load_config)
+from greendistil.config.suite import check_suite, suite_steps
 from greendistil.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -71,6 +72,26 @@ def test_shipped_configs_load_with_distilbert_defaults(name: str) -> None:
     assert isinstance(cfg.stages[0], FinetuneStage) and cfg.stages[0].role == "teacher"
     assert cfg.stages[2].roles == ("teacher", "student")
 
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.toml")  # a sweep's: tests/test_sweep.py
+                                         if "sweep" not in tomllib.loads(p.read_text())))
+def test_every_shipped_config_loads_and_orders_its_stages(name: str) -> None:
+    cfg = load_config(CONFIGS / name)
+    check_suite(cfg)
+    assert suite_steps(cfg), name
+
+
+def test_the_route_configs_of_the_glue_comparison_differ_only_in_their_stages() -> None:
+    """configs/glue-distilbert-routes.toml is the baseline of configs/glue-intermediate.toml: one Table 1
+    compares their routes only if the tasks, the per-task settings, the corpus and the seed are the same."""
+    intermediate = load_config(CONFIGS / "glue-intermediate.toml")
+    baseline = load_config(CONFIGS / "glue-distilbert-routes.toml")
+    for table in ("suite", "corpus", "task", "teacher", "student", "carbon"):
+        assert getattr(baseline, table) == getattr(intermediate, table), table
+    assert baseline.run.seed == intermediate.run.seed
+    objectives = {(s.role, s.objective) for s in baseline.stages if isinstance(s, DistillStage)}
+    assert objectives == {("general_student", "mlm"), ("student", "task")}
 
 def test_dataclass_defaults_are_distilbert() -> None:
     stage = DistillStage()
