@@ -166,7 +166,8 @@ def training_forecast(*, marks: list[StepMark], cost: WindowCost, warmup_steps: 
         return CostForecast(duration_s=cost.duration_s, energy_kwh=energy, energy_basis=cost.energy_sources,
                             co2_kg=_co2(energy, kg_co2_per_kwh), flops=flops,
                             duration_method="forecast:calibration-ran-the-whole-stage",
-                            detail={"calibration_steps": last.step, "timed_steps": 0})
+                            detail={"calibration_steps": last.step, "timed_steps": 0,
+                                    "calibration_marks": _marks_detail(marks)})
     if len(marks) < 2:
         raise ValueError("a calibration that stops before the stage ends needs at least two steps")
     warm_index = min(max(1, warmup_steps), len(marks) - 1) - 1
@@ -192,8 +193,13 @@ def training_forecast(*, marks: list[StepMark], cost: WindowCost, warmup_steps: 
                                 "head_s": head_s, "tail_s": tail_s, "s_per_step": s_per_step,
                                 "s_per_million_padded_tokens": s_per_token * 1e6,
                                 "calibration_mean_power_w": {c: kw * 1000.0 for c, kw in cost.power_kw().items()},
-                                # [step, s since the window opened, padded tokens so far]: to check the rate later
-                                "calibration_marks": [[m.step, round(m.time_s, 6), m.padded_tokens] for m in marks]})
+                                "calibration_marks": _marks_detail(marks)})
+
+
+def _marks_detail(marks: list[StepMark]) -> list[list[float]]:
+    """[step, s since the window opened, padded tokens so far] after each calibration step: to check the rate
+    later (a calibration that ran the whole stage is a trace of it: benchmarks/forecast_accuracy.py)."""
+    return [[m.step, round(m.time_s, 6), m.padded_tokens] for m in marks]
 
 
 def _steps_energy(timed: list[StepMark], rest_s: float) -> dict[str, float] | None:
