@@ -35,7 +35,7 @@ from greendistil.errors import ConfigError
 from greendistil.measure.budget import Limits
 from greendistil.measure.calibration import (COMPONENTS, CachedSteps, CostForecast, StepMark, WindowCost,
                                              forward_forecast, step_cost, training_forecast)
-from greendistil.measure.flops import count_nonembedding_params
+from greendistil.measure.flops import count_flops, count_nonembedding_params
 from greendistil.measure.forecast import Forecast
 from greendistil.measure.window import Clock, Meters, RunInfo, Window, measure
 from greendistil.models.inputs import model_inputs
@@ -55,6 +55,9 @@ DEFAULT_CALIBRATE_STEPS = 40  # timed steps per training stage, after its warm-u
 FORWARD_TIMED_BATCHES = 4  # forward batches timed per model and batch size, at least ...
 CALIBRATION_POWER_S = 1.0  # codecarbon's sampling interval while calibrating
 FORWARD_TIMED_EXAMPLES = 64  # ... this many examples' worth: a batch of 1 takes milliseconds, too few to time
+# The teacher forward a cache saves, timed on this many training batches: its share of a step weighs every
+# served step of the in-run forecast (4 batches gave shares from 0.31 to 0.54 of a step on four GLUE tasks)
+CACHE_TIMED_BATCHES = 16
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -222,7 +225,8 @@ def _cached_steps(ctx: StageContext, stage: TrainingStage, marked: _MarkedWindow
     loaded = ctx.load("teacher")
     teacher = loaded.model.to(ctx.device).eval()
     encoded = ctx.encoded("train", loaded.tokenizer)
-    _, timed = _sorted_batches(encoded, stage.batch_size, teacher, loaded.tokenizer.pad_token_id, ctx.device)
+    _, timed = _sorted_batches(encoded, stage.batch_size, teacher, loaded.tokenizer.pad_token_id, ctx.device,
+                               min_batches=CACHE_TIMED_BATCHES)
     # as the distillation step runs it: in the run's precision, every layer's hidden states out
     s_per_step, s_per_token = _time_forward(teacher, timed, clock, ctx.precision, output_hidden_states=True)
     teacher_flops = (record.get("flops_by_component") or {}).get("teacher_forward")
@@ -234,17 +238,24 @@ def _cached_steps(ctx: StageContext, stage: TrainingStage, marked: _MarkedWindow
 
 
 def _time_forward(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]], clock: Clock,
-                  precision: Precision, **forward_kwargs: Any) -> tuple[float, float]:
+                  precision: Precision, *, flops_counted: bool = False, **forward_kwargs: Any) -> tuple[float, float]:
     """(seconds per batch, seconds per padded token) of `model`'s forward passes over `batches` in the run's
     `precision` (bf16 autocast where the run computes in it), each timed on its own (after one untimed pass)
-    and fitted as `measure.calibration.step_cost` fits training steps."""
+    and fitted as `measure.calibration.step_cost` fits training steps. `flops_counted`: each pass runs under
+    the FLOP counter, as evaluation runs every batch (the counter's dispatch makes a pass about 1.3x slower)."""
+    def forward(batch: dict[str, torch.Tensor]) -> None:
+        if flops_counted:
+            count_flops(lambda: model(**batch, **forward_kwargs))
+        else:
+            model(**batch, **forward_kwargs)
+
     marks = [StepMark(0, 0.0, 0)]
     with torch.inference_mode(), precision.autocast():
-        model(**batches[0], **forward_kwargs)
+        forward(batches[0])
         synchronize()
         start = clock()
         for index, batch in enumerate(batches, 1):
-            model(**batch, **forward_kwargs)
+            forward(batch)
             synchronize()
             marks.append(StepMark(index, clock() - start, marks[-1].padded_tokens + int(batch["input_ids"].numel())))
     return step_cost(marks)
@@ -263,12 +274,13 @@ def _batches(encoded: Any, rows: list[np.ndarray], model: torch.nn.Module, pad_t
 
 
 def _sorted_batches(encoded: Any, batch_size: int, model: torch.nn.Module, pad_token_id: int,
-                    device: torch.device) -> tuple[list[np.ndarray], list[dict[str, torch.Tensor]]]:
+                    device: torch.device, min_batches: int = FORWARD_TIMED_BATCHES,
+                    ) -> tuple[list[np.ndarray], list[dict[str, torch.Tensor]]]:
     """A split's rows batched by length (as evaluation batches them), and the batches to time: spread over
-    them, at least `FORWARD_TIMED_BATCHES` and `FORWARD_TIMED_EXAMPLES` examples' worth."""
+    them, at least `min_batches` and `FORWARD_TIMED_EXAMPLES` examples' worth."""
     order = np.argsort(np.asarray(encoded.lengths), kind="stable")
     rows = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    count = max(FORWARD_TIMED_BATCHES, math.ceil(FORWARD_TIMED_EXAMPLES / batch_size))
+    count = max(min_batches, math.ceil(FORWARD_TIMED_EXAMPLES / batch_size))
     return rows, _batches(encoded, _spread(rows, count), model, pad_token_id, device)
 
 
@@ -308,7 +320,7 @@ def _plan_evaluate(ctx: StageContext, stage: EvaluateStage, run: RunInfo, meters
                 rows, timed = _sorted_batches(encoded, stage.batch_size, model, loaded.tokenizer.pad_token_id,
                                               ctx.device)
                 examples, tokens = examples + len(encoded), tokens + encoded.num_tokens
-                rate = _time_forward(model, timed, clock, ctx.precision)
+                rate = _time_forward(model, timed, clock, ctx.precision, flops_counted=True)  # as the stage runs
                 pass_s, padded = _pass_s(rate, rows, np.asarray(encoded.lengths))
                 timings.append((load_s, pass_s, padded, per_token_flops * padded))
                 load_s = 0.0  # the model is loaded once for all its splits

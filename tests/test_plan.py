@@ -17,7 +17,7 @@ from greendistil.cli import EXIT_BAD_INPUT, EXIT_BUDGET, main
 from greendistil.config import load_config
 from greendistil.errors import ConfigError
 from greendistil.measure.calibration import (DURATION_METHOD, FORWARD_METHOD, StepMark, WindowCost,
-                                             forward_forecast, step_cost, training_forecast)
+                                             forward_forecast, plan_teacher_share, step_cost, training_forecast)
 from greendistil.measure.forecast import RUN_TOTAL_METHODS
 from greendistil.planning import budget_warnings
 from greendistil.runlog.plans import PLAN_VERSION, default_plan_path, plan_entry, read_plan
@@ -91,6 +91,18 @@ def test_a_calibration_that_ran_the_whole_stage_is_its_own_forecast() -> None:
                                  warmup_steps=4, total_steps=2, total_padded_tokens=200, kg_co2_per_kwh=KG_PER_KWH)
     assert forecast.duration_s == 5.0 and forecast.energy_kwh == pytest.approx({"cpu": 0.001})
     assert forecast.duration_method == "forecast:calibration-ran-the-whole-stage" and forecast.flops == 4e6
+    assert forecast.detail["calibration_marks"] == [[1, 3.0, 100], [2, 4.0, 200]]  # a trace of the stage
+
+
+def test_the_teacher_share_of_a_cached_stage_is_taken_at_its_mean_step() -> None:
+    """The served steps' weight: the timed teacher forward over the fitted step, both at the stage's mean
+    padded tokens per step (400 here), not the ratio of the per-token parts alone (0.5)."""
+    entry = {"num_steps": 100, "num_padded_tokens": 40_000, "teacher_forward_s_per_step": 0.01,
+             "teacher_forward_s_per_million_padded_tokens": 250.0, "s_per_step": 0.1,
+             "s_per_million_padded_tokens": 500.0}
+    assert plan_teacher_share(entry) == pytest.approx((0.01 + 0.1) / (0.1 + 0.2))
+    assert plan_teacher_share({**entry, "teacher_forward_s_per_step": None}) is None  # a plan without the timing
+    assert plan_teacher_share({**entry, "teacher_forward_s_per_step": 1.0}) is None  # not a share of the step
 
 
 def test_a_short_warm_up_still_leaves_the_first_step_out_of_the_rate() -> None:
@@ -298,4 +310,4 @@ def test_a_cached_distillation_is_planned_and_forecast_without_the_served_teache
     assert entry["flops_analytic"] == pytest.approx(record["flops_analytic"], rel=0.05)
     forecast = record["forecast"]
     assert forecast["cached_steps_from"] == 8 and 0 < forecast["cached_step_weight"] < 1
-    assert forecast["cached_step_weight_source"] == "forecast:the-plan's-timed-teacher-forward-share-per-padded-token"
+    assert forecast["cached_step_weight_source"] == "forecast:the-plan's-timed-teacher-forward-share-of-the-mean-step"

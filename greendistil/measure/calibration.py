@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -139,6 +140,21 @@ class CachedSteps:
                 "teacher_cache_saved_flops": self.saved_flops,
                 "teacher_forward_s_per_step": self.teacher_s_per_step,
                 "teacher_forward_s_per_million_padded_tokens": self.teacher_s_per_token * 1e6}
+
+
+def plan_teacher_share(entry: Mapping[str, Any]) -> float | None:
+    """The teacher forward's share of the stage's mean step, from the plan entry of a distillation that a
+    teacher cache serves: its timed forward over the fitted step, both at the stage's mean padded tokens per
+    step (a per-token ratio alone trades on how each fit split its time between step and token). None
+    without those figures."""
+    num_steps, padded = entry.get("num_steps"), entry.get("num_padded_tokens")
+    parts = [entry.get(key) for key in ("teacher_forward_s_per_step", "teacher_forward_s_per_million_padded_tokens",
+                                        "s_per_step", "s_per_million_padded_tokens")]
+    if not num_steps or not padded or any(part is None for part in parts):
+        return None
+    million_tokens = padded / num_steps / 1e6
+    teacher_s, step_s = parts[0] + parts[1] * million_tokens, parts[2] + parts[3] * million_tokens
+    return teacher_s / step_s if 0 < teacher_s < step_s else None
 
 
 def _energy(cost: WindowCost, duration_s: float) -> dict[str, float]:

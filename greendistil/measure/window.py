@@ -22,6 +22,7 @@ from greendistil.data.batching import PlannedSteps
 from greendistil.distributed import SINGLE, Dist
 from greendistil.errors import BudgetExceeded, RunInterrupted
 from greendistil.measure.budget import BudgetGuard
+from greendistil.measure.calibration import plan_teacher_share
 from greendistil.measure.carbon import CarbonMeter
 from greendistil.measure.counters import StageCounters
 from greendistil.measure.forecast import CachedStepCost, Forecast, Forecaster, RunTotals
@@ -110,15 +111,14 @@ class Window:
         return self.forecaster.observe(step)
 
     def _cached_cost(self, first_step: int | None) -> CachedStepCost | None:
-        """What a served step costs next to a full one: 1 - the teacher forward's share of a step, as the plan
-        timed it (per padded token), else as the counted FLOPs of the steps so far split it."""
+        """What a served step costs next to a full one: 1 - the teacher forward's share of the stage's mean
+        step, as the plan timed both, else as the counted FLOPs of the steps so far split it."""
         if first_step is None:
             return None
-        plan = self.plan_forecast or {}
-        teacher_s, step_s = plan.get("teacher_forward_s_per_million_padded_tokens"), plan.get("s_per_million_padded_tokens")
-        if teacher_s and step_s and 0 < teacher_s < step_s:
-            return CachedStepCost(first_step=first_step, weight=1.0 - teacher_s / step_s,
-                                  source="forecast:the-plan's-timed-teacher-forward-share-per-padded-token")
+        share = plan_teacher_share(self.plan_forecast or {})
+        if share is not None:
+            return CachedStepCost(first_step=first_step, weight=1.0 - share,
+                                  source="forecast:the-plan's-timed-teacher-forward-share-of-the-mean-step")
         sampler = self.counters.flop_sampler
         flops = sampler.by_component() if sampler is not None else {}
         total = sum(flops.values())

@@ -56,8 +56,8 @@ def plan_entry(plan: dict[str, Any] | None, task: str | None, window: str,
     for entry in plan.get("stages", []):
         if _is(entry, task, window, seed):
             keep = ("duration_s", "energy_kwh", "co2_kg", "flops", "num_steps", "num_padded_tokens",
-                    "duration_method", "energy_method", "s_per_million_padded_tokens",
-                    "teacher_forward_s_per_million_padded_tokens")
+                    "duration_method", "energy_method", "s_per_step", "s_per_million_padded_tokens",
+                    "teacher_forward_s_per_step", "teacher_forward_s_per_million_padded_tokens")
             return {"created_at": plan.get("created_at"), **{k: entry.get(k) for k in keep}}
     return None
 
