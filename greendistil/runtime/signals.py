@@ -67,9 +67,6 @@ def signals_raise(on_sigterm: Callable[[int], BaseException]) -> Iterator[None]:
     os.set_blocking(write_fd, False)
     first: list[int] = []
 
-    def swallow(number: int, frame: FrameType | None) -> None:
-        return None
-
     def handler(number: int, frame: FrameType | None) -> None:
         if not first:
             try:
@@ -77,8 +74,11 @@ def signals_raise(on_sigterm: Callable[[int], BaseException]) -> Iterator[None]:
             except BlockingIOError:
                 arrived = b""
             first.append(arrived[0] if arrived else number)
-        for sig in HELD_SIGNALS:  # may run another pending signal's handler first: `first` is already set
-            signal.signal(sig, swallow)
+        # Ignored at the C level, not by a Python function: the interpreter resets its Python handlers to the
+        # default while it finalizes, and a signal arriving then would kill the process (exit -2, not 143).
+        # A signal already pending when this runs finds no handler to call and is dropped.
+        for sig in HELD_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
         raise on_sigterm(first[0]) if first[0] == signal.SIGTERM else KeyboardInterrupt
 
     previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
