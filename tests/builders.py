@@ -7,10 +7,13 @@ writing a record the package would never write. Test modules import these (and `
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
+import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -241,3 +244,12 @@ def read_records_strict(run_dir: Path) -> list[dict[str, Any]]:
 
 def student_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(run_dir / "checkpoints" / "distill" / "model.safetensors")
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """`benchmarks/<name>.py` imported as a module (the benchmarks are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(name, module)  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module

@@ -4,7 +4,6 @@ tiny config is recorded and analysed end to end."""
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -13,18 +12,14 @@ from types import ModuleType
 import numpy as np
 import pytest
 
-from builders import subprocess_env
+from builders import load_benchmark, subprocess_env
 from conftest import write_sst2, write_tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def accuracy() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("forecast_accuracy", REPO / "benchmarks" / "forecast_accuracy.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("forecast_accuracy", module)  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("forecast_accuracy")
 
 
 def linear_trace(module: ModuleType, *, num_steps: int = 400, noise: float = 0.0) -> object:

@@ -3,24 +3,19 @@ checks on records and power samples as a GPU run writes them."""
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
 
-from builders import subprocess_env
+from builders import load_benchmark, subprocess_env
 from conftest import write_sst2, write_tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def gpu_check() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks" / "gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("gpu_check", module)  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("gpu_check")
 
 
 def test_the_dry_run_runs_everything_but_the_cuda_parts(tmp_path: Path) -> None:
