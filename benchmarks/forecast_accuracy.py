@@ -77,21 +77,26 @@ class Trace:
 Fit = Callable[[np.ndarray, np.ndarray, np.ndarray], float]
 
 
-def _theil_sen(seen_tokens: np.ndarray, seen_s: np.ndarray, left_tokens: np.ndarray) -> float:
-    """The package's fit (`measure.calibration.step_cost`): a Theil-Sen line of seconds on padded tokens."""
+def _theil_sen_rate(seen_tokens: np.ndarray, seen_s: np.ndarray) -> tuple[float, float]:
+    """The package's fit (`measure.calibration.step_cost`): (seconds per step, seconds per padded token)."""
     marks = [StepMark(0, 0.0, 0)]
     for tokens, seconds in zip(seen_tokens, seen_s):
         marks.append(StepMark(len(marks), marks[-1].time_s + float(seconds), marks[-1].padded_tokens + int(tokens)))
-    s_per_step, s_per_token = step_cost(marks)
+    return step_cost(marks)
+
+
+def _theil_sen(seen_tokens: np.ndarray, seen_s: np.ndarray, left_tokens: np.ndarray) -> float:
+    """The package's fit: a Theil-Sen line of seconds on padded tokens."""
+    s_per_step, s_per_token = _theil_sen_rate(seen_tokens, seen_s)
     return len(left_tokens) * s_per_step + float(left_tokens.sum()) * s_per_token
 
 
 def _theil_sen_mean(seen_tokens: np.ndarray, seen_s: np.ndarray, left_tokens: np.ndarray) -> float:
     """The Theil-Sen line moved up by the seen steps' mean residual: its slope, and the mean step's level (a
     median line misses the slow steps, which a total includes)."""
-    line = _theil_sen(seen_tokens, seen_s, left_tokens)
-    residual = float(seen_s.sum()) - _theil_sen(seen_tokens, seen_s, seen_tokens)
-    return line + residual / len(seen_s) * len(left_tokens)
+    s_per_step, s_per_token = _theil_sen_rate(seen_tokens, seen_s)
+    residual_per_step = float(seen_s.mean()) - s_per_step - float(seen_tokens.mean()) * s_per_token
+    return len(left_tokens) * (s_per_step + residual_per_step) + float(left_tokens.sum()) * s_per_token
 
 
 def _least_squares(seen_tokens: np.ndarray, seen_s: np.ndarray, left_tokens: np.ndarray, degree: int = 1) -> float:

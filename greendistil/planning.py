@@ -56,7 +56,7 @@ FORWARD_TIMED_BATCHES = 4  # forward batches timed per model and batch size, at 
 CALIBRATION_POWER_S = 1.0  # codecarbon's sampling interval while calibrating
 FORWARD_TIMED_EXAMPLES = 64  # ... this many examples' worth: a batch of 1 takes milliseconds, too few to time
 # The teacher forward a cache saves, timed on this many training batches: its share of a step weighs every
-# served step of the in-run forecast (4 batches gave shares from 0.31 to 0.54 of a step on four GLUE tasks)
+# served step of the in-run forecast (4 batches gave shares from 0.23 to 0.54 of a step on five GLUE tasks)
 CACHE_TIMED_BATCHES = 16
 
 

@@ -73,7 +73,6 @@ def test_shipped_configs_load_with_distilbert_defaults(name: str) -> None:
     assert cfg.stages[2].roles == ("teacher", "student")
 
 
-
 @pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.toml")  # a sweep's: tests/test_sweep.py
                                          if "sweep" not in tomllib.loads(p.read_text())))
 def test_every_shipped_config_loads_and_orders_its_stages(name: str) -> None:
@@ -92,6 +91,7 @@ def test_the_route_configs_of_the_glue_comparison_differ_only_in_their_stages() 
     assert baseline.run.seed == intermediate.run.seed
     objectives = {(s.role, s.objective) for s in baseline.stages if isinstance(s, DistillStage)}
     assert objectives == {("general_student", "mlm"), ("student", "task")}
+
 
 def test_dataclass_defaults_are_distilbert() -> None:
     stage = DistillStage()
