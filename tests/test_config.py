@@ -93,6 +93,35 @@ def test_the_route_configs_of_the_glue_comparison_differ_only_in_their_stages() 
     assert objectives == {("general_student", "mlm"), ("student", "task")}
 
 
+def test_the_scaled_corpus_config_changes_only_the_corpus_stages_size() -> None:
+    """configs/glue-corpus-scaled.toml is glue-intermediate's general route with the whole corpus for two
+    epochs: everything else (tasks, settings, objective, the teacher's stage and its seed) stays."""
+    intermediate = load_config(CONFIGS / "glue-intermediate.toml")
+    scaled = load_config(CONFIGS / "glue-corpus-scaled.toml")
+    for table in ("suite", "task", "teacher", "student", "carbon"):
+        assert getattr(scaled, table) == getattr(intermediate, table), table
+    assert scaled.corpus == dataclasses.replace(intermediate.corpus, max_examples=None)
+    by_name = {stage.name: stage for stage in intermediate.stages}
+    assert [stage.name for stage in scaled.stages] == ["distill-general", "finetune", "finetune-general", "evaluate"]
+    assert scaled.stages[0] == dataclasses.replace(by_name["distill-general"], epochs=2)
+    assert scaled.stages[1:3] == (by_name["finetune"], by_name["finetune-general"])
+    assert intermediate.stages[1] == by_name["finetune"]  # the teacher's stage index, hence its seed, is kept
+    assert scaled.run.seed == intermediate.run.seed
+
+
+def test_the_no_corpus_ablation_fine_tunes_the_layer_copy_before_the_teacher() -> None:
+    """configs/glue-no-corpus.toml: glue-intermediate's general fine-tuning without the corpus stage, placed
+    before the teacher's fine-tuning so that the student is copied from the packaged teacher."""
+    intermediate = load_config(CONFIGS / "glue-intermediate.toml")
+    ablation = load_config(CONFIGS / "glue-no-corpus.toml")
+    for table in ("suite", "task", "teacher", "student", "carbon"):
+        assert getattr(ablation, table) == getattr(intermediate, table), table
+    by_name = {stage.name: stage for stage in intermediate.stages}
+    assert ablation.stages[:2] == (by_name["finetune-general"], by_name["finetune"])
+    assert intermediate.stages[1] == by_name["finetune"]  # the teacher's stage index, hence its seed, is kept
+    assert not any(isinstance(stage, DistillStage) for stage in ablation.stages)
+
+
 def test_dataclass_defaults_are_distilbert() -> None:
     stage = DistillStage()
     assert (stage.temperature, stage.alpha_ce, stage.alpha_task, stage.alpha_cos) == (2.0, 5.0, 2.0, 1.0)

@@ -1,7 +1,8 @@
 """Every figure the report draws can be read: no two of its texts overlap, and none is cut off.
 
 Drawn from real run logs kept in reports/ (base.toml's, with its short benchmark windows beside two long
-training stages; the general-vs-task pair) and from a synthetic six-task suite with shared stages.
+training stages; the general-vs-task pair; the five- and six-task suites) and from a synthetic six-task suite
+with shared stages.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import pytest
 from matplotlib.figure import Figure
 
 from builders import suite_run
-from greendistil.report.compare import teacher_student
-from greendistil.report.costs import model_points
+from greendistil.report.compare import general_student_figures, teacher_student
+from greendistil.report.costs import general_route_users, model_points
 from greendistil.report.frame import iter_runs, iter_tasks, iter_units, load_report_frame
 from greendistil.report.legibility import outside_figure, overlapping_texts
 from greendistil.report.plots import draw_energy_by_stage, draw_power, draw_score_vs_cost, draw_teacher_student
@@ -22,7 +23,8 @@ from greendistil.report.suite_plots import draw_retention_vs_energy, draw_suite_
 from greendistil.runlog.store import read_records
 
 REPORTS = Path(__file__).resolve().parents[1] / "reports"
-RUN_LOGS = [REPORTS / "base" / "run-log", REPORTS / "general-vs-task" / "run-log", REPORTS / "glue-five" / "run-log"]
+RUN_LOGS = [REPORTS / "base" / "run-log", REPORTS / "general-vs-task" / "run-log", REPORTS / "glue-five" / "run-log",
+            REPORTS / "glue-intermediate" / "run-log"]
 SIX = ("cola", "sst2", "mrpc", "stsb", "rte", "wnli")
 
 
@@ -52,9 +54,11 @@ def figures(run_dir: Path) -> dict[str, Figure]:
         if summary:
             drawn[f"serving {run_id}"] = draw_serving(summary, title=run_id)
     for index, records in enumerate(iter_units(frame)):
-        drawn[f"teacher-student {index}"] = draw_teacher_student(teacher_student(records), title=f"unit {index}")
+        drawn[f"teacher-student {index}"] = draw_teacher_student(teacher_student(records), title=f"unit {index}",
+                                                                 general_student=general_student_figures(records))
+    users = general_route_users(frame)
     for task, records in iter_tasks(frame):
-        drawn[f"score-vs-cost {task}"] = draw_score_vs_cost(model_points(records), task=task)
+        drawn[f"score-vs-cost {task}"] = draw_score_vs_cost(model_points(records, shared_users=users), task=task)
     return drawn
 
 

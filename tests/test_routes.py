@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 
 from greendistil.report import write_report
-from greendistil.report.costs import model_points, student_training_records
-from greendistil.report.frame import iter_runs, load_report_frame
+from greendistil.report.costs import general_route_users, model_points, student_training_records
+from greendistil.report.frame import iter_runs, iter_tasks, load_report_frame
 from greendistil.report.routes import GENERAL, TASK_ONLY, routes_section, student_route
 
-from builders import full_run, stage_record, write_run
+from builders import full_run, stage_record, suite_run, write_run
 
 
 def general_run(root: Path, run_id: str = "general", *, task_distill: bool = False) -> Path:
@@ -88,3 +88,37 @@ def test_report_of_both_routes(tmp_path: Path) -> None:
     report = write_report([tmp_path / "runs"], tmp_path / "report").read_text(encoding="utf-8")
     assert "## General vs task-only distillation" in report and "### MLM stages" in report
     assert "**to produce the student** (pretrain + distill + finetune-student)" in report
+
+
+def test_a_suites_general_student_is_a_model_point_with_the_shared_stages_amortized(tmp_path: Path) -> None:
+    scores = {"teacher": {"score": 0.9}, "student": {"score": 0.85}, "general_student": {"score": 0.8}}
+    suite_run(tmp_path, "suite", {"rte": scores, "mrpc": scores}, shared_kwh=2.0)
+    frame = load_report_frame(tmp_path)
+    points = {(p.task, p.role): p for p in model_points(frame)}
+    general = points[("rte", "general_student")]
+    # its finetune-general (0.2 kWh) + the shared pretrain and distill-general (2.0 kWh) over the 2 tasks
+    assert general.energy_kwh == pytest.approx(0.2 + 2.0 / 2)
+    assert general.flops == pytest.approx((0.2 + 2.0 / 2) * 1e15)
+    assert general.score == pytest.approx(0.8)
+    assert general.inference_flops_per_example == pytest.approx(5e11 / (100 / 3))
+    assert points[("rte", "student")].energy_kwh == pytest.approx(1.0 + 0.6)  # no shared stage
+    # one task's records with the shared stages (as the report reads them) need the run's number of users
+    rte = [records for task, records in iter_tasks(frame) if task == "rte"][0]
+    alone = {p.role: p for p in model_points(rte)}
+    assert alone["general_student"].energy_kwh == pytest.approx(0.2 + 2.0)
+    told = {p.role: p for p in model_points(rte, shared_users=general_route_users(frame))}
+    assert told["general_student"].energy_kwh == pytest.approx(0.2 + 2.0 / 2)
+
+
+def test_runs_without_a_general_student_give_two_points_per_task(tmp_path: Path) -> None:
+    full_run(tmp_path, "task")
+    assert [p.role for p in model_points(load_report_frame(tmp_path))] == ["teacher", "student"]
+
+
+def test_a_general_student_without_a_corpus_stage_costs_its_fine_tuning(tmp_path: Path) -> None:
+    """The no-corpus ablation (configs/glue-no-corpus.toml): nothing shared to amortize."""
+    scores = {"teacher": {"score": 0.9}, "general_student": {"score": 0.7}}
+    suite_run(tmp_path, "ablation", {"rte": scores, "mrpc": scores})
+    points = {(p.task, p.role): p for p in model_points(load_report_frame(tmp_path))}
+    assert points[("mrpc", "general_student")].energy_kwh == pytest.approx(0.2)
+    assert points[("mrpc", "general_student")].flops == pytest.approx(0.2e15)

@@ -14,8 +14,8 @@ import pandas as pd
 
 from greendistil.errors import GreendistilError
 from greendistil.report import plots, tables
-from greendistil.report.compare import teacher_student
-from greendistil.report.costs import cost_totals, model_points
+from greendistil.report.compare import general_student_figures, teacher_student
+from greendistil.report.costs import cost_totals, general_route_users, model_points
 from greendistil.report.distributed import distributed_section
 from greendistil.report.forecasts import forecasts_section
 from greendistil.report.frame import (first_value, iter_runs, iter_tasks, iter_units, load_report_frame, run_seeds,
@@ -108,11 +108,13 @@ def _write_figures(frame: pd.DataFrame, out_dir: Path) -> dict[str, list[ReportF
         comparison = teacher_student(records)
         title = unit_title(records)
         file_name = names.new(f"teacher-student-{title}")
-        plots.plot_teacher_student(comparison, out_dir / file_name, title=title)
+        plots.plot_teacher_student(comparison, out_dir / file_name, title=title,
+                                   general_student=general_student_figures(records))
         figures["teacher_student"].append(ReportFigure(caption=f"Teacher vs student, {title}", file_name=file_name))
+    users = general_route_users(frame)
     for task, records in iter_tasks(frame):
         tradeoff = names.new(f"score-vs-cost-{task}")
-        plots.plot_score_vs_cost(model_points(records), out_dir / tradeoff, task=task)
+        plots.plot_score_vs_cost(model_points(records, shared_users=users), out_dir / tradeoff, task=task)
         figures["across"].append(ReportFigure(caption=f"Score vs cost, task {task}", file_name=tradeoff))
     return figures
 

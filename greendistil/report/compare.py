@@ -86,6 +86,16 @@ def teacher_training_records(records: pd.DataFrame) -> pd.DataFrame:
     return teacher[~head_only]
 
 
+def role_figures(records: pd.DataFrame, role: str) -> RoleFigures:
+    """One role's figures from one run's records (a suite: one task's records with its shared stages)."""
+    return _role_figures(records, _last_evaluate(records), role)
+
+
+def general_student_figures(records: pd.DataFrame) -> RoleFigures | None:
+    """A suite task's general student (the general route's), or None where the records have none."""
+    return role_figures(records, "general_student") if (records["role"] == "general_student").any() else None
+
+
 def _role_figures(records: pd.DataFrame, evaluate: pd.Series | None, role: str) -> RoleFigures:
     training = teacher_training_records(records) if role == "teacher" else \
         records[(records["role"] == role) & ~records["kind"].isin(INFERENCE_KINDS)]

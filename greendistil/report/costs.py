@@ -10,11 +10,11 @@ Failed and interrupted stages count: their energy was spent.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import pandas as pd
 
-from greendistil.report.compare import INFERENCE_KINDS, teacher_student, teacher_training_records
+from greendistil.report.compare import INFERENCE_KINDS, role_figures, teacher_student, teacher_training_records
 from greendistil.report.frame import column_sum, first_value, iter_units
 
 
@@ -103,23 +103,68 @@ class ModelPoint:
     all_stages_ok: bool
 
 
-def model_points(frame: pd.DataFrame) -> list[ModelPoint]:
-    """A teacher point and a student point per run (per task of a suite run), in `iter_units` order."""
+def model_points(frame: pd.DataFrame, *, shared_users: Mapping[str, int] | None = None) -> list[ModelPoint]:
+    """A teacher point and a student point per run (per task of a suite run), in `iter_units` order, and a
+    general_student point where a suite's general route produced one.
+
+    A general student's cost is its task training plus the suite's shared stages (the corpus stages) divided
+    by the number of tasks that used them, as the suite report's amortized column. `shared_users` gives that
+    number per run_dir; pass `general_route_users` of the whole run when `frame` holds only some of its tasks.
+    """
+    users = general_route_users(frame) if shared_users is None else shared_users
     points = []
     for records in iter_units(frame):
         task = first_value(records[records["task"].notna()], "task") or "shared"
         comparison = teacher_student(records)
-        scopes = {"teacher": teacher_training_records(records), "student": student_training_records(records)}
-        for role, figures in (("teacher", comparison.teacher), ("student", comparison.student)):
-            cost = cost_totals(scopes[role])
+        run_dir = str(first_value(records, "run_dir"))
+        figures = {"teacher": comparison.teacher, "student": comparison.student}
+        scopes = {"teacher": cost_totals(teacher_training_records(records)),
+                  "student": cost_totals(student_training_records(records))}
+        if users.get(run_dir):
+            figures["general_student"] = role_figures(records, "general_student")
+            scopes["general_student"] = _amortized_general_cost(records, users[run_dir])
+        for role, role_figure in figures.items():
+            cost = scopes[role]
             points.append(ModelPoint(
-                run_id=str(first_value(records, "run_id")), run_dir=str(first_value(records, "run_dir")),
-                task=str(task), role=role, score=figures.score, flops=cost.flops,
+                run_id=str(first_value(records, "run_id")), run_dir=run_dir,
+                task=str(task), role=role, score=role_figure.score, flops=cost.flops,
                 energy_kwh=cost.energy_kwh, co2_kg=cost.co2_kg,
-                inference_flops_per_example=figures.inference_flops_per_example,
+                inference_flops_per_example=role_figure.inference_flops_per_example,
                 all_stages_ok=bool((records["status"] == "ok").all()),
             ))
     return points
+
+
+def general_route_users(frame: pd.DataFrame) -> dict[str, int]:
+    """Per run_dir: how many tasks trained a general_student (the tasks a suite's shared stages served)."""
+    general = frame[(frame["role"] == "general_student") & frame["task"].notna()]
+    return {str(run_dir): int(n) for run_dir, n in general.groupby("run_dir")["task"].nunique().items()}
+
+
+def _amortized_general_cost(records: pd.DataFrame, num_users: int) -> AmortizedCost:
+    """One task's general student: its own training stages plus 1/`num_users` of the shared stages."""
+    produced = student_training_records(records, "general_student")
+    shared_records = produced[produced["task"].isna()]
+    own, shared = cost_totals(produced[produced["task"].notna()]), cost_totals(shared_records)
+
+    def add(mine: float | None, theirs: float | None) -> float | None:
+        if shared_records.empty:  # a general student fine-tuned without a corpus stage (an ablation)
+            return mine
+        if mine is None or theirs is None:  # an unmeasured part leaves the sum unknown, never understated
+            return None
+        return mine + theirs / num_users
+
+    return AmortizedCost(flops=add(own.flops, shared.flops), energy_kwh=add(own.energy_kwh, shared.energy_kwh),
+                         co2_kg=add(own.co2_kg, shared.co2_kg))
+
+
+@dataclass(frozen=True, kw_only=True)
+class AmortizedCost:
+    """What producing one task's general student cost, the shared stages amortized over their tasks."""
+
+    flops: float | None
+    energy_kwh: float | None
+    co2_kg: float | None
 
 
 def pareto_optimal(costs: Sequence[float | None], scores: Sequence[float | None]) -> list[bool]:

@@ -21,7 +21,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from greendistil.report.compare import TeacherStudent
+from greendistil.report.compare import RoleFigures, TeacherStudent
 from greendistil.runtime.units import J_PER_KWH
 from greendistil.report.costs import ModelPoint, pareto_optimal
 from greendistil.report.frame import first_value, number, task_order, value
@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 FIGSIZE_IN = (8.0, 5.0)
 DPI = 100
 COMPONENT_COLORS = {"cpu": "#4C72B0", "gpu": "#DD8452", "ram": "#55A868"}
-ROLE_MARKERS = {"teacher": "o", "student": "^"}
+ROLE_MARKERS = {"teacher": "o", "student": "^", "general_student": "D"}
 ROLE_COLORS = {"teacher": "#4C72B0", "student": "#DD8452", "general_student": "#55A868"}
 POWER_FILE = "power.csv"
 SPAN_ROW = 0.06  # height of a row of stage names above the power plot, in axes fractions
@@ -105,7 +105,8 @@ def draw_score_vs_cost(points: Sequence[ModelPoint], *, task: str) -> Figure:
         ax.xaxis.set_major_locator(MaxNLocator(5))
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("dev score (task's GLUE score)")
-    handles = [Line2D([], [], marker=m, ls="", color="grey", label=r) for r, m in ROLE_MARKERS.items()]
+    drawn = {p.role for p in points}
+    handles = [Line2D([], [], marker=m, ls="", color="grey", label=r) for r, m in ROLE_MARKERS.items() if r in drawn]
     handles.append(Line2D([], [], ls="--", marker="o", markerfacecolor="none", markersize=10, color="black",
                           label="Pareto front"))
     scored = [r for r in runs if any(p.run_id == r and p.score is not None for p in points)]
@@ -139,36 +140,43 @@ def _scatter_with_front(ax: Axes, points: Sequence[ModelPoint], attribute: str, 
         ax.text(0.5, 0.5, "no scored model with this cost", transform=ax.transAxes, ha="center")
 
 
-def plot_teacher_student(comparison: TeacherStudent, path: Path, *, title: str | None = None) -> Path:
-    return save_figure(draw_teacher_student(comparison, title=title), path)
+def plot_teacher_student(comparison: TeacherStudent, path: Path, *, title: str | None = None,
+                         general_student: RoleFigures | None = None) -> Path:
+    return save_figure(draw_teacher_student(comparison, title=title, general_student=general_student), path)
 
 
-def draw_teacher_student(comparison: TeacherStudent, *, title: str | None = None) -> Figure:
+def draw_teacher_student(comparison: TeacherStudent, *, title: str | None = None,
+                         general_student: RoleFigures | None = None) -> Figure:
     """One run (one task of a suite): parameters, FLOPs per example (training and inference) and dev score,
-    teacher beside student."""
+    teacher beside student, and beside the suite's general student when it has one."""
     fig = Figure(figsize=FIGSIZE_IN, dpi=DPI)
     axes = fig.subplots(1, 3)
-    roles = (comparison.teacher, comparison.student)
-    _role_bars(axes[0], ["parameters"], [[(r.num_params or 0) / 1e6] for r in roles], "parameters (millions)")
+    roles = [comparison.teacher, comparison.student] + ([general_student] if general_student is not None else [])
+    names = [r.role for r in roles]
+    _role_bars(axes[0], ["parameters"], [[(r.num_params or 0) / 1e6] for r in roles], names,
+               "parameters (millions)")
     flops = [[r.train_flops_per_example or 0.0, r.inference_flops_per_example or 0.0] for r in roles]
-    _role_bars(axes[1], ["training*", "inference"], flops, "FLOPs per example", digits=2)
+    _role_bars(axes[1], ["training*", "inference"], flops, names, "FLOPs per example", digits=2)
     known = [f for pair in flops for f in pair if f > 0]
     if known and max(known) / min(known) > 20:  # inference is often ~1/3 of training per example, or far less
         axes[1].set_yscale("log")
         axes[1].set_ylabel("FLOPs per example (log scale)")
-    axes[1].set_xlabel("* student: incl. teacher forward", fontsize=7)
-    _role_bars(axes[2], ["dev score"], [[r.score or 0.0] for r in roles], "dev score (task's GLUE score)")
+    axes[1].set_xlabel("* student: incl. teacher forward" + ("; general: incl. shared stages" if general_student
+                                                             else ""), fontsize=7)
+    _role_bars(axes[2], ["dev score"], [[r.score or 0.0] for r in roles], names, "dev score (task's GLUE score)")
     scores = [r.score or 0.0 for r in roles]
     axes[2].set_ylim(min(0.0, *scores) * 1.1, 1.1 * max(1.0, *scores))  # MCC may be negative
-    handles = [Patch(color=ROLE_COLORS[role], label=role) for role in ("teacher", "student")]
+    handles = [Patch(color=ROLE_COLORS[role], label=role) for role in names]
     fig.legend(handles=handles, loc="upper right", fontsize=8)
     fig.suptitle(f"Teacher vs student — {title or comparison.run_id}")
-    fig.tight_layout(w_pad=1.5)
+    fig.tight_layout(w_pad=1.5, rect=(0, 0, 1, 0.9 if general_student is not None else 1))  # room for the legend
     return fig
 
 
-def _role_bars(ax: Axes, groups: list[str], heights: list[list[float]], ylabel: str, digits: int = 3) -> None:
-    """Grouped bars: one group per entry of `groups`, a teacher and a student bar in each (0 = not recorded)."""
+def _role_bars(ax: Axes, groups: list[str], heights: list[list[float]], roles: list[str], ylabel: str,
+               digits: int = 3) -> None:
+    """Grouped bars: one group per entry of `groups`, a bar per role in each (`heights[role][group]`; 0 = not
+    recorded)."""
     ax.set_xticks(range(len(groups)), groups)
     ax.set_ylabel(ylabel)
     if not any(any(role_heights) for role_heights in heights):
@@ -176,13 +184,15 @@ def _role_bars(ax: Axes, groups: list[str], heights: list[list[float]], ylabel: 
         ax.set_yticks([])
         ax.text(0.5, 0.5, "not recorded", transform=ax.transAxes, ha="center", color="grey")
         return
-    width = 0.38
-    for offset, role, role_heights in ((-width / 2, "teacher", heights[0]), (width / 2, "student", heights[1])):
-        xs = [i + offset for i in range(len(groups))]
+    width = 0.76 / len(roles)
+    upright = len(roles) > 2  # three labels side by side outgrow their bars: stand them up
+    for index, (role, role_heights) in enumerate(zip(roles, heights, strict=True)):
+        xs = [i + (index - (len(roles) - 1) / 2) * width for i in range(len(groups))]
         ax.bar(xs, role_heights, width=width, color=ROLE_COLORS[role], label=role)
         for x, h in zip(xs, role_heights):
-            ax.text(x, h, fmt_number(h, digits) if h else "n/a", ha="center", va="bottom", fontsize=7)
-    ax.margins(y=0.12)
+            ax.text(x, h, fmt_number(h, digits) if h else "n/a", ha="center", va="bottom", fontsize=7,
+                    rotation=90 if upright else 0)
+    ax.margins(y=0.25 if upright else 0.12)
 
 
 def plot_power(records: pd.DataFrame, run_dir: Path, path: Path) -> Path:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import pandas as pd
 
 from greendistil.report.compare import TeacherStudent, teacher_student
-from greendistil.report.costs import CostTotals, cost_totals, model_points, pareto_optimal, student_training_records
+from greendistil.report.costs import (CostTotals, cost_totals, general_route_users, model_points, pareto_optimal,
+                                      student_training_records)
 from greendistil.report.frame import (first_value, iter_runs, iter_tasks, iter_units, number, run_seeds,
                                       task_order, value)
 from greendistil.report.markdown import (NOT_AVAILABLE, code, fmt_count, fmt_number, fmt_percent, fmt_ratio, fmt_si,
@@ -288,21 +289,24 @@ def across_runs_section(frame: pd.DataFrame) -> str:
     parts = ["## Across runs"]
     if frame["run_dir"].nunique() < 2:
         return "\n\n".join(parts + ["One run only: pass several run directories, or a runs root, to compare runs."])
-    parts.append(f"Each run gives two models: its teacher and its student. Cost = what producing the model took "
-                 f"(the teacher: its training stages; the student: the teacher's training plus distillation). "
+    parts.append(f"Each run gives two models: its teacher and its student; a suite with a general route gives a "
+                 f"third, its general_student. Cost = what producing the model took (the teacher: its training "
+                 f"stages; the student: the teacher's training plus distillation; the general student: its task "
+                 f"training plus the suite's shared stages divided by the tasks that used them). "
                  f"{PARETO_MARK} marks the Pareto front of each cost: no other model of the same task scores "
                  f"higher at lower or equal cost. Scores of different tasks are never compared.")
+    users = general_route_users(frame)
     for task, records in iter_tasks(frame):
         num_runs = records["run_dir"].nunique()
-        parts += [f"### Task `{task}` ({num_runs} run{'s' if num_runs > 1 else ''})", _pareto_table(records)]
+        parts += [f"### Task `{task}` ({num_runs} run{'s' if num_runs > 1 else ''})", _pareto_table(records, users)]
     parts += ["### Total cost of all runs",
               "Every stage of every run, failed and interrupted ones included: the cost of the whole study, "
               "not only of the best model.", _all_runs_table(frame)]
     return "\n\n".join(parts)
 
 
-def _pareto_table(records: pd.DataFrame) -> str:
-    points = sorted(model_points(records), key=lambda p: -(p.score if p.score is not None else float("-inf")))
+def _pareto_table(records: pd.DataFrame, shared_users: dict[str, int]) -> str:
+    points = sorted(model_points(records, shared_users=shared_users), key=lambda p: -(p.score if p.score is not None else float("-inf")))
     scores = [p.score for p in points]
     on_flops = pareto_optimal([p.flops for p in points], scores)
     on_kwh = pareto_optimal([p.energy_kwh for p in points], scores)
