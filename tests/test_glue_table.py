@@ -12,7 +12,7 @@ from builders import markdown_tables, section_of, suite_run, table_row, table_ro
 from greendistil import glue_table, load_runs
 from greendistil.data.tasks import GLUE_ORDER
 from greendistil.report import write_report
-from greendistil.report.glue import ModelRow, macro_label
+from greendistil.report.glue import MODEL_LABELS, UNDISTILLED_LABEL, ModelRow, macro_label
 
 SCORES = {
     "cola": {"teacher": {"mcc": 0.40, "score": 0.40}, "student": {"mcc": 0.30, "score": 0.30}},
@@ -117,3 +117,13 @@ def test_load_runs_keeps_the_shared_stages_without_a_task(tmp_path: Path) -> Non
     shared = frame[frame["task"].isna()]
     assert list(shared["stage"]) == ["pretrain", "distill-general"]
     assert isinstance(frame, pd.DataFrame)
+
+
+def test_a_general_student_no_distill_stage_trained_is_named_the_layer_copy(tmp_path: Path) -> None:
+    """configs/glue-no-corpus.toml's ablation: its general student was never distilled, so Table 1 must not
+    call it a general-distillation student; with a corpus stage the usual name stays."""
+    scores = {"teacher": {"accuracy": 0.6, "score": 0.6}, "general_student": {"accuracy": 0.55, "score": 0.55}}
+    ablation = load_runs(suite_run(tmp_path / "a", "ablation", {"rte": scores, "mrpc": scores}))
+    assert list(glue_table(ablation)["model"])[:2] == ["teacher", UNDISTILLED_LABEL]
+    distilled = load_runs(suite_run(tmp_path / "d", "general", {"rte": scores}, shared_kwh=1.0))
+    assert list(glue_table(distilled)["model"])[:2] == ["teacher", MODEL_LABELS["general_student"]]

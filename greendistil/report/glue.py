@@ -24,10 +24,19 @@ from greendistil.report.reference import PUBLISHED_GLUE_ROWS, PublishedGlueRow
 MODEL_ROLES = ("teacher", "student", "general_student")
 MODEL_LABELS = {"teacher": "teacher", "student": "student (task distillation)",
                 "general_student": "student (general distillation, then the task)"}
+UNDISTILLED_LABEL = "student (teacher layers fine-tuned on the task, no distillation)"
 NOT_RUN = "—"
 # The metrics a cell shows, in the paper's order, as `<role>.<key>` metric keys of the evaluate record.
 _CELL_METRICS = {"mrpc": ("f1", "accuracy"), "qqp": ("f1", "accuracy"), "stsb": ("pearson", "spearman"),
                  "mnli": ("dev_matched.accuracy", "dev_mismatched.accuracy"), "cola": ("mcc",)}
+
+
+def model_label(records: pd.DataFrame, role: str) -> str:
+    """The role's name in the report's tables: a general student that no distill stage of `records` (one run)
+    trained is the layer copy fine-tuned on each task (configs/glue-no-corpus.toml, an ablation)."""
+    if role == "general_student" and not ((records["kind"] == "distill") & (records["role"] == role)).any():
+        return UNDISTILLED_LABEL
+    return MODEL_LABELS[role]
 
 
 def task_label(task: str) -> str:
@@ -73,12 +82,12 @@ def model_rows(frame: pd.DataFrame) -> list[ModelRow]:
     named = uses_new_objectives(frame)
     for run_dir in _runs_in_order(evaluates):
         records = evaluates[evaluates["run_dir"] == run_dir]
-        run_id = str(value(records.iloc[0], "run_id"))
+        run_id, run = str(value(records.iloc[0], "run_id")), frame[frame["run_dir"] == run_dir]
         for role in MODEL_ROLES:
             scores, cells, num_seeds = _role_scores(records, role)
             if scores:
-                objective = role_objective(frame[frame["run_dir"] == run_dir], role) if named else None
-                label = MODEL_LABELS[role] + (f" [{objective}]" if objective else "") + (
+                objective = role_objective(run, role) if named else None
+                label = model_label(run, role) + (f" [{objective}]" if objective else "") + (
                     f", median of {num_seeds} seeds" if num_seeds > 1 else "")
                 rows.append(ModelRow(run_id=run_id, model=role, label=label, task_scores=scores, cells=cells))
     for paper in PUBLISHED_GLUE_ROWS:

@@ -151,7 +151,10 @@ def draw_teacher_student(comparison: TeacherStudent, *, title: str | None = None
     teacher beside student, and beside the suite's general student when it has one."""
     fig = Figure(figsize=FIGSIZE_IN, dpi=DPI)
     axes = fig.subplots(1, 3)
-    roles = [comparison.teacher, comparison.student] + ([general_student] if general_student is not None else [])
+    student = comparison.student
+    trained = student.score is not None or bool(student.train_stages)  # no student: an ablation's run
+    roles = [comparison.teacher] + ([student] if trained or general_student is None else []) + (
+        [general_student] if general_student is not None else [])
     names = [r.role for r in roles]
     _role_bars(axes[0], ["parameters"], [[(r.num_params or 0) / 1e6] for r in roles], names,
                "parameters (millions)")
@@ -169,7 +172,7 @@ def draw_teacher_student(comparison: TeacherStudent, *, title: str | None = None
     handles = [Patch(color=ROLE_COLORS[role], label=role) for role in names]
     fig.legend(handles=handles, loc="upper right", fontsize=8)
     fig.suptitle(f"Teacher vs student — {title or comparison.run_id}")
-    fig.tight_layout(w_pad=1.5, rect=(0, 0, 1, 0.9 if general_student is not None else 1))  # room for the legend
+    fig.tight_layout(w_pad=1.5, rect=(0, 0, 1, 0.9 if len(roles) > 2 else 1))  # room for the legend
     return fig
 
 

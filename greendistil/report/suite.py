@@ -14,7 +14,7 @@ import pandas as pd
 from greendistil.report.compare import INFERENCE_KINDS
 from greendistil.report.costs import cost_totals, student_training_records
 from greendistil.report.frame import iter_runs, task_order
-from greendistil.report.glue import MODEL_LABELS, MODEL_ROLES, NOT_RUN, glue_table, task_label
+from greendistil.report.glue import MODEL_ROLES, NOT_RUN, glue_table, model_label, task_label
 from greendistil.report.markdown import fmt_number, table
 from greendistil.report.reference import DISTILBERT_GLUE
 from greendistil.report.tables import component_cells, flops_cell, run_heading
@@ -71,7 +71,7 @@ def suite_cost_section(frame: pd.DataFrame) -> str:
 def _task_rows(records: pd.DataFrame, task: str) -> list[list[str]]:
     own = records[records["task"] == task]
     training = own[~own["kind"].isin(INFERENCE_KINDS)]
-    rows = [_cost_row(task_label(task), MODEL_LABELS[role], training[training["role"] == role])
+    rows = [_cost_row(task_label(task), model_label(records, role), training[training["role"] == role])
             for role in MODEL_ROLES if (training["role"] == role).any()]
     inference = own[own["kind"].isin(INFERENCE_KINDS)]
     if len(inference):
@@ -82,7 +82,7 @@ def _task_rows(records: pd.DataFrame, task: str) -> list[list[str]]:
 def _total_rows(records: pd.DataFrame, shared: pd.DataFrame) -> list[list[str]]:
     per_task = records[records["task"].notna()]
     training = per_task[~per_task["kind"].isin(INFERENCE_KINDS)]
-    rows = [_cost_row("all tasks", f"**{MODEL_LABELS[role]}**", training[training["role"] == role])
+    rows = [_cost_row("all tasks", f"**{model_label(records, role)}**", training[training["role"] == role])
             for role in MODEL_ROLES if (training["role"] == role).any()]
     inference = per_task[per_task["kind"].isin(INFERENCE_KINDS)]
     if len(inference):

@@ -17,7 +17,7 @@ from matplotlib.lines import Line2D
 from greendistil.report.compare import INFERENCE_KINDS, teacher_training_records
 from greendistil.report.costs import cost_totals, pareto_optimal, student_training_records
 from greendistil.report.frame import number, task_order
-from greendistil.report.glue import MODEL_LABELS, measured_tasks, model_rows, task_label
+from greendistil.report.glue import measured_tasks, model_label, model_rows, task_label
 from greendistil.report.plots import DPI, energy_unit, save_figure
 
 RETENTION_LINE = 0.969  # DistilBERT's: 77.0 / 79.5
@@ -127,7 +127,7 @@ def suite_points(records: pd.DataFrame) -> list[SuitePoint]:
     points = []
     for row in rows:
         cost = cost_totals(scopes[row.model])
-        points.append(SuitePoint(label=MODEL_LABELS[row.model], macro=row.macro(tasks), energy_kwh=cost.energy_kwh,
+        points.append(SuitePoint(label=model_label(records, row.model), macro=row.macro(tasks), energy_kwh=cost.energy_kwh,
                                  flops=cost.flops))
     return points
 
