@@ -144,15 +144,14 @@ def general_route_users(frame: pd.DataFrame) -> dict[str, int]:
 def _amortized_general_cost(records: pd.DataFrame, num_users: int) -> AmortizedCost:
     """One task's general student: its own training stages plus 1/`num_users` of the shared stages."""
     produced = student_training_records(records, "general_student")
-    shared_records = produced[produced["task"].isna()]
-    own, shared = cost_totals(produced[produced["task"].notna()]), cost_totals(shared_records)
+    own, shared_records = cost_totals(produced[produced["task"].notna()]), produced[produced["task"].isna()]
+    if shared_records.empty:  # a general student fine-tuned without a corpus stage (an ablation)
+        return AmortizedCost(flops=own.flops, energy_kwh=own.energy_kwh, co2_kg=own.co2_kg)
+    shared = cost_totals(shared_records)
 
     def add(mine: float | None, theirs: float | None) -> float | None:
-        if shared_records.empty:  # a general student fine-tuned without a corpus stage (an ablation)
-            return mine
-        if mine is None or theirs is None:  # an unmeasured part leaves the sum unknown, never understated
-            return None
-        return mine + theirs / num_users
+        # an unmeasured part leaves the sum unknown, never understated
+        return None if mine is None or theirs is None else mine + theirs / num_users
 
     return AmortizedCost(flops=add(own.flops, shared.flops), energy_kwh=add(own.energy_kwh, shared.energy_kwh),
                          co2_kg=add(own.co2_kg, shared.co2_kg))

@@ -12,8 +12,8 @@ from __future__ import annotations
 import pandas as pd
 
 from greendistil.report.compare import INFERENCE_KINDS
-from greendistil.report.costs import cost_totals, student_training_records
-from greendistil.report.frame import iter_runs, task_order
+from greendistil.report.costs import cost_totals, general_route_users, student_training_records
+from greendistil.report.frame import first_value, iter_runs, task_order
 from greendistil.report.glue import MODEL_ROLES, NOT_RUN, glue_table, model_label, task_label
 from greendistil.report.markdown import fmt_number, table
 from greendistil.report.reference import DISTILBERT_GLUE
@@ -99,7 +99,7 @@ def _total_rows(records: pd.DataFrame, shared: pd.DataFrame) -> list[list[str]]:
 def _routes_table(records: pd.DataFrame, tasks: list[str], shared: pd.DataFrame) -> str:
     """Per task, what each route's student cost: the task route (the teacher's fine-tuning and the
     distillation), the general route with the shared stages amortized over the tasks, and without."""
-    users = [t for t in tasks if ((records["task"] == t) & (records["role"] == "general_student")).any()]
+    num_users = general_route_users(records).get(str(first_value(records, "run_dir")), 0)
     shared_kwh = cost_totals(shared).energy_kwh
     rows = []
     for task in tasks:
@@ -107,15 +107,15 @@ def _routes_table(records: pd.DataFrame, tasks: list[str], shared: pd.DataFrame)
         task_route = student_training_records(own)
         general = own[(own["role"] == "general_student") & ~own["kind"].isin(INFERENCE_KINDS)]
         general_kwh = cost_totals(general).energy_kwh if len(general) else None
-        amortized = None if general_kwh is None or shared_kwh is None or not users else \
-            general_kwh + shared_kwh / len(users)
+        amortized = None if general_kwh is None or shared_kwh is None or not num_users else \
+            general_kwh + shared_kwh / num_users
         whole = None if general_kwh is None or shared_kwh is None else general_kwh + shared_kwh
         rows.append([task_label(task), fmt_number(cost_totals(task_route).energy_kwh if len(task_route) else None),
                      fmt_number(amortized), fmt_number(whole)])
     headers = ("task", "task route kWh (teacher + distillation)",
-               f"general route kWh (shared ÷ {len(users)} tasks)", "general route kWh (shared in full)")
-    per_task = None if not users or shared_kwh is None else shared_kwh / len(users)
-    note = (f"The shared stages cost {fmt_number(shared_kwh)} kWh once; amortized over the {len(users)} task(s) "
+               f"general route kWh (shared ÷ {num_users} tasks)", "general route kWh (shared in full)")
+    per_task = None if not num_users or shared_kwh is None else shared_kwh / num_users
+    note = (f"The shared stages cost {fmt_number(shared_kwh)} kWh once; amortized over the {num_users} task(s) "
             f"whose general student used them, {fmt_number(per_task)} kWh per task.")
     return "\n\n".join([note, table(headers, rows, right_align_from=1)])
 

@@ -15,8 +15,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from greendistil.report.compare import INFERENCE_KINDS, teacher_training_records
-from greendistil.report.costs import cost_totals, pareto_optimal, student_training_records
-from greendistil.report.frame import number, task_order
+from greendistil.report.costs import cost_totals, general_route_users, pareto_optimal, student_training_records
+from greendistil.report.frame import first_value, number, task_order
 from greendistil.report.glue import measured_tasks, model_label, model_rows, task_label
 from greendistil.report.plots import DPI, energy_unit, save_figure
 
@@ -40,7 +40,7 @@ def task_points(records: pd.DataFrame) -> list[TaskPoint]:
     """A point per (task, student role) of one run that has a retention."""
     points = []
     shared = records[records["task"].isna() & ~records["kind"].isin(INFERENCE_KINDS)]
-    users = records.loc[records["role"] == "general_student", "task"].dropna().nunique()
+    users = general_route_users(records).get(str(first_value(records, "run_dir")), 0)
     shared_kwh = cost_totals(shared).energy_kwh if len(shared) and users else None
     for task in task_order(records["task"]):
         own = records[records["task"] == task]
@@ -127,8 +127,8 @@ def suite_points(records: pd.DataFrame) -> list[SuitePoint]:
     points = []
     for row in rows:
         cost = cost_totals(scopes[row.model])
-        points.append(SuitePoint(label=model_label(records, row.model), macro=row.macro(tasks), energy_kwh=cost.energy_kwh,
-                                 flops=cost.flops))
+        points.append(SuitePoint(label=model_label(records, row.model), macro=row.macro(tasks),
+                                 energy_kwh=cost.energy_kwh, flops=cost.flops))
     return points
 
 

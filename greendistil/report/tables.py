@@ -306,7 +306,8 @@ def across_runs_section(frame: pd.DataFrame) -> str:
 
 
 def _pareto_table(records: pd.DataFrame, shared_users: dict[str, int]) -> str:
-    points = sorted(model_points(records, shared_users=shared_users), key=lambda p: -(p.score if p.score is not None else float("-inf")))
+    points = sorted(model_points(records, shared_users=shared_users),
+                    key=lambda p: -(p.score if p.score is not None else float("-inf")))
     scores = [p.score for p in points]
     on_flops = pareto_optimal([p.flops for p in points], scores)
     on_kwh = pareto_optimal([p.energy_kwh for p in points], scores)
