@@ -122,6 +122,39 @@ def test_the_no_corpus_ablation_fine_tunes_the_layer_copy_before_the_teacher() -
     assert not any(isinstance(stage, DistillStage) for stage in ablation.stages)
 
 
+def test_the_triple_control_is_glue_intermediates_task_route_without_the_intermediate_terms() -> None:
+    """configs/glue-triple-control.toml: glue-intermediate's teacher and task-route distillation, the three
+    intermediate terms off, each stage seeded as in glue-intermediate, so that only the terms differ."""
+    intermediate = load_config(CONFIGS / "glue-intermediate.toml")
+    control = load_config(CONFIGS / "glue-triple-control.toml")
+    for table in ("suite", "task", "teacher", "student", "carbon"):
+        assert getattr(control, table) == getattr(intermediate, table), table
+    assert control.run.seed == intermediate.run.seed
+    by_name = {stage.name: stage for stage in intermediate.stages}
+    assert control.stages[0] == dataclasses.replace(by_name["finetune"], seed_offset=1)
+    assert control.stages[1] == dataclasses.replace(by_name["distill"], seed_offset=2, alpha_hidden=0.0,
+                                                    alpha_attn=0.0, alpha_value=0.0, hidden_layer_map=None)
+    seeds = {(s.task, s.stage.name): s.torch_seed for s in suite_steps(intermediate)}
+    trained = [(s.task, s.stage.name, s.torch_seed) for s in suite_steps(control) if s.stage.kind != "evaluate"]
+    assert len(trained) == 12
+    assert all(seeds[(task, name)] == seed for task, name, seed in trained)
+
+
+def test_seed_offset_replaces_the_stages_position_in_its_seed(tmp_path: Path) -> None:
+    text = MINIMAL.replace('kind = "distill"', 'kind = "distill"\nseed_offset = 5')
+    steps = suite_steps(load_config(write(tmp_path, text), ["run.seed=10"]))
+    assert [(s.stage.kind, s.index, s.torch_seed) for s in steps] == [
+        ("finetune", 0, 10), ("distill", 1, 15), ("evaluate", 2, 12)]
+    seeded = suite_steps(load_config(write(tmp_path, text), ["run.seeds=[1, 2]"]))
+    assert [(s.seed, s.stage.kind, s.torch_seed) for s in seeded if s.stage.kind == "distill"] == [
+        (1, "distill", 6), (2, "distill", 7)]
+
+
+def test_negative_seed_offset(tmp_path: Path) -> None:
+    text = MINIMAL.replace('kind = "distill"', 'kind = "distill"\nseed_offset = -1')
+    raises_config_error(tmp_path, text, "seed_offset", "-1", ">= 0")
+
+
 def test_dataclass_defaults_are_distilbert() -> None:
     stage = DistillStage()
     assert (stage.temperature, stage.alpha_ce, stage.alpha_task, stage.alpha_cos) == (2.0, 5.0, 2.0, 1.0)

@@ -59,6 +59,9 @@ class TrainingStage:
     max_energy_kwh: float | None = None
     max_co2_kg: float | None = None
     max_duration_s: float | None = None
+    # The stage's torch seed is the run seed + this (None: + the stage's position in [[stages]]): a config
+    # that leaves out another's stages keeps that config's seeds, hence its models, by naming their positions.
+    seed_offset: int | None = None
 
     def __post_init__(self) -> None:
         check_budgets(self)
@@ -76,6 +79,8 @@ class TrainingStage:
         _require(self.flop_sample_every >= 1, "flop_sample_every", self.flop_sample_every, ">= 1")
         _require(self.checkpoint_every_steps >= 0, "checkpoint_every_steps", self.checkpoint_every_steps,
                  ">= 0 (0: no step checkpoints)")
+        _require(self.seed_offset is None or self.seed_offset >= 0, "seed_offset", self.seed_offset,
+                 ">= 0 (the position in [[stages]] whose seed the stage takes), or leave it out")
 
     @property
     def trained_role(self) -> str:

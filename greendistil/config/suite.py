@@ -75,11 +75,12 @@ class SuiteStep:
     index: int  # the stage's position in [[stages]]: with `base_seed` it seeds the stage
     stage: StageConfig
     seed: int | None = None  # the replicate of `run.seeds` this step belongs to
-    base_seed: int = 42  # the run seed the stage starts from: base_seed + index
+    base_seed: int = 42  # the run seed the stage starts from: base_seed + index (or + the stage's seed_offset)
 
     @property
     def torch_seed(self) -> int:
-        return self.base_seed + self.index
+        offset = getattr(self.stage, "seed_offset", None)
+        return self.base_seed + (self.index if offset is None else offset)
 
 
 def is_shared(stage: StageConfig) -> bool:
