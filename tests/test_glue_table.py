@@ -13,6 +13,8 @@ from greendistil import glue_table, load_runs
 from greendistil.data.tasks import GLUE_ORDER
 from greendistil.report import write_report
 from greendistil.report.glue import MODEL_LABELS, UNDISTILLED_LABEL, ModelRow, macro_label
+from greendistil.report.seeds import seeds_section
+from greendistil.report.suite_plots import draw_retention_vs_energy
 
 SCORES = {
     "cola": {"teacher": {"mcc": 0.40, "score": 0.40}, "student": {"mcc": 0.30, "score": 0.30}},
@@ -127,3 +129,12 @@ def test_a_general_student_no_distill_stage_trained_is_named_the_layer_copy(tmp_
     assert list(glue_table(ablation)["model"])[:2] == ["teacher", UNDISTILLED_LABEL]
     distilled = load_runs(suite_run(tmp_path / "d", "general", {"rte": scores}, shared_kwh=1.0))
     assert list(glue_table(distilled)["model"])[:2] == ["teacher", MODEL_LABELS["general_student"]]
+    # the same name in the Seeds section and the retention figure's legend
+    over_seeds = pd.concat([ablation.assign(seed=1), ablation.assign(seed=2)], ignore_index=True)
+    seeds = seeds_section(over_seeds)
+    assert f"| {UNDISTILLED_LABEL} |" in seeds and f"retention: {UNDISTILLED_LABEL}" in seeds
+    assert MODEL_LABELS["general_student"] not in seeds
+    legends = {run: [t.get_text() for t in draw_retention_vs_energy(frame, title=run).legends[0].get_texts()]
+               for run, frame in (("ablation", ablation), ("general", distilled))}
+    assert "hollow: teacher layers fine-tuned, no distillation" in legends["ablation"]
+    assert "hollow: general-route student" in legends["general"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pandas as pd
 
 from greendistil.report.frame import first_value, iter_runs, number, run_seeds, task_order, value
-from greendistil.report.glue import MODEL_LABELS, MODEL_ROLES, task_label
+from greendistil.report.glue import MODEL_ROLES, model_label, task_label
 from greendistil.report.markdown import fmt_number, table
 from greendistil.report.provenance import energy_kinds
 from greendistil.runlog.seeds import aggregate_seeds
@@ -46,26 +46,29 @@ def _run_part(records: pd.DataFrame, seeds: list[int]) -> list[str]:
                else "a teacher the run did not train (the same for every seed)")
     heading = f"### {first_value(records, 'run_id')}: {len(seeds)} seeds ({', '.join(map(str, seeds))}), {teacher}"
     combined = aggregate_seeds(records)
-    score_rows = [row for task in task_order(records["task"]) for row in _score_rows(combined, task, len(shared) > 0)]
+    labels = {role: model_label(records, role) for role in MODEL_ROLES}
+    score_rows = [row for task in task_order(records["task"])
+                  for row in _score_rows(combined, task, labels, shared_teacher=len(shared) > 0)]
     kinds = energy_kinds(records)
     cost_rows = [_cost_row(row, kinds) for _, row in combined.iterrows()]
     return [heading, table(_SCORE_HEADERS, score_rows, right_align_from=2),
             table(_COST_HEADERS, cost_rows, right_align_from=2)]
 
 
-def _score_rows(combined: pd.DataFrame, task: str, shared_teacher: bool) -> list[list[str]]:
+def _score_rows(combined: pd.DataFrame, task: str, labels: dict[str, str], *,
+                shared_teacher: bool) -> list[list[str]]:
     evaluates = combined[(combined["kind"] == "evaluate") & (combined["task"] == task)]
     rows = []
     for _, row in evaluates.iterrows():
         for role in MODEL_ROLES:
-            label = MODEL_LABELS[role] + (" (one model: each seed's evaluation scored it)"
+            label = labels[role] + (" (one model: each seed's evaluation scored it)"
                                           if role == "teacher" and shared_teacher else "")
             if number(row, f"metric.{role}.score") is not None:
                 rows.append(_stat_row(task, label, row, f"metric.{role}.score"))
         for role in MODEL_ROLES[1:]:
             key = "metric.retention.score" if role == "student" else f"metric.retention.{role}.score"
             if number(row, key) is not None:
-                rows.append(_stat_row(task, f"retention: {MODEL_LABELS[role]}", row, key, percent=True))
+                rows.append(_stat_row(task, f"retention: {labels[role]}", row, key, percent=True))
     return rows
 
 
