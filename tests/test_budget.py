@@ -128,6 +128,25 @@ def test_no_limit_no_guard_and_a_spent_run_starts_nothing() -> None:
     assert exhausted(Limits(scope="run", max_co2_kg=0.1), Spent(co2_kg=0.05)) is None
 
 
+def test_earlier_records_without_an_energy_figure_are_counted_and_named() -> None:
+    """A record whose meters failed has energy null: the budget sums it as 0, and says that it did."""
+    records = [{"energy_kwh": 0.5, "co2_kg": 0.2, "duration_s": 10.0},
+               {"energy_kwh": None, "co2_kg": None, "duration_s": 30.0}]
+    spent = Spent.of_records(records)
+    assert (spent.energy_kwh, spent.co2_kg, spent.duration_s, spent.num_unmeasured) == (0.5, 0.2, 40.0, 1)
+    assert Spent.of_records(records[:1]).unmeasured_note("run") == ""
+    stop = exhausted(Limits(scope="run", max_energy_kwh=0.5), spent)
+    assert stop is not None and "1 earlier record(s) of run have no energy figure" in stop.checked_against
+    clock = FakeClock()
+    made = BudgetGuard(limits=[Limits(scope="run", max_energy_kwh=10.0)], before={"run": spent},
+                       kg_co2_per_kwh=KG_PER_KWH, energy_now=lambda: None, clock=clock)
+    made.open()
+    assert made.check(0) is None
+    summary = made.summary()
+    assert summary is not None and summary["spent_before.run.num_unmeasured"] == 1
+    assert summary["checked_against"].startswith("unavailable") and "undercounted" in summary["checked_against"]
+
+
 BUDGET_CONFIG = {"stages": [
     {"kind": "finetune", "role": "teacher", "batch_size": 16, "epochs": 2},
     {"kind": "distill", "batch_size": 16, "epochs": 2, "checkpoint_every_steps": 3},
