@@ -174,9 +174,12 @@ def _share_teacher(sweep: SweepSection, base: Config, teacher_stages: tuple[str,
 
 def _on_shared_teacher(raw: dict[str, Any], config: Config, teacher_stages: tuple[str, ...],
                        sweep_dir: Path) -> Config:
-    """A trial's config that starts from the shared teacher run's model instead of training its own."""
+    """A trial's config that starts from the shared teacher run's model instead of training its own. Each
+    kept training stage keeps the seed of its position in the full config (`seed_offset`), so a trial trains
+    the student that a run of its own config would."""
     folder = sweep_dir / TEACHER_RUN / "checkpoints" / teacher_stages[-1]
-    stages = [s for s, c in zip(raw["stages"], config.stages) if c.name not in teacher_stages]
+    stages = [{"seed_offset": index, **s} if isinstance(c, TrainingStage) else s
+              for index, (s, c) in enumerate(zip(raw["stages"], config.stages)) if c.name not in teacher_stages]
     teacher = {"source": "local", "name": str(folder.resolve())}
     return build_config({**raw, "teacher": teacher, "stages": stages})
 

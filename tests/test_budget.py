@@ -134,9 +134,13 @@ def test_earlier_records_without_an_energy_figure_are_counted_and_named() -> Non
                {"energy_kwh": None, "co2_kg": None, "duration_s": 30.0}]
     spent = Spent.of_records(records)
     assert (spent.energy_kwh, spent.co2_kg, spent.duration_s, spent.num_unmeasured) == (0.5, 0.2, 40.0, 1)
-    assert Spent.of_records(records[:1]).unmeasured_note("run") == ""
-    stop = exhausted(Limits(scope="run", max_energy_kwh=0.5), spent)
-    assert stop is not None and "1 earlier record(s) of run have no energy figure" in stop.checked_against
+    energy_cap = Limits(scope="run", max_energy_kwh=0.5)
+    assert Spent.of_records(records[:1]).unmeasured_note(energy_cap) == ""
+    assert spent.unmeasured_note(Limits(scope="run", max_duration_s=50.0)) == ""  # time is known: no undercount
+    stop = exhausted(energy_cap, spent)
+    assert stop is not None and "1 earlier record(s) of run lack some or all of their energy" in stop.checked_against
+    partial = Spent.of_records([{"energy_kwh": 0.1, "energy_incomplete": ["gpu"]}, {"energy_kwh": 0.1}])
+    assert partial.num_unmeasured == 1  # CPU and RAM measured, the GPU meter failed: a partial figure
     clock = FakeClock()
     made = BudgetGuard(limits=[Limits(scope="run", max_energy_kwh=10.0)], before={"run": spent},
                        kg_co2_per_kwh=KG_PER_KWH, energy_now=lambda: None, clock=clock)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import tomllib
 from pathlib import Path
@@ -129,7 +130,7 @@ def test_the_triple_control_is_glue_intermediates_task_route_without_the_interme
     control = load_config(CONFIGS / "glue-triple-control.toml")
     for table in ("suite", "task", "teacher", "student", "carbon"):
         assert getattr(control, table) == getattr(intermediate, table), table
-    assert control.run.seed == intermediate.run.seed
+    assert dataclasses.replace(control.run, name=intermediate.run.name) == intermediate.run
     by_name = {stage.name: stage for stage in intermediate.stages}
     assert control.stages[0] == dataclasses.replace(by_name["finetune"], seed_offset=1)
     assert control.stages[1] == dataclasses.replace(by_name["distill"], seed_offset=2, alpha_hidden=0.0,
@@ -224,7 +225,7 @@ def test_override_with_an_unknown_key_is_caught() -> None:
 
 # --- round trip and hash -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["base.toml", "quick.toml"])
+@pytest.mark.parametrize("name", ["base.toml", "quick.toml", "glue-triple-control.toml"])
 def test_resolved_config_round_trips_through_toml(name: str) -> None:
     cfg = load_config(CONFIGS / name, ["carbon.intensity_g_per_kwh=400", "stages.distill.temperature=4"])
     again = build_config(tomllib.loads(cfg.to_toml()))
@@ -238,6 +239,16 @@ def test_round_trip_keeps_unset_optionals_unset() -> None:
     again = build_config(tomllib.loads(cfg.to_toml()))
     assert again == cfg
     assert again.task.max_train_examples is None and again.carbon.intensity_g_per_kwh is None
+
+
+def test_an_unset_seed_offset_keeps_the_hash_of_a_config_written_before_the_key() -> None:
+    """reports/glue-intermediate's run predates seed_offset: its records' config_hash must still be its config's,
+    or its plans and sweeps would no longer be found."""
+    run_log = CONFIGS.parent / "reports" / "glue-intermediate" / "run-log"
+    first = json.loads((run_log / "records.jsonl").read_text(encoding="utf-8").splitlines()[0])
+    assert load_config(run_log / "config.toml").config_hash() == first["config_hash"]
+    with_offset = load_config(run_log / "config.toml", ["stages.finetune.seed_offset=1"])
+    assert with_offset.config_hash() != first["config_hash"]  # the same seed, but set: a config of its own
 
 
 def test_hash_is_stable_short_hex() -> None:

@@ -15,6 +15,7 @@ import pytest
 from builders import markdown_tables, read_records_strict as records, section_of
 from conftest import real_glue_dir, tiny_config, write_config, write_sst2, write_tiny_config
 from greendistil.cli import EXIT_BAD_INPUT, main
+from greendistil.config import suite_steps
 from greendistil.config.sweep import SweepAxis, SweepSection, build_sweep, parse_grid, trial_raw, trials
 from greendistil.errors import ConfigError
 from greendistil.sweeping import SweepRequest, prepare_sweep
@@ -67,6 +68,12 @@ def test_a_teacher_is_shared_only_when_no_axis_changes_it(tmp_path: Path) -> Non
     assert shared.teacher is not None and [s.name for s in shared.teacher.stages] == ["finetune"]
     assert all(c.teacher.source == "local" and [s.name for s in c.stages] == ["distill", "evaluate"]
                for _, c in shared.trials)
+    # on the shared teacher a trial's student starts from the seed a run of the trial's config would give it
+    unshared = prepare_sweep(SweepRequest(config_path=config_path, grid=("stages.distill.temperature=1,2",),
+                                          share_teacher=False))
+    seeds = [[(s.stage.name, s.torch_seed) for s in suite_steps(c) if s.stage.name == "distill"]
+             for sweep in (shared, unshared) for _, c in sweep.trials]
+    assert seeds[:2] == seeds[2:] and seeds[0] == [("distill", 1)]
     for axis in ("run.seed=1,2", "stages.finetune.epochs=1,2", "stages.0.learning_rate=1e-4,2e-4"):
         own = prepare_sweep(SweepRequest(config_path=config_path, grid=(axis,)))
         assert own.teacher is None and own.definition["share_teacher"] is False

@@ -58,7 +58,10 @@ class Config:
         data = self.to_dict()
         data["run"] = {k: v for k, v in data["run"].items()
                        if k not in ("name", "output_dir", "report", *BUDGET_KEYS)}
-        data["stages"] = [{k: v for k, v in stage.items() if k not in BUDGET_KEYS} for stage in data["stages"]]
+        # seed_offset left unset seeds as before the key existed: the hashes of earlier configs (their plans,
+        # sweeps) stay valid
+        data["stages"] = [{k: v for k, v in stage.items() if k not in BUDGET_KEYS
+                           and not (k == "seed_offset" and v is None)} for stage in data["stages"]]
         canonical = json.dumps(data, sort_keys=True, default=str)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 

@@ -79,7 +79,7 @@ class SuiteStep:
 
     @property
     def torch_seed(self) -> int:
-        offset = getattr(self.stage, "seed_offset", None)
+        offset = self.stage.seed_offset if isinstance(self.stage, TrainingStage) else None
         return self.base_seed + (self.index if offset is None else offset)
 
 

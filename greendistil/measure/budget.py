@@ -47,24 +47,27 @@ class Spent:
     energy_kwh: float = 0.0
     co2_kg: float = 0.0
     duration_s: float = 0.0
-    num_unmeasured: int = 0  # records whose energy is unknown (null): their energy and CO2 are counted as 0
+    num_unmeasured: int = 0  # records whose energy is unknown (null: counted as 0) or partly known (a meter failed)
 
     @classmethod
     def of_records(cls, records: Iterable[Mapping[str, Any]]) -> Spent:
         """Summed over records (any status: a failed stage's energy was spent too). A null figure adds 0; the
-        records whose energy is null are counted, so that a budget checked against the sum says so."""
+        records whose energy is null or lacks a component (`energy_incomplete`) are counted, so that a budget
+        checked against the sum says so."""
         rows = list(records)
         return cls(energy_kwh=sum(r.get("energy_kwh") or 0.0 for r in rows),
                    co2_kg=sum(r.get("co2_kg") or 0.0 for r in rows),
                    duration_s=sum(r.get("duration_s") or 0.0 for r in rows),
-                   num_unmeasured=sum(r.get("energy_kwh") is None for r in rows))
+                   num_unmeasured=sum(r.get("energy_kwh") is None or bool(r.get("energy_incomplete")) for r in rows))
 
-    def unmeasured_note(self, scope: str) -> str:
-        """'' or why the energy and CO2 spent before are too low: records with no energy figure."""
-        if not self.num_unmeasured:
+    def unmeasured_note(self, limits: Limits) -> str:
+        """'' or, where `limits` caps energy or CO2, why what was spent before is too low: records whose
+        energy is missing or partial."""
+        if not self.num_unmeasured or (limits.max_energy_kwh is None and limits.max_co2_kg is None):
             return ""
-        return (f"; {self.num_unmeasured} earlier record(s) of {scope} have no energy figure and count as "
-                "0 kWh, so energy and CO2 spent are undercounted")
+        return (f"; {self.num_unmeasured} earlier record(s) of {limits.scope} lack some or all of their energy "
+                "(a meter failed: see their measurement_errors), counted as 0 kWh, so the energy and CO2 spent "
+                "are undercounted")
 
     @classmethod
     def per_step(cls, records: Iterable[Mapping[str, Any]]) -> Spent | None:
@@ -88,7 +91,8 @@ def exhausted(limits: Limits, spent: Spent) -> BudgetExceeded | None:
         limit = getattr(limits, key)
         if limit is not None and spent.value(key) >= limit:
             return BudgetExceeded(key=f"{limits.scope}.{key}", limit=limit, spent=spent.value(key), unit=BUDGET_UNITS[key],
-                                  checked_against="as recorded in the run log" + spent.unmeasured_note(limits.scope))
+                                  checked_against="as recorded in the run log"
+                                  + (spent.unmeasured_note(limits) if key != "max_duration_s" else ""))
     return None
 
 
@@ -159,7 +163,7 @@ class BudgetGuard:
 
     def checked_against(self) -> str:
         """The provenance of the energy the budget was checked against, per component summed."""
-        earlier = "".join(self._before.get(lim.scope, Spent()).unmeasured_note(lim.scope) for lim in self.limits)
+        earlier = "".join(self._before.get(lim.scope, Spent()).unmeasured_note(lim) for lim in self.limits)
         if not self._sources:
             return "unavailable: no meter had a live figure (only max_duration_s can stop the stage)" + earlier
         kind = "estimated" if any(s.startswith("estimated") for s in self._sources.values()) else "measured"

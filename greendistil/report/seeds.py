@@ -62,7 +62,7 @@ def _score_rows(combined: pd.DataFrame, task: str, labels: dict[str, str], *,
     for _, row in evaluates.iterrows():
         for role in MODEL_ROLES:
             label = labels[role] + (" (one model: each seed's evaluation scored it)"
-                                          if role == "teacher" and shared_teacher else "")
+                                    if role == "teacher" and shared_teacher else "")
             if number(row, f"metric.{role}.score") is not None:
                 rows.append(_stat_row(task, label, row, f"metric.{role}.score"))
         for role in MODEL_ROLES[1:]:
