@@ -18,8 +18,10 @@ from builders import section_of
 from conftest import tiny_config, write_config, write_sst2, write_tiny_config
 from greendistil.cli import main
 from greendistil.config import DistillStage, load_config
+from greendistil.data.batching import EncodedSplit
 from greendistil.errors import ConfigError
 from greendistil.models.taps import AttentionTaps
+from greendistil.stages.corpus_heldout import evaluate_terms
 from greendistil.train.intermediate import hidden_mse, relation_kl, relation_log_probs
 from greendistil.train.matching import MatchedStudent, Shape, default_hidden_pairs, intermediate_terms, resolve_match
 
@@ -166,6 +168,35 @@ def test_projection_shapes_for_a_narrower_student() -> None:
 
 # --- tiny runs end to end ------------------------------------------------------------------------------------
 
+def test_held_out_terms_are_means_over_sequences_in_eval_mode_by_hand() -> None:
+    """evaluate_terms on 5 sequences of lengths 3, 1, 2, 5, 4 in batches of 2 (sorted by length: [1, 2],
+    [3, 4], [5]): a term that is a batch's mean real length averages to the mean length, 3.0; one that is
+    the batch's padded length weighs each batch by its sequences: (2*2 + 4*2 + 5) / 5 = 3.4."""
+    lengths = [3, 1, 2, 5, 4]
+    split = EncodedSplit(input_ids=[[7] * n for n in lengths], token_type_ids=[[0] * n for n in lengths],
+                         labels=torch.zeros(5, dtype=torch.long))
+    module, seen_modes = torch.nn.Linear(2, 2), []
+
+    def student(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        seen_modes.append((module.training, torch.is_inference_mode_enabled()))
+        return batch["attention_mask"].sum(dim=1).float().mean()
+
+    def teacher(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.tensor(float(batch["attention_mask"].shape[1]))
+
+    result = evaluate_terms(split, teacher_forward=teacher, student_forward=student,
+                            terms=lambda s, t, mask: {"loss_hidden": s, "loss_cos": t},
+                            weights={"loss_hidden": 2.0, "loss_cos": 0.5}, modules=(module,), batch_size=2,
+                            pad_token_id=0, device=torch.device("cpu"))
+    assert result.terms == pytest.approx({"loss_hidden": 3.0, "loss_cos": 3.4})
+    assert result.loss == pytest.approx(2.0 * 3.0 + 0.5 * 3.4) and result.num_sequences == 5
+    assert [tokens for _, tokens in result.student_flop_counts] == [2 * 2, 2 * 4, 1 * 5]
+    assert seen_modes == [(False, True)] * 3 and module.training  # eval inside, train mode given back
+    assert result.as_metrics("general_student", "_after") == {
+        "general_student.heldout_loss_after": result.loss, "general_student.heldout_loss_hidden_after": 3.0,
+        "general_student.heldout_loss_cos_after": pytest.approx(3.4)}
+
+
 def _records(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (run_dir / "records.jsonl").read_text(encoding="utf-8").splitlines()]
 
@@ -223,6 +254,19 @@ def test_the_corpus_objective_needs_no_mlm_head_and_feeds_the_students_finetune(
     assert set(distill["mean_loss"]) >= {"loss_cos", "loss_hidden", "loss_attn", "loss_value"}
     assert distill["intermediate"]["attention_taps"]["parts"] == ["query", "key", "value"]
     assert records[2]["model"].startswith("checkpoint:") and records[3]["metrics"]["student.accuracy"] >= 0
+    # the terms on the 4 held-out lines, before and after: the weighted loss is their sum (all weights 1)
+    metrics, terms = records[1]["metrics"], ("loss_cos", "loss_hidden", "loss_attn", "loss_value")
+    assert distill["heldout"] == {"num_sequences": 4}
+    for when in ("before", "after"):
+        assert metrics[f"student.heldout_loss_{when}"] == pytest.approx(
+            sum(metrics[f"student.heldout_{t}_{when}"] for t in terms))
+    assert metrics["student.heldout_loss_before"] != metrics["student.heldout_loss_after"]
+    flops = records[1]["flops_by_component"]
+    assert flops["teacher_heldout_forward"] > 0 and flops["student_heldout_forward"] > 0
+    assert records[1]["flops"] == pytest.approx(sum(flops.values()))
+    report = (tmp_path / "runs" / "corpus" / "report" / "report.md").read_text(encoding="utf-8")
+    heldout = section_of(report, "### The corpus objective on held-out lines")
+    assert "hidden MSE: " in heldout and " → " in heldout
 
 
 def test_bad_intermediate_input_exits_2_before_anything_is_written(tmp_path: Path,

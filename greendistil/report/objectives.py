@@ -10,7 +10,7 @@ from __future__ import annotations
 import pandas as pd
 
 from greendistil.report.frame import iter_runs, number, value
-from greendistil.report.markdown import NOT_AVAILABLE, code, table
+from greendistil.report.markdown import NOT_AVAILABLE, code, fmt_count, table
 
 TERM_WORDS = {"loss_ce": "soft-target KL", "loss_task": "task loss", "loss_mlm": "MLM", "loss_cos": "cosine",
               "loss_hidden": "hidden MSE", "loss_attn": "attention KL", "loss_value": "value-relation KL",
@@ -80,9 +80,39 @@ def objectives_section(frame: pd.DataFrame) -> str:
         "term contributed before weighting), the student's shape, and the layer maps as [student layer, teacher "
         "layer] pairs (0-based). Hidden MSE: TinyBERT's, through a learned projection when the widths differ; "
         "attention and value-relation KL: MiniLM's; Q/K/V-relation KL: MiniLMv2's.",
-        table(["run", "task", "stage", "objective", "student", "terms: weight, mean loss", "layer maps"], rows)])
+        table(["run", "task", "stage", "objective", "student", "terms: weight, mean loss", "layer maps"], rows),
+        _heldout_block(frame)])
+
+
+def _heldout_block(frame: pd.DataFrame) -> str:
+    """The corpus objective's terms on the corpus's held-out lines, before → after each stage; "" without."""
+    rows = []
+    for records in iter_runs(frame):
+        for _, row in _distills(records).iterrows():
+            role = str(value(row, "role") or "")
+
+            def change(name: str) -> str:
+                before, after = (number(row, f"metric.{role}.heldout_{name}_{when}") for when in ("before", "after"))
+                return f"{_figure(before)} → {_figure(after)}"
+
+            if number(row, f"metric.{role}.heldout_loss_after") is None:
+                continue
+            terms = "; ".join(f"{TERM_WORDS[t]}: {change(t)}" for t in _weights(row))
+            rows.append([code(value(row, "run_id")), code(row["stage"]), fmt_count(number(row, "details.heldout.num_sequences")),
+                         change("loss"), terms or NOT_AVAILABLE])
+    if not rows:
+        return ""
+    return "\n\n".join([
+        "### The corpus objective on held-out lines",
+        "The stage's terms on the corpus lines it never trained on (`corpus.heldout_examples`), in eval mode, "
+        "before → after the stage: the weighted loss as training weighs it, and each term before weighting. "
+        "Lower is closer to the teacher's inner layers on unseen text.",
+        table(["run", "stage", "held-out lines", "weighted loss", "each term"], rows, right_align_from=2)])
+
+
+def _figure(number_: float | None) -> str:
+    return NOT_AVAILABLE if number_ is None else f"{number_:.4g}"
 
 
 def _loss(row: pd.Series, term: str) -> str:
-    mean = number(row, f"details.mean_loss.{term}")
-    return NOT_AVAILABLE if mean is None else f"{mean:.4g}"
+    return _figure(number(row, f"details.mean_loss.{term}"))

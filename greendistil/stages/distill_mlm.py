@@ -79,8 +79,9 @@ def distill_mlm(ctx: StageContext, cfg: DistillStage, window: Window) -> None:
                         analytic_flops_per_token=distill_flops_per_token(student, teacher), num_train_examples=len(corpus.train))
     summary = train_plan(ctx, cfg, window, plan)
     after = evaluate_mlm(student, corpus.heldout, masker, **evaluate)
-    record_heldout_flops(counters, "teacher_heldout_forward", [teacher_scores], count_nonembedding_params(teacher))
-    record_heldout_flops(counters, "student_heldout_forward", [before, after], count_nonembedding_params(student))
+    record_heldout_flops(counters, "teacher_heldout_forward", teacher_scores.flop_counts, count_nonembedding_params(teacher))
+    record_heldout_flops(counters, "student_heldout_forward", before.flop_counts + after.flop_counts,
+                         count_nonembedding_params(student))
     student_head = (f"trained in stage {cfg.name!r} by MLM distillation, {summary.num_steps} steps, "
                     f"{counters.num_tokens} tokens of {corpus.details['source']}; before: {head_note(student)}")
     student.config.update({HEAD_NOTE_KEY: student_head})

@@ -74,7 +74,8 @@ def run_pretrain(ctx: StageContext, cfg: PretrainStage, window: Window) -> None:
                         num_train_examples=len(corpus.train))
     summary = train_plan(ctx, cfg, window, plan)
     after = evaluate_mlm(model, corpus.heldout, masker, **evaluate)
-    record_heldout_flops(counters, f"{cfg.role}_heldout_forward", [before, after], num_nonembedding)
+    record_heldout_flops(counters, f"{cfg.role}_heldout_forward", before.flop_counts + after.flop_counts,
+                         num_nonembedding)
     what = ("head only (encoder and tied decoder frozen)" if head_only else "all weights")
     note = (f"trained in stage {cfg.name!r}: {what}, {summary.num_steps} steps, {counters.num_tokens} tokens of "
             f"{corpus.details['source']}, learning rate {cfg.learning_rate:g}; before: {head_before}")

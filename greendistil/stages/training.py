@@ -8,6 +8,7 @@ the stages is only what they build and the details of their own they add.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -20,7 +21,6 @@ from greendistil.data.batching import EncodedSplit, make_loader
 from greendistil.measure.counters import StageCounters
 from greendistil.measure.flops import FlopSampler, count_nonembedding_params
 from greendistil.measure.window import Window
-from greendistil.models.mlm import MlmScores
 from greendistil.models.sources import count_params
 from greendistil.stages.context import StageContext
 from greendistil.train.loop import LogPoint, LossTerms, StepFn, TrainSummary, train
@@ -101,12 +101,13 @@ def publish_plan(ctx: StageContext, cfg: TrainingStage, window: Window, plan: Tr
     return folder
 
 
-def record_heldout_flops(counters: StageCounters, component: str, scores: list[MlmScores],
+def record_heldout_flops(counters: StageCounters, component: str, flop_counts: Iterable[tuple[int, int]],
                          num_nonembedding_params: int) -> None:
-    """Add held-out MLM evaluations to the stage's FLOPs (counted on every batch) and its analytic estimate
-    (2N per padded token, forward only). They are compute the stage spent, though not training tokens."""
+    """Add held-out evaluations ((FLOPs, padded tokens) per batch, every batch counted) to the stage's FLOPs
+    and its analytic estimate (2N per padded token, forward only). They are compute the stage spent, though
+    not training tokens."""
     sampler = counters.flop_sampler
-    for flops, padded_tokens in (count for score in scores for count in score.flop_counts):
+    for flops, padded_tokens in flop_counts:
         if isinstance(sampler, FlopSampler):
             sampler.add_counted(component, flops, padded_tokens)
         counters.flops_analytic += 2.0 * num_nonembedding_params * padded_tokens
