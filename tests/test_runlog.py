@@ -11,11 +11,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from greendistil import load_runs
 from greendistil.errors import GreendistilError, RunDirError
 from greendistil.runlog import store as runlog
 from greendistil.runlog.schema import SCHEMA_VERSION
+from greendistil.runtime.environment import _cpu_family_model, hardware
 
 import builders
 
@@ -264,3 +266,18 @@ def test_records_from_before_tasks_were_recorded_count_for_the_runs_task(tmp_pat
     progress = RunProgress.from_records(tmp_path, [old])
     assert progress.window_done("sst2", "finetune") and progress.next_segment("sst2", "finetune") == 2
     assert progress.artifacts == {(None, None): {"teacher": tmp_path / "checkpoints" / "finetune"}}
+
+
+def test_hardware_names_the_cpu_generation_and_torchs_kernel_isa(tmp_path: Path) -> None:
+    """'AMD EPYC' alone hides the generation, which changes fp32 rounding and speed: the record keeps the
+    family/model of the first processor and the instruction set torch dispatches to."""
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
+                       "model name\t: AMD EPYC\n\nprocessor\t: 1\nvendor_id\t: GenuineIntel\ncpu family\t: 6\n"
+                       "model\t\t: 143\n", encoding="utf-8")
+    assert _cpu_family_model(cpuinfo) == "AuthenticAMD family 25 model 17"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: ARM\n", encoding="utf-8")
+    assert _cpu_family_model(cpuinfo) is None
+    assert _cpu_family_model(tmp_path / "missing") is None
+    info = hardware(torch.device("cpu"))
+    assert info["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and info["cpu_capability"]

@@ -115,7 +115,8 @@ FIELDS: tuple[Field, ...] = (
        "fractions of the stage's steps (at_<fraction>.<figure>; method: its provenance), with the whole run's "
        "(at_<fraction>.run_<figure>; run_total_method), and the plan's forecast of the window (plan.<figure>)",
        table=True),
-    _f("hardware", doc="platform, CPU, device, threads, GPU names", table=True),
+    _f("hardware", doc="platform, CPU (count, model, family/model, torch's kernel ISA), device, threads, GPU names",
+       table=True),
     _f("config_hash", doc="hash of the resolved config (not the run's name or folder, nor its budgets)"),
     _f("git_sha", doc="greendistil's own commit, '-dirty' when modified"),
     _f("versions", doc="python and package versions", table=True),

@@ -40,12 +40,34 @@ def versions() -> dict[str, str]:
 
 
 def hardware(device: torch.device) -> dict[str, Any]:
-    """The platform, CPU count, torch threads and the device (GPU names on CUDA)."""
+    """The platform, CPU count and identity, torch threads and the device (GPU names on CUDA).
+
+    `cpu_capability` is the instruction set torch's CPU kernels dispatch to (AVX512, AVX2, ...) and
+    `cpu_family_model` the CPU's family/model from /proc/cpuinfo: a virtual machine may name its CPU only
+    "AMD EPYC", and two such CPUs of other generations round fp32 sums differently and run at other speeds."""
     info: dict[str, Any] = {
         "platform": platform.platform(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_family_model": _cpu_family_model(),
         "torch_threads": torch.get_num_threads(), "device": str(device), "gpu_count": 0,
     }
     if device.type == "cuda":
         info["gpu_count"] = torch.cuda.device_count()
         info["gpu_names"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return info
+
+
+def _cpu_family_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
+    """'<vendor> family <f> model <m>' of the first CPU listed, e.g. 'AuthenticAMD family 25 model 17'; None
+    where /proc/cpuinfo is missing (not Linux) or lacks the fields."""
+    try:
+        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            break  # the first processor's block only
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    vendor, family, model = fields.get("vendor_id"), fields.get("cpu family"), fields.get("model")
+    return f"{vendor} family {family} model {model}" if vendor and family and model else None
