@@ -14,13 +14,15 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
-from builders import section_of
+from builders import section_of, stage_record, write_run
 from conftest import tiny_config, write_config, write_sst2, write_tiny_config
 from greendistil.cli import main
 from greendistil.config import DistillStage, load_config
 from greendistil.data.batching import EncodedSplit
 from greendistil.errors import ConfigError
 from greendistil.models.taps import AttentionTaps
+from greendistil.report.frame import load_report_frame
+from greendistil.report.objectives import objectives_section
 from greendistil.stages.corpus_heldout import evaluate_terms
 from greendistil.train.intermediate import hidden_mse, relation_kl, relation_log_probs
 from greendistil.train.matching import MatchedStudent, Shape, default_hidden_pairs, intermediate_terms, resolve_match
@@ -195,6 +197,21 @@ def test_held_out_terms_are_means_over_sequences_in_eval_mode_by_hand() -> None:
     assert result.as_metrics("general_student", "_after") == {
         "general_student.heldout_loss_after": result.loss, "general_student.heldout_loss_hidden_after": 3.0,
         "general_student.heldout_loss_cos_after": pytest.approx(3.4)}
+
+
+@pytest.mark.parametrize("heldout", [False, True])
+def test_the_objectives_section_shows_held_out_terms_where_recorded(tmp_path: Path, heldout: bool) -> None:
+    metrics = ({"student.heldout_loss_before": 2.5, "student.heldout_loss_after": 1.25,
+                "student.heldout_loss_hidden_before": 2.5, "student.heldout_loss_hidden_after": 1.25}
+               if heldout else {})
+    record = stage_record("r", "distill", "distill", "student", cpu=0.1, gpu=None, ram=0.1, flops=1e12,
+                          num_examples=10, task=None, metrics=metrics,
+                          details={"objective": "corpus", "alpha_hidden": 1.0, "mean_loss": {"loss_hidden": 0.5},
+                                   "heldout": {"num_sequences": 4}})
+    section = objectives_section(load_report_frame([write_run(tmp_path, "r", "sst2", [record])]))
+    assert section.startswith("## Distillation objectives") and "\n\n\n" not in section
+    assert ("hidden MSE: 2.5 → 1.25" in section) is heldout
+    assert ("### The corpus objective on held-out lines" in section) is heldout
 
 
 def _records(run_dir: Path) -> list[dict[str, Any]]:

@@ -74,14 +74,14 @@ def objectives_section(frame: pd.DataFrame) -> str:
                          str(value(row, "details.objective") or "task"), str(value(row, "details.student_shape")
                                                                               or NOT_AVAILABLE),
                          losses or NOT_AVAILABLE, "; ".join(m for m in maps if m) or NOT_AVAILABLE])
-    return "\n\n".join([
+    return "\n\n".join(part for part in [
         "## Distillation objectives",
         "Each distill stage's loss terms with their weights and their mean over the stage's steps (the loss each "
         "term contributed before weighting), the student's shape, and the layer maps as [student layer, teacher "
         "layer] pairs (0-based). Hidden MSE: TinyBERT's, through a learned projection when the widths differ; "
         "attention and value-relation KL: MiniLM's; Q/K/V-relation KL: MiniLMv2's.",
         table(["run", "task", "stage", "objective", "student", "terms: weight, mean loss", "layer maps"], rows),
-        _heldout_block(frame)])
+        _heldout_block(frame)] if part)
 
 
 def _heldout_block(frame: pd.DataFrame) -> str:
