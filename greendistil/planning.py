@@ -29,7 +29,7 @@ import torch
 from greendistil.config import (BenchmarkStage, Config, EvaluateStage, StageConfig, TrainingStage, WindowSpec,
                                 suite_steps)
 from greendistil.config.types import BUDGET_UNITS
-from greendistil.data.batching import PlannedSteps, collate, encode
+from greendistil.data.batching import PlannedSteps, collate, encode, length_sorted_batches
 from greendistil.distributed import SINGLE
 from greendistil.errors import ConfigError
 from greendistil.measure.budget import Limits
@@ -278,8 +278,7 @@ def _sorted_batches(encoded: Any, batch_size: int, model: torch.nn.Module, pad_t
                     ) -> tuple[list[np.ndarray], list[dict[str, torch.Tensor]]]:
     """A split's rows batched by length (as evaluation batches them), and the batches to time: spread over
     them, at least `min_batches` and `FORWARD_TIMED_EXAMPLES` examples' worth."""
-    order = np.argsort(np.asarray(encoded.lengths), kind="stable")
-    rows = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    rows = length_sorted_batches(encoded.lengths, batch_size)
     count = max(min_batches, math.ceil(FORWARD_TIMED_EXAMPLES / batch_size))
     return rows, _batches(encoded, _spread(rows, count), model, pad_token_id, device)
 

@@ -91,6 +91,13 @@ EXAMPLE_INDEX = "example_index"  # (B,) the rows' positions in their split; stay
 CPU_ONLY_KEYS = frozenset({EXAMPLE_INDEX})  # batch entries the training loop does not copy to the device
 
 
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
+    """The row indices of evaluation batches: rows sorted by length (stable), cut into `batch_size` runs, so
+    that each batch wastes little compute on padding. Under DDP a rank takes every W-th of them."""
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
 def collate(features: Sequence[Mapping[str, Any]], pad_token_id: int) -> Batch:
     """Pad a list of features (`input_ids`, `token_type_ids`, `labels`) to the batch's longest sequence.
 

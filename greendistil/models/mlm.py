@@ -14,11 +14,10 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from transformers import AutoModelForMaskedLM, BertConfig, BertForMaskedLM, PreTrainedModel, PreTrainedTokenizerBase
 
-from greendistil.data.batching import Batch, EncodedSplit, collate
+from greendistil.data.batching import Batch, EncodedSplit, collate, length_sorted_batches
 from greendistil.data.masking import Masker, mask_tokens
 from greendistil.distributed import SINGLE, Dist, all_gather
 from greendistil.errors import ModelSourceError
@@ -146,8 +145,7 @@ def evaluate_mlm(model: PreTrainedModel, split: EncodedSplit, masker: Masker, *,
     """MLM loss, accuracy and perplexity on `split`. Batch i is masked with seed HELDOUT_MASK_SEED + i, so
     every call on the same split masks the same positions the same way (before/after and teacher/student
     figures are comparable), also under DDP, where each rank runs every W-th batch and the sums are gathered."""
-    order = np.argsort(np.asarray(split.lengths), kind="stable")  # little padding
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = length_sorted_batches(split.lengths, batch_size)
     was_training = model.training
     model.eval()
     total_loss, correct, counted, flop_counts = 0.0, 0, 0, []

@@ -31,12 +31,15 @@ _CELL_METRICS = {"mrpc": ("f1", "accuracy"), "qqp": ("f1", "accuracy"), "stsb": 
                  "mnli": ("dev_matched.accuracy", "dev_mismatched.accuracy"), "cola": ("mcc",)}
 
 
+def is_undistilled(records: pd.DataFrame, role: str) -> bool:
+    """A general student that no distill stage of `records` (one run) trained: the layer copy fine-tuned on
+    each task (configs/glue-no-corpus.toml, an ablation)."""
+    return role == "general_student" and not ((records["kind"] == "distill") & (records["role"] == role)).any()
+
+
 def model_label(records: pd.DataFrame, role: str) -> str:
-    """The role's name in the report's tables: a general student that no distill stage of `records` (one run)
-    trained is the layer copy fine-tuned on each task (configs/glue-no-corpus.toml, an ablation)."""
-    if role == "general_student" and not ((records["kind"] == "distill") & (records["role"] == role)).any():
-        return UNDISTILLED_LABEL
-    return MODEL_LABELS[role]
+    """The role's name in the report's tables (see `is_undistilled`)."""
+    return UNDISTILLED_LABEL if is_undistilled(records, role) else MODEL_LABELS[role]
 
 
 def task_label(task: str) -> str:

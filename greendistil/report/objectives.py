@@ -98,8 +98,8 @@ def _heldout_block(frame: pd.DataFrame) -> str:
             if number(row, f"metric.{role}.heldout_loss_after") is None:
                 continue
             terms = "; ".join(f"{TERM_WORDS[t]}: {change(t)}" for t in _weights(row))
-            rows.append([code(value(row, "run_id")), code(row["stage"]), fmt_count(number(row, "details.heldout.num_sequences")),
-                         change("loss"), terms or NOT_AVAILABLE])
+            rows.append([code(value(row, "run_id")), code(row["stage"]),
+                         fmt_count(number(row, "details.heldout.num_sequences")), change("loss"), terms or NOT_AVAILABLE])
     if not rows:
         return ""
     return "\n\n".join([

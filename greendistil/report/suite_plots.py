@@ -17,7 +17,7 @@ from matplotlib.lines import Line2D
 from greendistil.report.compare import INFERENCE_KINDS, teacher_training_records
 from greendistil.report.costs import cost_totals, general_route_users, pareto_optimal, student_training_records
 from greendistil.report.frame import first_value, number, task_order
-from greendistil.report.glue import UNDISTILLED_LABEL, measured_tasks, model_label, model_rows, task_label
+from greendistil.report.glue import is_undistilled, measured_tasks, model_label, model_rows, task_label
 from greendistil.report.plots import DPI, energy_unit, save_figure
 
 RETENTION_LINE = 0.969  # DistilBERT's: 77.0 / 79.5
@@ -93,8 +93,8 @@ def draw_retention_vs_energy(records: pd.DataFrame, *, title: str) -> Figure:
     handles = [Line2D([], [], marker=markers[t], ls="", color=colors[t], label=task_label(t)) for t in tasks]
     handles.append(Line2D([], [], color="grey", ls=":", label="DistilBERT's 96.9% (published)"))
     if any(p.role == "general_student" for p in points):
-        hollow = ("general-route student" if model_label(records, "general_student") != UNDISTILLED_LABEL
-                  else "teacher layers fine-tuned, no distillation")
+        hollow = ("teacher layers fine-tuned, no distillation" if is_undistilled(records, "general_student")
+                  else "general-route student")
         handles.append(Line2D([], [], marker="o", ls="", markerfacecolor="none", color="black",
                               label=f"hollow: {hollow}"))
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4), fontsize=8)

@@ -14,10 +14,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
-from greendistil.data.batching import Batch, EncodedSplit, collate
+from greendistil.data.batching import Batch, EncodedSplit, collate, length_sorted_batches
 from greendistil.distributed import SINGLE, Dist, all_gather
 from greendistil.measure.flops import count_flops
 
@@ -49,8 +48,7 @@ def evaluate_terms(split: EncodedSplit, *, teacher_forward: TeacherForward, stud
                    terms: Terms, weights: Mapping[str, float], modules: tuple[torch.nn.Module, ...],
                    batch_size: int, pad_token_id: int, device: torch.device, dist: Dist = SINGLE) -> HeldoutTerms:
     """The terms on `split` (`modules`: what to put in eval mode meanwhile; their modes are restored)."""
-    order = np.argsort(np.asarray(split.lengths), kind="stable")  # little padding
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = length_sorted_batches(split.lengths, batch_size)
     modes = [(module, module.training) for module in modules]
     for module, _ in modes:
         module.eval()

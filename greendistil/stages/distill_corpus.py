@@ -33,6 +33,9 @@ from greendistil.stages.training import (TrainingPlan, backward_terms, distill_f
 from greendistil.train.loop import LossTerms
 from greendistil.train.losses import hidden_cosine, weighted_sum
 
+TeacherSeen = tuple[Any, dict[tuple[int, str], torch.Tensor]]  # the teacher's outputs and its attention taps
+StudentSeen = tuple[Any, list[torch.Tensor]]  # the student's outputs and its projected hidden states
+
 
 def distill_corpus(ctx: StageContext, cfg: DistillStage, window: Window) -> None:
     """The body of `run_distill` for objective = "corpus", in the stage's window."""
@@ -48,14 +51,13 @@ def distill_corpus(ctx: StageContext, cfg: DistillStage, window: Window) -> None
     replica = ctx.parallel(matching.student if matching else student, find_unused_parameters=cfg.alpha_cos == 0)
     weights = {"loss_cos": cfg.alpha_cos, **(matching.match.weights if matching else {})}
 
-    def teacher_forward(batch: Batch) -> tuple[Any, dict[tuple[int, str], torch.Tensor]]:
+    def teacher_forward(batch: Batch) -> TeacherSeen:
         """The teacher's outputs (every hidden state) and its attention taps."""
         with torch.no_grad(), ctx.precision.autocast():
             seen = teacher(**model_inputs(batch, teacher), output_hidden_states=True)
         return seen, matching.teacher_taps.take() if matching else {}
 
-    def terms_of(student_seen: tuple[Any, list[torch.Tensor]], teacher_seen: tuple[Any, dict[tuple[int, str], torch.Tensor]],
-                 mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    def terms_of(student_seen: StudentSeen, teacher_seen: TeacherSeen, mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """The loss terms, from the student's (outputs, projected hidden states) and the teacher's (outputs,
         taps); mask (B, T). Read the student's taps: call right after its forward."""
         (out, projected), (seen, teacher_taps) = student_seen, teacher_seen
@@ -66,7 +68,7 @@ def distill_corpus(ctx: StageContext, cfg: DistillStage, window: Window) -> None
             terms |= matching.terms(projected, seen.hidden_states, teacher_taps, mask)
         return terms
 
-    def student_forward(module: torch.nn.Module, batch: Batch) -> tuple[Any, list[torch.Tensor]]:
+    def student_forward(module: torch.nn.Module, batch: Batch) -> StudentSeen:
         """The student's outputs and its hidden states projected for the map (none without matching)."""
         inputs = model_inputs(batch, student)
         return (module(**inputs), []) if matching is None else module(**inputs)
@@ -85,7 +87,7 @@ def distill_corpus(ctx: StageContext, cfg: DistillStage, window: Window) -> None
     evaluated = matching.student if matching else student
 
     def heldout() -> HeldoutTerms:
-        def student_seen(batch: Batch) -> tuple[Any, list[torch.Tensor]]:
+        def student_seen(batch: Batch) -> StudentSeen:
             with ctx.precision.autocast():
                 return student_forward(evaluated, batch)
 
@@ -102,6 +104,13 @@ def distill_corpus(ctx: StageContext, cfg: DistillStage, window: Window) -> None
                         num_train_examples=len(corpus.train),
                         trained=(matching.trained if matching and matching.trained else student))
     counters = window.counters
+
+    def count(scored: HeldoutTerms) -> None:  # the held-out forwards' FLOPs join the stage's
+        record_heldout_flops(counters, "teacher_heldout_forward", scored.teacher_flop_counts,
+                             count_nonembedding_params(teacher))
+        record_heldout_flops(counters, "student_heldout_forward", scored.student_flop_counts,
+                             count_nonembedding_params(student))
+
     try:
         summary = train_plan(ctx, cfg, window, plan)
         after = heldout()
@@ -109,12 +118,8 @@ def distill_corpus(ctx: StageContext, cfg: DistillStage, window: Window) -> None
         if matching is not None:
             matching.close()
             counters.details.update(describe(matching))
-        record_heldout_flops(counters, "teacher_heldout_forward", before.teacher_flop_counts,
-                             count_nonembedding_params(teacher))
-        record_heldout_flops(counters, "student_heldout_forward", before.student_flop_counts,
-                             count_nonembedding_params(student))
-    record_heldout_flops(counters, "teacher_heldout_forward", after.teacher_flop_counts, count_nonembedding_params(teacher))
-    record_heldout_flops(counters, "student_heldout_forward", after.student_flop_counts, count_nonembedding_params(student))
+        count(before)  # spent even when the stage stopped
+    count(after)
     counters.metrics.update({**before.as_metrics(cfg.role, "_before"), **after.as_metrics(cfg.role, "_after")})
     head = (f"not trained: the encoder was distilled in stage {cfg.name!r} with objective 'corpus' (no vocabulary "
             f"term); before: {head_note(student_model)}")

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from greendistil.config import EvaluateStage
-from greendistil.data.batching import make_loader
+from greendistil.data.batching import length_sorted_batches, make_loader
 from greendistil.distributed import all_gather
 from greendistil.data.metrics import compute_metrics, task_score
 from greendistil.measure.flops import FlopSampler, FlopScope, count_nonembedding_params
@@ -50,8 +50,7 @@ def _evaluate_split(ctx: StageContext, cfg: EvaluateStage, window: Window, loade
     (the single-process batches, so the same padding) and the logits are gathered before the metric."""
     encoded = ctx.encoded(split, loaded.tokenizer)
     # Batches of similar length waste little compute on padding; predictions are put back in order below.
-    order = np.argsort(np.asarray(encoded.lengths), kind="stable")
-    batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+    batches = length_sorted_batches(encoded.lengths, cfg.batch_size)
     mine = batches[ctx.dist.rank::ctx.dist.world_size]
     indices = np.concatenate(mine) if mine else np.empty(0, dtype=np.int64)
     loader = make_loader(encoded, batch_size=cfg.batch_size, pad_token_id=loaded.tokenizer.pad_token_id,
